@@ -1,0 +1,200 @@
+//! Memory regions: mappings that own their `munmap`.
+//!
+//! A [`Region`] is the memory a userfaultfd is registered on. It is only ever accessed through
+//! raw pointers (the kernel fills it behind Rust's back), so it hands out addresses, not slices,
+//! except through the explicitly `unsafe` [`Region::as_slice`].
+
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+
+use nix::errno::Errno;
+use nix::sys::mman::{self, MapFlags, ProtFlags};
+
+/// The base page size of this architecture (x86_64: 4 KiB).
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096)
+}
+
+/// The PMD-level huge page size on x86_64.
+pub const HUGE_2M: usize = 2 << 20;
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    /// A zero-length region was asked for.
+    #[error("a region cannot be empty")]
+    Empty,
+    /// `mmap(2)` failed.
+    #[error("mmap of {len} bytes ({what}) failed: {errno}")]
+    Map {
+        /// Requested length.
+        len: usize,
+        /// Which kind of mapping.
+        what: &'static str,
+        /// The kernel's answer.
+        errno: Errno,
+    },
+    /// `madvise(2)` failed.
+    #[error("madvise({advice}) failed: {errno}")]
+    Advise {
+        /// Advice name.
+        advice: &'static str,
+        /// The kernel's answer.
+        errno: Errno,
+    },
+}
+
+/// Result alias of this module.
+pub type Result<T> = std::result::Result<T, RegionError>;
+
+/// A private anonymous mapping, unmapped on drop.
+#[derive(Debug)]
+pub struct Region {
+    /// Start of the usable range (aligned as requested).
+    start: NonNull<u8>,
+    len: usize,
+    /// The whole mapping as returned by mmap, which may be larger to allow alignment.
+    map_start: NonNull<libc::c_void>,
+    map_len: usize,
+}
+
+// SAFETY: a Region is an address range; it holds no thread-affine state, and every access to
+// its memory goes through raw pointers whose synchronisation is the user's (and the kernel's).
+unsafe impl Send for Region {}
+// SAFETY: as above: `&Region` only exposes addresses and lengths.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Maps `len` bytes (rounded up to the page size) of private anonymous memory.
+    /// `MAP_NORESERVE`: nothing is committed until pages are placed.
+    pub fn anonymous(len: usize) -> Result<Self> {
+        Self::anonymous_aligned(len, page_size())
+    }
+
+    /// Maps `len` bytes of private anonymous memory whose start is aligned to `align`
+    /// (a power of two), e.g. 2 MiB so that whole PMDs fit: the shape THP needs.
+    pub fn anonymous_aligned(len: usize, align: usize) -> Result<Self> {
+        let page = page_size();
+        let len = len.div_ceil(page) * page;
+        let len_nz = NonZeroUsize::new(len).ok_or(RegionError::Empty)?;
+        let align = align.max(page);
+        let map_len = if align > page { len + align } else { len };
+        let map_len_nz = NonZeroUsize::new(map_len).ok_or(RegionError::Empty)?;
+        // SAFETY: an anonymous mapping at a kernel-chosen address aliases no Rust object.
+        let map_start = unsafe {
+            mman::mmap_anonymous(
+                None,
+                map_len_nz,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
+            )
+        }
+        .map_err(|errno| RegionError::Map {
+            len,
+            what: "anonymous",
+            errno,
+        })?;
+        let base = map_start.as_ptr() as usize;
+        let start = base.next_multiple_of(align);
+        let region = Region {
+            start: NonNull::new(start as *mut u8).ok_or(RegionError::Empty)?,
+            len: len_nz.get(),
+            map_start,
+            map_len,
+        };
+        Ok(region)
+    }
+
+    /// Start address.
+    pub fn addr(&self) -> u64 {
+        self.start.as_ptr() as u64
+    }
+
+    /// Start pointer.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.start.as_ptr()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: regions are never empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True when `addr` lies inside the region.
+    pub fn contains(&self, addr: u64) -> bool {
+        addr >= self.addr() && addr - self.addr() < self.len as u64
+    }
+
+    /// Applies `madvise(advice)` to `offset..offset+len` of the region.
+    pub fn advise(
+        &self,
+        offset: usize,
+        len: usize,
+        advice: mman::MmapAdvise,
+        name: &'static str,
+    ) -> Result<()> {
+        assert!(offset + len <= self.len, "advise range outside the region");
+        // SAFETY: `start + offset` is inside this mapping (asserted above).
+        let ptr = unsafe { self.start.as_ptr().add(offset) };
+        let ptr = NonNull::new(ptr.cast::<libc::c_void>()).ok_or(RegionError::Empty)?;
+        // SAFETY: the range lies inside a mapping this Region owns; advice may discard pages,
+        // which the caller asked for by name.
+        unsafe { mman::madvise(ptr, len, advice) }.map_err(|errno| RegionError::Advise {
+            advice: name,
+            errno,
+        })
+    }
+
+    /// Views the region as bytes.
+    ///
+    /// # Safety
+    /// Every page of the range must be present (or the caller must accept blocking on faults
+    /// that something will resolve), and nothing may write the region while the slice lives.
+    pub unsafe fn as_slice(&self) -> &[u8] {
+        // SAFETY: the caller promised the conditions above; the range is mapped.
+        unsafe { std::slice::from_raw_parts(self.start.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: `map_start..map_start+map_len` is exactly the mapping this Region created
+        // and nothing else unmaps it.
+        let result = unsafe { mman::munmap(self.map_start, self.map_len) };
+        if let Err(errno) = result {
+            tracing::warn!("munmap failed: {errno}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anonymous_rounds_to_pages() {
+        let region = Region::anonymous(100).expect("mmap");
+        assert_eq!(region.len(), page_size());
+        assert!(region.contains(region.addr()));
+        assert!(!region.contains(region.addr() + page_size() as u64));
+    }
+
+    #[test]
+    fn aligned_start() {
+        let region = Region::anonymous_aligned(HUGE_2M, HUGE_2M).expect("mmap");
+        assert_eq!(region.addr() % HUGE_2M as u64, 0);
+        assert_eq!(region.len(), HUGE_2M);
+    }
+
+    #[test]
+    fn empty_is_refused() {
+        assert!(matches!(Region::anonymous(0), Err(RegionError::Empty)));
+    }
+}

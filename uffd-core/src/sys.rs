@@ -1,0 +1,286 @@
+//! The raw userfaultfd ioctls: the only place in the workspace that talks to the kernel's
+//! `ioctl(2)` interface directly.
+//!
+//! The `userfaultfd` crate creates the descriptor, registers ranges and decodes messages. The
+//! placement ioctls live here instead because the crate lacks `UFFDIO_MOVE` and `UFFDIO_POISON`
+//! and reports a kernel `EAGAIN` from `UFFDIO_COPY` as `PartiallyCopied(huge number)` (the
+//! kernel writes `-EAGAIN` into the `copy` field). Each wrapper returns the raw kernel answer:
+//! the `errno` and the progress field, so that [`crate::place`] can turn them into outcomes.
+//!
+//! Layouts follow `include/uapi/linux/userfaultfd.h` (Linux 6.8 for MOVE, 6.6 for POISON).
+
+use std::os::fd::RawFd;
+
+use nix::errno::Errno;
+use userfaultfd_sys as uapi;
+
+/// The ioctl "type" byte of every userfaultfd ioctl.
+const UFFDIO: u8 = 0xAA;
+
+pub use uapi::{uffdio_api, uffdio_continue, uffdio_copy, uffdio_range, uffdio_zeropage};
+
+/// `struct uffdio_move` (Linux 6.8). Not in the bindings generated from older headers.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct uffdio_move {
+    /// Destination address (in the registered range).
+    pub dst: u64,
+    /// Source address (private anonymous memory of the same mm).
+    pub src: u64,
+    /// Length in bytes, a multiple of the page size.
+    pub len: u64,
+    /// `UFFDIO_MOVE_MODE_*` bits.
+    pub mode: u64,
+    /// Out: bytes moved, or a negative errno.
+    pub move_: i64,
+}
+
+/// `struct uffdio_poison` (Linux 6.6).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct uffdio_poison {
+    /// The range to mark poisoned.
+    pub range: uffdio_range,
+    /// `UFFDIO_POISON_MODE_*` bits.
+    pub mode: u64,
+    /// Out: bytes poisoned, or a negative errno.
+    pub updated: i64,
+}
+
+const _: () = assert!(std::mem::size_of::<uffdio_move>() == 40);
+const _: () = assert!(std::mem::size_of::<uffdio_poison>() == 32);
+
+/// Do not wake the threads waiting on the range (COPY, ZEROPAGE, CONTINUE, MOVE, POISON).
+pub const MODE_DONTWAKE: u64 = 1;
+/// `UFFDIO_COPY_MODE_WP`: map the copied page write-protected.
+pub const COPY_MODE_WP: u64 = 1 << 1;
+/// `UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES`: skip holes in the source instead of failing with ENOENT.
+pub const MOVE_MODE_ALLOW_SRC_HOLES: u64 = 1 << 1;
+
+/// `UFFD_FEATURE_*` bits newer than the bindings.
+pub mod feature {
+    /// Report write-protect faults (`UFFD_FEATURE_PAGEFAULT_FLAG_WP`).
+    pub const PAGEFAULT_FLAG_WP: u64 = 1 << 0;
+    /// `UFFD_EVENT_FORK`.
+    pub const EVENT_FORK: u64 = 1 << 1;
+    /// `UFFD_EVENT_REMAP`.
+    pub const EVENT_REMAP: u64 = 1 << 2;
+    /// `UFFD_EVENT_REMOVE`.
+    pub const EVENT_REMOVE: u64 = 1 << 3;
+    /// MISSING faults on hugetlbfs.
+    pub const MISSING_HUGETLBFS: u64 = 1 << 4;
+    /// MISSING faults on shmem.
+    pub const MISSING_SHMEM: u64 = 1 << 5;
+    /// `UFFD_EVENT_UNMAP`.
+    pub const EVENT_UNMAP: u64 = 1 << 6;
+    /// Faults raise SIGBUS instead of waiting.
+    pub const SIGBUS: u64 = 1 << 7;
+    /// Fault messages carry the faulting thread id.
+    pub const THREAD_ID: u64 = 1 << 8;
+    /// MINOR faults on hugetlbfs.
+    pub const MINOR_HUGETLBFS: u64 = 1 << 9;
+    /// MINOR faults on shmem.
+    pub const MINOR_SHMEM: u64 = 1 << 10;
+    /// Fault addresses are not page-masked.
+    pub const EXACT_ADDRESS: u64 = 1 << 11;
+    /// WP on hugetlbfs and shmem.
+    pub const WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
+    /// WP markers on unpopulated ptes.
+    pub const WP_UNPOPULATED: u64 = 1 << 13;
+    /// `UFFDIO_POISON`.
+    pub const POISON: u64 = 1 << 14;
+    /// Asynchronous write-protect tracking.
+    pub const WP_ASYNC: u64 = 1 << 15;
+    /// `UFFDIO_MOVE`.
+    pub const MOVE: u64 = 1 << 16;
+
+    /// Every feature name with its bit, in bit order.
+    pub const NAMES: [(&str, u64); 17] = [
+        ("PAGEFAULT_FLAG_WP", PAGEFAULT_FLAG_WP),
+        ("EVENT_FORK", EVENT_FORK),
+        ("EVENT_REMAP", EVENT_REMAP),
+        ("EVENT_REMOVE", EVENT_REMOVE),
+        ("MISSING_HUGETLBFS", MISSING_HUGETLBFS),
+        ("MISSING_SHMEM", MISSING_SHMEM),
+        ("EVENT_UNMAP", EVENT_UNMAP),
+        ("SIGBUS", SIGBUS),
+        ("THREAD_ID", THREAD_ID),
+        ("MINOR_HUGETLBFS", MINOR_HUGETLBFS),
+        ("MINOR_SHMEM", MINOR_SHMEM),
+        ("EXACT_ADDRESS", EXACT_ADDRESS),
+        ("WP_HUGETLBFS_SHMEM", WP_HUGETLBFS_SHMEM),
+        ("WP_UNPOPULATED", WP_UNPOPULATED),
+        ("POISON", POISON),
+        ("WP_ASYNC", WP_ASYNC),
+        ("MOVE", MOVE),
+    ];
+}
+
+/// Bits of the `ioctls` mask returned by UFFDIO_API and UFFDIO_REGISTER (`1 << _UFFDIO_*`).
+pub mod ioctl_bit {
+    /// `_UFFDIO_REGISTER`.
+    pub const REGISTER: u64 = 1 << 0x00;
+    /// `_UFFDIO_UNREGISTER`.
+    pub const UNREGISTER: u64 = 1 << 0x01;
+    /// `_UFFDIO_WAKE`.
+    pub const WAKE: u64 = 1 << 0x02;
+    /// `_UFFDIO_COPY`.
+    pub const COPY: u64 = 1 << 0x03;
+    /// `_UFFDIO_ZEROPAGE`.
+    pub const ZEROPAGE: u64 = 1 << 0x04;
+    /// `_UFFDIO_MOVE`.
+    pub const MOVE: u64 = 1 << 0x05;
+    /// `_UFFDIO_WRITEPROTECT`.
+    pub const WRITEPROTECT: u64 = 1 << 0x06;
+    /// `_UFFDIO_CONTINUE`.
+    pub const CONTINUE: u64 = 1 << 0x07;
+    /// `_UFFDIO_POISON`.
+    pub const POISON: u64 = 1 << 0x08;
+    /// `_UFFDIO_API`.
+    pub const API: u64 = 1 << 0x3F;
+
+    /// Every ioctl name with its bit.
+    pub const NAMES: [(&str, u64); 10] = [
+        ("REGISTER", REGISTER),
+        ("UNREGISTER", UNREGISTER),
+        ("WAKE", WAKE),
+        ("COPY", COPY),
+        ("ZEROPAGE", ZEROPAGE),
+        ("MOVE", MOVE),
+        ("WRITEPROTECT", WRITEPROTECT),
+        ("CONTINUE", CONTINUE),
+        ("POISON", POISON),
+        ("API", API),
+    ];
+}
+
+mod ioctls {
+    use super::*;
+    nix::ioctl_readwrite!(api, UFFDIO, 0x3F, uffdio_api);
+    nix::ioctl_readwrite!(copy, UFFDIO, 0x03, uffdio_copy);
+    nix::ioctl_readwrite!(zeropage, UFFDIO, 0x04, uffdio_zeropage);
+    nix::ioctl_readwrite!(move_, UFFDIO, 0x05, uffdio_move);
+    nix::ioctl_readwrite!(continue_, UFFDIO, 0x07, uffdio_continue);
+    nix::ioctl_readwrite!(poison, UFFDIO, 0x08, uffdio_poison);
+    nix::ioctl_write_ptr!(wake, UFFDIO, 0x02, uffdio_range);
+}
+
+/// The answer of a range ioctl: the kernel's errno (if any) and its progress field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeAnswer {
+    /// `Err(errno)` when the ioctl itself failed.
+    pub result: Result<(), Errno>,
+    /// The progress field: bytes done, or a negative errno written by the kernel.
+    pub progress: i64,
+}
+
+/// UFFDIO_API: handshake on a new descriptor, asking for `features`. Returns the structure
+/// the kernel filled in (features and ioctls it supports).
+pub fn api(fd: RawFd, features: u64) -> Result<uffdio_api, Errno> {
+    let mut arg = uffdio_api {
+        api: uapi::UFFD_API,
+        features,
+        ioctls: 0,
+    };
+    // SAFETY: `arg` is a valid, exclusively borrowed `uffdio_api` that lives for the call; the
+    // kernel reads and writes only that structure.
+    unsafe { ioctls::api(fd, &mut arg) }?;
+    Ok(arg)
+}
+
+/// UFFDIO_COPY: copy `len` bytes from `src` into the registered range at `dst`.
+///
+/// # Safety
+/// `src..src+len` must be readable memory of this process. `dst` is only checked by the
+/// kernel (it must lie in a range registered on `fd`), so it needs no promise from the caller.
+pub unsafe fn copy(fd: RawFd, dst: u64, src: *const u8, len: u64, mode: u64) -> RangeAnswer {
+    let mut arg = uffdio_copy {
+        dst,
+        src: src as u64,
+        len,
+        mode,
+        copy: 0,
+    };
+    // SAFETY: `arg` is a valid `uffdio_copy`; the caller promised `src` is readable for `len`.
+    let result = unsafe { ioctls::copy(fd, &mut arg) }.map(drop);
+    RangeAnswer {
+        result,
+        progress: arg.copy,
+    }
+}
+
+/// UFFDIO_ZEROPAGE: map the zero page (read-only until written) over a registered range.
+pub fn zeropage(fd: RawFd, start: u64, len: u64, mode: u64) -> RangeAnswer {
+    let mut arg = uffdio_zeropage {
+        range: uffdio_range { start, len },
+        mode,
+        zeropage: 0,
+    };
+    // SAFETY: `arg` is a valid `uffdio_zeropage`; the kernel validates the range itself.
+    let result = unsafe { ioctls::zeropage(fd, &mut arg) }.map(drop);
+    RangeAnswer {
+        result,
+        progress: arg.zeropage,
+    }
+}
+
+/// UFFDIO_CONTINUE: map pages already in the page cache (shmem, hugetlbfs) into a range
+/// registered for MINOR faults.
+pub fn continue_(fd: RawFd, start: u64, len: u64, mode: u64) -> RangeAnswer {
+    let mut arg = uffdio_continue {
+        range: uffdio_range { start, len },
+        mode,
+        mapped: 0,
+    };
+    // SAFETY: `arg` is a valid `uffdio_continue`; the kernel validates the range itself.
+    let result = unsafe { ioctls::continue_(fd, &mut arg) }.map(drop);
+    RangeAnswer {
+        result,
+        progress: arg.mapped,
+    }
+}
+
+/// UFFDIO_MOVE: move the pages at `src` (private anonymous memory of this process) to `dst`
+/// in the registered range, without copying. A 2M-aligned move of a PMD-mapped THP into an
+/// empty PMD moves the whole huge page.
+///
+/// # Safety
+/// The pages at `src..src+len` disappear from the source mapping: no live Rust reference may
+/// point into that range.
+pub unsafe fn move_(fd: RawFd, dst: u64, src: u64, len: u64, mode: u64) -> RangeAnswer {
+    let mut arg = uffdio_move {
+        dst,
+        src,
+        len,
+        mode,
+        move_: 0,
+    };
+    // SAFETY: `arg` is a valid `uffdio_move`; the caller promised nothing borrows the source.
+    let result = unsafe { ioctls::move_(fd, &mut arg) }.map(drop);
+    RangeAnswer {
+        result,
+        progress: arg.move_,
+    }
+}
+
+/// UFFDIO_POISON: mark a range so that accesses raise SIGBUS, as if the memory were lost.
+pub fn poison(fd: RawFd, start: u64, len: u64, mode: u64) -> RangeAnswer {
+    let mut arg = uffdio_poison {
+        range: uffdio_range { start, len },
+        mode,
+        updated: 0,
+    };
+    // SAFETY: `arg` is a valid `uffdio_poison`; the kernel validates the range itself.
+    let result = unsafe { ioctls::poison(fd, &mut arg) }.map(drop);
+    RangeAnswer {
+        result,
+        progress: arg.updated,
+    }
+}
+
+/// UFFDIO_WAKE: wake the threads waiting on faults in a range.
+pub fn wake(fd: RawFd, start: u64, len: u64) -> Result<(), Errno> {
+    let arg = uffdio_range { start, len };
+    // SAFETY: `arg` is a valid `uffdio_range` that the kernel only reads.
+    unsafe { ioctls::wake(fd, &arg) }.map(drop)
+}

@@ -1,0 +1,389 @@
+//! The userfaultfd descriptor: creation (device or syscall), the UFFDIO_API handshake,
+//! registration, and reading fault and event messages.
+//!
+//! A userfaultfd is created in two steps: obtain a descriptor (from `/dev/userfaultfd` with the
+//! `USERFAULTFD_IOC_NEW` ioctl, or from the `userfaultfd(2)` syscall), then negotiate features
+//! with UFFDIO_API, which the kernel accepts exactly once per descriptor. The descriptor is
+//! always opened `O_NONBLOCK`: `poll(2)` on a blocking userfaultfd reports POLLERR forever.
+
+use std::fs::OpenOptions;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use userfaultfd::{EventBuffer, RegisterMode, Uffd};
+
+use crate::sys;
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum UffdError {
+    /// No userfaultfd could be created.
+    #[error(
+        "cannot create a userfaultfd ({detail}); fix one of: run as root; give this user read/write \
+         access to /dev/userfaultfd; grant CAP_SYS_PTRACE; or allow unprivileged use with \
+         `sysctl vm.unprivileged_userfaultfd=1`"
+    )]
+    Create {
+        /// What was tried and what the kernel said.
+        detail: String,
+    },
+    /// UFFDIO_API refused the requested features.
+    #[error("UFFDIO_API refused features {requested:#x} (kernel supports {supported:#x}): {errno}")]
+    Api {
+        /// Requested feature bits.
+        requested: u64,
+        /// Feature bits this kernel supports (from a probe), or 0 if unknown.
+        supported: u64,
+        /// The kernel's answer.
+        errno: Errno,
+    },
+    /// UFFDIO_REGISTER failed.
+    #[error("UFFDIO_REGISTER of {len} bytes at {start:#x} failed: {source}")]
+    Register {
+        /// Start of the range.
+        start: u64,
+        /// Length of the range.
+        len: u64,
+        /// The crate's error.
+        source: userfaultfd::Error,
+    },
+    /// UFFDIO_UNREGISTER failed.
+    #[error("UFFDIO_UNREGISTER failed: {0}")]
+    Unregister(userfaultfd::Error),
+    /// Reading messages failed.
+    #[error("reading the userfaultfd failed: {0}")]
+    Read(userfaultfd::Error),
+    /// poll(2) failed.
+    #[error("poll on the userfaultfd failed: {0}")]
+    Poll(Errno),
+    /// UFFDIO_WAKE failed.
+    #[error("UFFDIO_WAKE failed: {0}")]
+    Wake(Errno),
+}
+
+/// Result alias of this module.
+pub type Result<T> = std::result::Result<T, UffdError>;
+
+/// Where a descriptor came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// `/dev/userfaultfd` and `USERFAULTFD_IOC_NEW` (Linux 6.1): access by file permissions.
+    Device,
+    /// The `userfaultfd(2)` syscall: needs CAP_SYS_PTRACE or `vm.unprivileged_userfaultfd=1`.
+    Syscall,
+}
+
+/// Registration modes (`UFFDIO_REGISTER_MODE_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Modes {
+    /// Faults on missing pages (resolved by COPY, ZEROPAGE, MOVE).
+    pub missing: bool,
+    /// Writes to write-protected pages (resolved by WRITEPROTECT).
+    pub write_protect: bool,
+    /// Faults on pages present in the page cache but not mapped (resolved by CONTINUE).
+    pub minor: bool,
+}
+
+impl Modes {
+    /// MISSING only: the classic on-demand paging registration.
+    pub const MISSING: Modes = Modes {
+        missing: true,
+        write_protect: false,
+        minor: false,
+    };
+
+    fn to_crate(self) -> RegisterMode {
+        let mut mode = RegisterMode::empty();
+        if self.missing {
+            mode |= RegisterMode::MISSING;
+        }
+        if self.write_protect {
+            mode |= RegisterMode::WRITE_PROTECT;
+        }
+        if self.minor {
+            mode |= RegisterMode::MINOR;
+        }
+        mode
+    }
+}
+
+/// What kind of fault a message reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The page is not mapped.
+    Missing,
+    /// A write to a write-protected page.
+    WriteProtect,
+    /// The page is in the page cache but not mapped here.
+    Minor,
+}
+
+/// One message read from the userfaultfd.
+#[derive(Debug)]
+pub enum Event {
+    /// A thread faulted at `addr` and sleeps until the page is resolved and woken.
+    Fault {
+        /// Faulting address (page-masked unless EXACT_ADDRESS was negotiated).
+        addr: u64,
+        /// The access was a write.
+        write: bool,
+        /// Missing, write-protect or minor.
+        kind: FaultKind,
+    },
+    /// The process forked: the child's registered ranges report to `child`.
+    Fork {
+        /// The child's userfaultfd.
+        child: Userfaultfd,
+    },
+    /// `mremap(2)` moved a range.
+    Remap {
+        /// Old start.
+        from: u64,
+        /// New start.
+        to: u64,
+        /// Length.
+        len: u64,
+    },
+    /// `madvise(MADV_DONTNEED/REMOVE)` dropped `start..end`: those pages are missing again.
+    Remove {
+        /// Start.
+        start: u64,
+        /// End (exclusive).
+        end: u64,
+    },
+    /// `munmap(2)` (or an mmap over it) removed `start..end`.
+    Unmap {
+        /// Start.
+        start: u64,
+        /// End (exclusive).
+        end: u64,
+    },
+}
+
+/// An open, API-negotiated userfaultfd.
+#[derive(Debug)]
+pub struct Userfaultfd {
+    uffd: Uffd,
+    origin: Origin,
+    /// Features negotiated for this descriptor.
+    features: u64,
+    /// Features the kernel reported as available (UFFDIO_API's answer).
+    available: u64,
+    /// `ioctl_bit` mask UFFDIO_API reported.
+    ioctls: u64,
+}
+
+/// `USERFAULTFD_IOC_NEW`: `_IO(0xAA, 0x00)` on `/dev/userfaultfd`.
+mod dev {
+    nix::ioctl_write_int_bad!(ioc_new, nix::request_code_none!(0xAA, 0x00));
+}
+
+impl Userfaultfd {
+    /// Creates a non-blocking, close-on-exec userfaultfd and negotiates `features`
+    /// (`sys::feature::*` bits). Tries `/dev/userfaultfd`, then the syscall.
+    pub fn open(features: u64) -> Result<Self> {
+        let (fd, origin) = open_raw()?;
+        // SAFETY: `fd` is a freshly created userfaultfd that nothing else owns; `Uffd` takes
+        // ownership and closes it on drop.
+        let uffd = unsafe { Uffd::from_raw_fd(fd) };
+        let api = sys::api(uffd.as_raw_fd(), features).map_err(|errno| UffdError::Api {
+            requested: features,
+            supported: crate::probe::available_features().unwrap_or(0),
+            errno,
+        })?;
+        Ok(Userfaultfd {
+            uffd,
+            origin,
+            features,
+            available: api.features,
+            ioctls: api.ioctls,
+        })
+    }
+
+    /// Wraps the child descriptor delivered by a FORK event (already API-negotiated).
+    fn from_fork(uffd: Uffd, features: u64) -> Self {
+        Userfaultfd {
+            uffd,
+            origin: Origin::Syscall,
+            features,
+            available: features,
+            ioctls: 0,
+        }
+    }
+
+    /// Where the descriptor came from.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// The negotiated feature bits.
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// The feature bits the kernel reported as available when this descriptor was opened.
+    pub fn available_features(&self) -> u64 {
+        self.available
+    }
+
+    /// The `ioctl_bit` mask UFFDIO_API reported.
+    pub fn api_ioctls(&self) -> u64 {
+        self.ioctls
+    }
+
+    /// Registers `start..start+len` and returns the `ioctl_bit` mask the kernel allows there.
+    pub fn register(&self, start: u64, len: u64, modes: Modes) -> Result<u64> {
+        self.uffd
+            .register_with_mode(start as *mut libc::c_void, len as usize, modes.to_crate())
+            .map(|ioctls| ioctls.bits())
+            .map_err(|source| UffdError::Register { start, len, source })
+    }
+
+    /// Unregisters a range; faults there become ordinary faults again.
+    pub fn unregister(&self, start: u64, len: u64) -> Result<()> {
+        self.uffd
+            .unregister(start as *mut libc::c_void, len as usize)
+            .map_err(UffdError::Unregister)
+    }
+
+    /// Waits until a message can be read, at most `timeout`. Returns false on timeout.
+    pub fn wait_readable(&self, timeout: Duration) -> Result<bool> {
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        let mut fds = [PollFd::new(self.uffd.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(n) => Ok(n > 0),
+            Err(Errno::EINTR) => Ok(false),
+            Err(errno) => Err(UffdError::Poll(errno)),
+        }
+    }
+
+    /// Reads every message available now (one `read(2)` may return several); empty when none.
+    pub fn read_events(&self, buf: &mut EventBuffer, out: &mut Vec<Event>) -> Result<()> {
+        let events = self.uffd.read_events(buf).map_err(UffdError::Read)?;
+        for event in events {
+            out.push(self.convert(event.map_err(UffdError::Read)?));
+        }
+        Ok(())
+    }
+
+    fn convert(&self, event: userfaultfd::Event) -> Event {
+        use userfaultfd::Event as E;
+        match event {
+            E::Pagefault { kind, rw, addr, .. } => Event::Fault {
+                addr: addr as u64,
+                write: rw == userfaultfd::ReadWrite::Write,
+                kind: match kind {
+                    userfaultfd::FaultKind::Missing => FaultKind::Missing,
+                    userfaultfd::FaultKind::WriteProtected => FaultKind::WriteProtect,
+                    userfaultfd::FaultKind::Minor => FaultKind::Minor,
+                },
+            },
+            E::Fork { uffd } => Event::Fork {
+                child: Userfaultfd::from_fork(uffd, self.features),
+            },
+            E::Remap { from, to, len } => Event::Remap {
+                from: from as u64,
+                to: to as u64,
+                len: len as u64,
+            },
+            E::Remove { start, end } => Event::Remove {
+                start: start as u64,
+                end: end as u64,
+            },
+            E::Unmap { start, end } => Event::Unmap {
+                start: start as u64,
+                end: end as u64,
+            },
+        }
+    }
+
+    /// Wakes the threads waiting on faults in `start..start+len`.
+    pub fn wake(&self, start: u64, len: u64) -> Result<()> {
+        sys::wake(self.raw_fd(), start, len).map_err(UffdError::Wake)
+    }
+
+    /// Write-protects (`protect`) or un-protects a range registered with WP.
+    pub fn write_protect(&self, start: u64, len: u64, protect: bool) -> Result<()> {
+        let ptr = start as *mut libc::c_void;
+        let result = if protect {
+            self.uffd.write_protect(ptr, len as usize)
+        } else {
+            self.uffd.remove_write_protection(ptr, len as usize, true)
+        };
+        result.map_err(UffdError::Read)
+    }
+
+    /// The raw descriptor, for the ioctls in [`crate::sys`].
+    pub fn raw_fd(&self) -> RawFd {
+        self.uffd.as_raw_fd()
+    }
+
+    /// A fresh message buffer for [`Userfaultfd::read_events`].
+    pub fn event_buffer(messages: usize) -> EventBuffer {
+        EventBuffer::new(messages)
+    }
+}
+
+impl AsFd for Userfaultfd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.uffd.as_fd()
+    }
+}
+
+const OPEN_FLAGS: i32 = libc::O_CLOEXEC | libc::O_NONBLOCK;
+
+/// Obtains a raw descriptor: `/dev/userfaultfd` first, then the syscall.
+fn open_raw() -> Result<(RawFd, Origin)> {
+    let device = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/userfaultfd")
+    {
+        Ok(dev) => {
+            // SAFETY: `dev` is an open /dev/userfaultfd; USERFAULTFD_IOC_NEW takes the open
+            // flags as an integer argument and returns a new descriptor.
+            match unsafe { dev::ioc_new(dev.as_raw_fd(), OPEN_FLAGS) } {
+                Ok(fd) => return Ok((fd, Origin::Device)),
+                Err(errno) => format!("/dev/userfaultfd: {errno}"),
+            }
+        }
+        Err(err) => format!("/dev/userfaultfd: {err}"),
+    };
+    // SAFETY: the userfaultfd syscall takes one integer flags argument and returns a new
+    // descriptor or -1 with errno set.
+    let ret = unsafe { libc::syscall(libc::SYS_userfaultfd, OPEN_FLAGS) };
+    match Errno::result(ret) {
+        Ok(fd) => Ok((fd as RawFd, Origin::Syscall)),
+        Err(errno) => Err(UffdError::Create {
+            detail: format!("{device}; userfaultfd(2): {errno}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_reports_origin_and_features() {
+        let uffd = match Userfaultfd::open(0) {
+            Ok(uffd) => uffd,
+            Err(err) => return crate::testing::skip(&err.to_string()),
+        };
+        assert_eq!(uffd.features(), 0);
+        assert!(uffd.raw_fd() >= 0);
+    }
+
+    #[test]
+    fn unknown_feature_is_refused() {
+        // Bit 63 is not a feature on any kernel: UFFDIO_API must say EINVAL.
+        match Userfaultfd::open(1 << 63) {
+            Err(UffdError::Api { errno, .. }) => assert_eq!(errno, Errno::EINVAL),
+            Err(err @ UffdError::Create { .. }) => crate::testing::skip(&err.to_string()),
+            other => panic!("expected EINVAL, got {other:?}"),
+        }
+    }
+}
