@@ -36,6 +36,9 @@ pub enum RegionError {
         /// The kernel's answer.
         errno: Errno,
     },
+    /// Not a huge page size this architecture has.
+    #[error("{0} bytes is not a huge page size (2 MiB or 1 GiB)")]
+    HugeSize(usize),
     /// `madvise(2)` failed.
     #[error("madvise({advice}) failed: {errno}")]
     Advise {
@@ -107,6 +110,73 @@ impl Region {
         Ok(region)
     }
 
+    /// Maps `len` bytes (rounded up to 2 MiB) of 2 MiB-aligned private anonymous memory
+    /// advised `MADV_HUGEPAGE`: eligible for transparent huge pages when THP is `madvise`.
+    pub fn thp(len: usize) -> Result<Self> {
+        let region = Self::anonymous_aligned(len.div_ceil(HUGE_2M) * HUGE_2M, HUGE_2M)?;
+        region.advise(0, region.len, mman::MmapAdvise::MADV_HUGEPAGE, "MADV_HUGEPAGE")?;
+        Ok(region)
+    }
+
+    /// Maps `len` bytes (rounded up to `huge`) of private anonymous hugetlbfs memory with huge
+    /// pages of `huge` bytes (2 MiB or 1 GiB), from the pool in
+    /// `/sys/kernel/mm/hugepages/hugepages-<size>kB` (ENOMEM if the pool is too small).
+    pub fn hugetlb(len: usize, huge: usize) -> Result<Self> {
+        let len = len.div_ceil(huge) * huge;
+        let len_nz = NonZeroUsize::new(len).ok_or(RegionError::Empty)?;
+        let flags = MapFlags::MAP_PRIVATE | MapFlags::MAP_HUGETLB | huge_flag(huge)?;
+        // SAFETY: a new anonymous mapping at a kernel-chosen address aliases no Rust object.
+        let map_start = unsafe {
+            mman::mmap_anonymous(
+                None,
+                len_nz,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                flags,
+            )
+        }
+        .map_err(|errno| RegionError::Map {
+            len,
+            what: "hugetlb",
+            errno,
+        })?;
+        Ok(Region {
+            start: map_start.cast(),
+            len,
+            map_start,
+            map_len: len,
+        })
+    }
+
+    /// Maps `len` bytes of `memfd` (from offset 0) `MAP_SHARED`. Mapping the same memfd twice
+    /// gives the alias pair that minor faults and UFFDIO_CONTINUE work with.
+    pub fn shared(memfd: &Memfd, len: usize) -> Result<Self> {
+        let len = len.div_ceil(memfd.page) * memfd.page;
+        let len_nz = NonZeroUsize::new(len).ok_or(RegionError::Empty)?;
+        // SAFETY: a new shared mapping of our own memfd at a kernel-chosen address aliases no
+        // Rust object; the memfd is at least `len` long (Memfd::new sized it).
+        let map_start = unsafe {
+            mman::mmap(
+                None,
+                len_nz,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                &memfd.fd,
+                0,
+            )
+        }
+        .map_err(|errno| RegionError::Map {
+            len,
+            what: "shared memfd",
+            errno,
+        })?;
+        Ok(Region {
+            start: map_start.cast(),
+            len,
+            map_start,
+            map_len: len,
+        })
+    }
+
     /// Start address.
     pub fn addr(&self) -> u64 {
         self.start.as_ptr() as u64
@@ -163,6 +233,92 @@ impl Region {
     }
 }
 
+fn huge_flag(huge: usize) -> Result<MapFlags> {
+    match huge {
+        HUGE_2M => Ok(MapFlags::MAP_HUGE_2MB),
+        HUGE_1G => Ok(MapFlags::MAP_HUGE_1GB),
+        _ => Err(RegionError::HugeSize(huge)),
+    }
+}
+
+/// The PUD-level huge page size on x86_64.
+pub const HUGE_1G: usize = 1 << 30;
+
+/// An anonymous memory file (`memfd_create`): shmem, or hugetlbfs with `huge` pages.
+#[derive(Debug)]
+pub struct Memfd {
+    fd: std::os::fd::OwnedFd,
+    len: usize,
+    page: usize,
+}
+
+impl Memfd {
+    /// Creates a memfd of `len` bytes (rounded up to its page size). `huge` = None for shmem
+    /// with base pages, or Some(2 MiB / 1 GiB) for hugetlbfs pages from the pool.
+    pub fn new(name: &str, len: usize, huge: Option<usize>) -> Result<Self> {
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        let mut flags = MFdFlags::MFD_CLOEXEC;
+        let page = match huge {
+            Some(size) => {
+                flags |= MFdFlags::MFD_HUGETLB
+                    | match size {
+                        HUGE_2M => MFdFlags::MFD_HUGE_2MB,
+                        HUGE_1G => MFdFlags::MFD_HUGE_1GB,
+                        _ => return Err(RegionError::HugeSize(size)),
+                    };
+                size
+            }
+            None => page_size(),
+        };
+        let len = len.div_ceil(page) * page;
+        let fd = memfd_create(name, flags).map_err(|errno| RegionError::Map {
+            len,
+            what: "memfd_create",
+            errno,
+        })?;
+        nix::unistd::ftruncate(&fd, i64::try_from(len).unwrap_or(i64::MAX)).map_err(|errno| {
+            RegionError::Map {
+                len,
+                what: "ftruncate memfd",
+                errno,
+            }
+        })?;
+        Ok(Memfd { fd, len, page })
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Its page size (base or huge).
+    pub fn page(&self) -> usize {
+        self.page
+    }
+
+    /// Punches out `offset..offset+len` (`fallocate(PUNCH_HOLE)`): the pages leave the page
+    /// cache, so the range is MISSING again in every mapping.
+    pub fn punch_hole(&self, offset: usize, len: usize) -> Result<()> {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        fallocate(
+            &self.fd,
+            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            i64::try_from(offset).unwrap_or(i64::MAX),
+            i64::try_from(len).unwrap_or(i64::MAX),
+        )
+        .map_err(|errno| RegionError::Map {
+            len,
+            what: "fallocate(PUNCH_HOLE)",
+            errno,
+        })
+    }
+}
+
 impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: `map_start..map_start+map_len` is exactly the mapping this Region created
@@ -191,6 +347,24 @@ mod tests {
         let region = Region::anonymous_aligned(HUGE_2M, HUGE_2M).expect("mmap");
         assert_eq!(region.addr() % HUGE_2M as u64, 0);
         assert_eq!(region.len(), HUGE_2M);
+    }
+
+    #[test]
+    fn thp_is_aligned_and_advised() {
+        let region = Region::thp(3 << 20).expect("mmap");
+        assert_eq!(region.len(), 4 << 20);
+        assert_eq!(region.addr() % HUGE_2M as u64, 0);
+    }
+
+    #[test]
+    fn shmem_alias_sees_writes() {
+        let memfd = Memfd::new("alias-test", 8192, None).expect("memfd");
+        let a = Region::shared(&memfd, memfd.len()).expect("map a");
+        let b = Region::shared(&memfd, memfd.len()).expect("map b");
+        // SAFETY: both mappings are 8 KiB of the same shmem file; nothing else accesses them.
+        unsafe { a.as_ptr().add(4096).write(42) };
+        // SAFETY: as above.
+        assert_eq!(unsafe { b.as_ptr().add(4096).read() }, 42);
     }
 
     #[test]

@@ -1,0 +1,1 @@
+//! The huge-page assembler (being written).

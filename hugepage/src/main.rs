@@ -1,0 +1,2 @@
+//! hugepage binary (being written).
+fn main() {}
