@@ -1,0 +1,148 @@
+//! The command line of the `fault-client` binary.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use uffd_core::Endpoint;
+
+use crate::client::{self, RunConfig};
+use crate::workload::Workload;
+
+/// Fill a userfaultfd-registered region on demand from a page-server, and measure it.
+#[derive(Debug, Parser)]
+#[command(name = "fault-client", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Map a region of the image's size, register it, run a workload over it and report.
+    Run(RunArgs),
+    /// Show what this kernel and process allow (userfaultfd access, features, huge pages).
+    Probe {
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The one-command demo: starts a page-server child on loopback with a synthetic image,
+    /// runs the random workload on 4 threads with the background stream, verifies, reports.
+    Demo {
+        /// Synthetic image size.
+        #[arg(long, default_value = "256MiB")]
+        size: String,
+        /// Workload threads.
+        #[arg(long, default_value_t = 4)]
+        threads: u64,
+        /// Fraction of the pages touched.
+        #[arg(long, default_value_t = 0.05)]
+        touch: f64,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Arguments of `fault-client run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The page server: HOST:PORT or unix:PATH.
+    #[arg(long, value_name = "ADDR")]
+    pub server: Endpoint,
+    /// Access pattern of the workload threads.
+    #[arg(long, value_enum, default_value_t = Workload::Random)]
+    pub workload: Workload,
+    /// Workload threads.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub threads: u64,
+    /// Touches, as a fraction of the image's pages (0..=1).
+    #[arg(long, default_value_t = 0.25, value_name = "FRACTION", value_parser = parse_fraction)]
+    pub touch: f64,
+    /// Do not open the background stream: pages arrive only when faulted.
+    #[arg(long)]
+    pub no_background: bool,
+    /// At the end, check every page against the server's checksums (touching the rest, so
+    /// the whole image arrives).
+    #[arg(long)]
+    pub verify: bool,
+    /// Write the final region (the image's true length) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub dump: Option<PathBuf>,
+    /// Seed of the workload's random choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Read the token the server requires from FILE.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("`{s}` is not a fraction between 0 and 1")),
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let mut config = RunConfig::new(args.server);
+            config.workload = args.workload;
+            config.threads = args.threads;
+            config.touch = args.touch;
+            config.background = !args.no_background;
+            config.verify = args.verify;
+            config.dump = args.dump;
+            config.seed = args.seed;
+            if let Some(path) = args.token_file {
+                let token = std::fs::read(&path).map_err(|e| {
+                    anyhow::anyhow!("cannot read token file {}: {e}", path.display())
+                })?;
+                config.token = token.trim_ascii().to_vec();
+            }
+            let report = client::run(&config)?;
+            print_report(&report, args.json);
+            if report.verified == Some(false) {
+                anyhow::bail!("verification failed: the region differs from the server's image");
+            }
+            Ok(())
+        }
+        Command::Probe { json } => {
+            let probe = uffd_core::probe();
+            if json {
+                println!("{}", serde_json::to_string(&probe)?);
+            } else {
+                print!("{}", crate::probe_table(&probe));
+            }
+            Ok(())
+        }
+        Command::Demo {
+            size,
+            threads,
+            touch,
+            json,
+        } => {
+            let report = crate::demo::demo(&size, threads, touch)?;
+            print_report(&report, json);
+            if report.verified != Some(true) {
+                anyhow::bail!("verification failed");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_report(report: &crate::report::Report, json: bool) {
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+}

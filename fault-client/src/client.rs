@@ -1,0 +1,267 @@
+//! One run: connect, map and register, run the workload, wait for the image, verify, report.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use uffd_core::proto::Role;
+use uffd_core::{Endpoint, Latency, Userfaultfd};
+
+use crate::connect::{connect, ConnectError, HelloParams};
+use crate::memory::{Memory, MemoryError};
+use crate::pager::{self, Channel, Pager};
+use crate::report::Report;
+use crate::workload::{self, Workload};
+
+/// Errors of a run.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting or the handshake failed.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The region could not be set up.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// No userfaultfd.
+    #[error(transparent)]
+    Uffd(#[from] uffd_core::uffd::UffdError),
+    /// The transfer failed (server gone, protocol error, placement error).
+    #[error("{0}")]
+    Transfer(String),
+    /// A thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Spawn(std::io::Error),
+    /// Writing the dump failed.
+    #[error("cannot write {path}: {source}")]
+    Dump {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The page server.
+    pub server: Endpoint,
+    /// Access pattern.
+    pub workload: Workload,
+    /// Workload threads.
+    pub threads: u64,
+    /// Touches, as a fraction of the image's pages.
+    pub touch: f64,
+    /// Open the background connection.
+    pub background: bool,
+    /// Check every page against the server's checksums at the end.
+    pub verify: bool,
+    /// Write the final region here.
+    pub dump: Option<PathBuf>,
+    /// Workload seed.
+    pub seed: u64,
+    /// Token for the server (empty: none).
+    pub token: Vec<u8>,
+}
+
+impl RunConfig {
+    /// Defaults: random workload, 4 threads, 25% of the pages touched, background on.
+    pub fn new(server: Endpoint) -> RunConfig {
+        RunConfig {
+            server,
+            workload: Workload::Random,
+            threads: 4,
+            touch: 0.25,
+            background: true,
+            verify: false,
+            dump: None,
+            seed: 1,
+            token: Vec::new(),
+        }
+    }
+}
+
+/// Runs the workload against the server and returns the report.
+pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
+    let page = uffd_core::page_size() as u64;
+    let mut params = HelloParams {
+        session: 0,
+        unit: page,
+        image_id: 0,
+        token: config.token.clone(),
+    };
+    let urgent = connect(&config.server, Role::Urgent, &params, config.verify)?;
+    let image_size = urgent.welcome.image_size;
+    params.session = urgent.welcome.session;
+    params.image_id = urgent.welcome.image_id;
+    let checksums = urgent.checksums;
+
+    let memory = Memory::new(usize::try_from(image_size).unwrap_or(usize::MAX))?;
+    let uffd = Userfaultfd::open(memory.uffd_features())?;
+    memory.register(&uffd)?;
+    let pager = Arc::new(Pager::new(memory, uffd, image_size));
+    let start = Instant::now();
+
+    let mut helpers = Vec::new();
+    let writer = urgent.writer;
+    let reader = urgent.reader;
+    let urgent_conn = writer.get_ref().try_clone().map_err(ClientError::Spawn)?;
+    helpers.push(
+        pager::spawn("fault-handler", &pager, move |p| {
+            pager::handle_faults(p, writer)
+        })
+        .map_err(ClientError::Spawn)?,
+    );
+    helpers.push(
+        pager::spawn("urgent-rx", &pager, move |p| {
+            pager::receive(p, Channel::Urgent, reader)
+        })
+        .map_err(ClientError::Spawn)?,
+    );
+    let mut background_conn = None;
+    if config.background {
+        let background = connect(&config.server, Role::Background, &params, false)?;
+        background_conn = Some(
+            background
+                .writer
+                .get_ref()
+                .try_clone()
+                .map_err(ClientError::Spawn)?,
+        );
+        let reader = background.reader;
+        helpers.push(
+            pager::spawn("background-rx", &pager, move |p| {
+                pager::receive(p, Channel::Background, reader)
+            })
+            .map_err(ClientError::Spawn)?,
+        );
+    }
+
+    // The workload.
+    let touches = (config.touch.clamp(0.0, 1.0) * pager.pages as f64).round() as u64;
+    let threads = config.threads.max(1);
+    let mut workers = Vec::new();
+    for t in 0..threads {
+        let plan = workload::plan(
+            config.workload,
+            pager.pages,
+            touches,
+            t,
+            threads,
+            config.seed,
+        );
+        let p = Arc::clone(&pager);
+        let handle = std::thread::Builder::new()
+            .name(format!("workload-{t}"))
+            .spawn(move || {
+                let latency = workload::touch(p.memory.addr(), p.page, &plan, &p.received);
+                (latency, plan.len() as u64)
+            })
+            .map_err(ClientError::Spawn)?;
+        workers.push(handle);
+    }
+    // Threads blocked on a fault cannot be joined if the server dies: wait for them or for
+    // a fatal error, whichever comes first.
+    let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watcher = {
+        let finished = Arc::clone(&finished);
+        let p = Arc::clone(&pager);
+        std::thread::spawn(move || {
+            let mut latency = Latency::new();
+            let mut touched = 0;
+            for worker in workers {
+                if let Ok((l, n)) = worker.join() {
+                    latency.merge(&l);
+                    touched += n;
+                }
+                finished.fetch_add(1, Ordering::AcqRel);
+                p.notify();
+            }
+            (latency, touched)
+        })
+    };
+    let all_done = || finished.load(Ordering::Acquire) == threads as usize;
+    pager.wait_until(all_done).map_err(ClientError::Transfer)?;
+    let (latency, touched) = watcher
+        .join()
+        .map_err(|_| ClientError::Transfer("a workload thread panicked".into()))?;
+    if config.background {
+        pager
+            .wait_until(|| pager.received.is_full())
+            .map_err(ClientError::Transfer)?;
+    }
+    let elapsed = start.elapsed();
+
+    let verified = match &checksums {
+        Some(sums) => Some(verify(&pager, sums)?),
+        None => None,
+    };
+    if let Some(path) = &config.dump {
+        dump(&pager, image_size, path)?;
+    }
+
+    // Everything is present and no thread waits on a fault: safe to stop and unmap.
+    pager.stop();
+    urgent_conn.shutdown();
+    if let Some(conn) = background_conn {
+        conn.shutdown();
+    }
+    for helper in helpers {
+        let _ = helper.join();
+    }
+    if let Some(why) = pager.fatal() {
+        return Err(ClientError::Transfer(why));
+    }
+    Ok(Report::new(
+        config, &pager, image_size, touched, elapsed, &latency, verified,
+    ))
+}
+
+/// Touches every page (so the whole image arrives), then compares each page's checksum with
+/// the server's.
+fn verify(pager: &Pager, checksums: &[u64]) -> Result<bool, ClientError> {
+    for index in 0..pager.pages {
+        // SAFETY: the address is inside the registered region; a missing page is fetched
+        // on demand and this thread blocks until it is placed.
+        unsafe { std::ptr::read_volatile(pager.page_addr(index) as *const u8) };
+        if let Some(why) = pager.fatal() {
+            return Err(ClientError::Transfer(why));
+        }
+    }
+    let page = usize::try_from(pager.page).unwrap_or(4096);
+    let mut bad = 0u64;
+    for (index, &expected) in checksums.iter().enumerate() {
+        let addr = pager.page_addr(index as u64) as *const u8;
+        // SAFETY: every page is present (touched above) and nothing writes the region now.
+        let bytes = unsafe { std::slice::from_raw_parts(addr, page) };
+        if uffd_core::checksum(bytes) != expected {
+            if bad < 10 {
+                tracing::warn!("page {index} does not match the server's checksum");
+            }
+            bad += 1;
+        }
+    }
+    Ok(bad == 0)
+}
+
+fn dump(pager: &Pager, image_size: u64, path: &PathBuf) -> Result<(), ClientError> {
+    for index in 0..pager.pages {
+        // SAFETY: as in `verify`: the page is fetched on demand if missing.
+        unsafe { std::ptr::read_volatile(pager.page_addr(index) as *const u8) };
+    }
+    if let Some(why) = pager.fatal() {
+        return Err(ClientError::Transfer(why));
+    }
+    // SAFETY: every page is present and nothing writes the region now.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            pager.memory.addr() as *const u8,
+            usize::try_from(image_size).unwrap_or(usize::MAX),
+        )
+    };
+    std::fs::write(path, bytes).map_err(|source| ClientError::Dump {
+        path: path.clone(),
+        source,
+    })
+}

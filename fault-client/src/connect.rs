@@ -1,0 +1,155 @@
+//! Opening a session with the page server: the urgent connection (which opens the session and
+//! may fetch the per-page checksums) and the background connection (which joins it).
+
+use std::time::Duration;
+
+use uffd_core::proto::{self, ErrorCode, Hello, Role, Welcome};
+use uffd_core::{Conn, Endpoint, Frame, FrameReader, FrameWriter, Limits, WireError};
+
+/// Errors while connecting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The server cannot be reached.
+    #[error("cannot reach page server at {addr}: {source}")]
+    Unreachable {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server refused the session.
+    #[error("page server refused the session ({code:?}): {message}")]
+    Refused {
+        /// Error code.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+    },
+    /// The server broke the protocol or the connection.
+    #[error("handshake with the page server failed: {0}")]
+    Wire(#[from] WireError),
+    /// Something other than a welcome came back.
+    #[error("handshake with the page server failed: unexpected {0:?} frame")]
+    Unexpected(proto::Kind),
+    /// The connection closed during the handshake.
+    #[error("the page server closed the connection during the handshake")]
+    Closed,
+    /// The server's page size differs from ours.
+    #[error("the server's page size is {server} bytes, this machine's is {local}")]
+    PageSize {
+        /// Server's.
+        server: u32,
+        /// Ours.
+        local: u64,
+    },
+}
+
+/// A connection after its handshake.
+#[derive(Debug)]
+pub struct Connected {
+    /// What the server said.
+    pub welcome: Welcome,
+    /// Reads frames from the server.
+    pub reader: FrameReader<Conn>,
+    /// Writes frames to the server.
+    pub writer: FrameWriter<Conn>,
+    /// Per-page checksums, when asked for.
+    pub checksums: Option<Vec<u64>>,
+}
+
+/// Parameters of a hello.
+#[derive(Debug, Clone)]
+pub struct HelloParams {
+    /// Session to join (0: open a new one).
+    pub session: u64,
+    /// Placement unit in bytes.
+    pub unit: u64,
+    /// Expected image id (0: any).
+    pub image_id: u64,
+    /// Token (empty: none).
+    pub token: Vec<u8>,
+}
+
+/// Connects and performs the handshake for `role`.
+pub fn connect(
+    endpoint: &Endpoint,
+    role: Role,
+    params: &HelloParams,
+    want_checksums: bool,
+) -> Result<Connected, ConnectError> {
+    let conn = Conn::connect(endpoint, Duration::from_secs(5)).map_err(|source| {
+        ConnectError::Unreachable {
+            addr: endpoint.to_string(),
+            source,
+        }
+    })?;
+    let read_half = conn.try_clone().map_err(WireError::Io)?;
+    let mut writer = FrameWriter::new(conn);
+    let mut reader = FrameReader::new(read_half);
+    let page = uffd_core::page_size() as u64;
+    writer
+        .send(&Frame::Hello(Hello {
+            version: proto::VERSION,
+            role,
+            flags: if want_checksums {
+                proto::HELLO_WANT_CHECKSUMS
+            } else {
+                0
+            },
+            session: params.session,
+            unit: params.unit,
+            image_id: params.image_id,
+            token: &params.token,
+        }))
+        .map_err(WireError::Io)?;
+    reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(WireError::Io)?;
+    let welcome = match reader.read_frame(&Limits::handshake(page))? {
+        Some(Frame::Welcome(w)) => w,
+        Some(Frame::Error { code, message }) => {
+            return Err(ConnectError::Refused {
+                code,
+                message: message.to_string(),
+            })
+        }
+        Some(other) => return Err(ConnectError::Unexpected(other.kind())),
+        None => return Err(ConnectError::Closed),
+    };
+    if u64::from(welcome.page_size) != page {
+        return Err(ConnectError::PageSize {
+            server: welcome.page_size,
+            local: page,
+        });
+    }
+    let limits = Limits::new(welcome.image_size, page);
+    let checksums = if welcome.flags & proto::WELCOME_CHECKSUMS_FOLLOW != 0 {
+        let pages = limits.pages();
+        let mut sums = Vec::with_capacity(usize::try_from(pages).unwrap_or(0));
+        while (sums.len() as u64) < pages {
+            match reader.read_frame(&limits)? {
+                Some(frame @ Frame::Checksums { first_page, .. })
+                    if first_page == sums.len() as u64 =>
+                {
+                    sums.extend(frame.checksums())
+                }
+                Some(other) => return Err(ConnectError::Unexpected(other.kind())),
+                None => return Err(ConnectError::Closed),
+            }
+        }
+        Some(sums)
+    } else {
+        None
+    };
+    reader
+        .get_ref()
+        .set_read_timeout(None)
+        .map_err(WireError::Io)?;
+    Ok(Connected {
+        welcome,
+        reader,
+        writer,
+        checksums,
+    })
+}

@@ -1,0 +1,348 @@
+//! The pager: a registered region filled on demand from the page server.
+//!
+//! Three kinds of threads share one [`Pager`]:
+//! - the **fault handler** polls the userfaultfd; each fault on a page nobody asked for yet
+//!   becomes one request on the urgent connection (the `requested` bitmap makes that true
+//!   however many threads fault on the page);
+//! - the **urgent receiver** and the **background receiver** read frames and place pages with
+//!   UFFDIO_COPY / ZEROPAGE, which wakes the threads waiting on them. The kernel refuses to
+//!   place a page twice (EEXIST), so a page that arrives on both connections is placed once.
+//!
+//! If the server goes away, the pager records a fatal error and the run stops. The userfaultfd
+//! is never closed while a thread may still be blocked on a fault: closing it would let such a
+//! thread run on a zero-filled page. Blocked threads keep the pager (and so the descriptor)
+//! alive until the process exits.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crate::memory::{Assembler, Memory};
+use uffd_core::place::Stop;
+use uffd_core::{Conn, Event, Frame, FrameReader, FrameWriter, Limits, PageBitmap, Userfaultfd};
+
+/// Counters of a run (all monotonic).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Fault messages read from the userfaultfd.
+    pub faults: AtomicU64,
+    /// Requests sent on the urgent connection.
+    pub requests: AtomicU64,
+    /// Data pages placed from the urgent connection.
+    pub pages_urgent: AtomicU64,
+    /// Data pages placed from the background connection.
+    pub pages_background: AtomicU64,
+    /// Zero pages placed (either connection).
+    pub pages_zero: AtomicU64,
+    /// Pages that arrived but were already present.
+    pub pages_duplicate: AtomicU64,
+    /// Bytes read from both connections.
+    pub bytes_received: AtomicU64,
+}
+
+/// Which connection a receiver reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// Answers to requests.
+    Urgent,
+    /// The stream.
+    Background,
+}
+
+/// State shared by the pager's threads.
+#[derive(Debug)]
+pub struct Pager {
+    /// The registered memory.
+    pub memory: Memory,
+    /// The descriptor it is registered with.
+    pub uffd: Userfaultfd,
+    /// Base page size.
+    pub page: u64,
+    /// Pages in the image.
+    pub pages: u64,
+    /// Pages present in the region.
+    pub received: PageBitmap,
+    /// Pages (first page of each request unit) already requested.
+    pub requested: PageBitmap,
+    /// Counters.
+    pub counters: Counters,
+    /// Decoder limits for the server's frames.
+    pub limits: Limits,
+    stop: AtomicBool,
+    background_done: AtomicBool,
+    fatal: Mutex<Option<String>>,
+    progress: Condvar,
+    progress_lock: Mutex<()>,
+}
+
+impl Pager {
+    /// A pager over `memory`, registered with `uffd`, for an image of `image_size` bytes.
+    pub fn new(memory: Memory, uffd: Userfaultfd, image_size: u64) -> Pager {
+        let page = uffd_core::page_size() as u64;
+        let pages = image_size.div_ceil(page);
+        let slots = usize::try_from(pages).unwrap_or(usize::MAX);
+        Pager {
+            memory,
+            uffd,
+            page,
+            pages,
+            received: PageBitmap::new(slots),
+            requested: PageBitmap::new(slots),
+            counters: Counters::default(),
+            limits: Limits::new(image_size, page),
+            stop: AtomicBool::new(false),
+            background_done: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            progress: Condvar::new(),
+            progress_lock: Mutex::new(()),
+        }
+    }
+
+    /// Records the first fatal error and wakes the main thread.
+    pub fn fail(&self, why: String) {
+        let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
+        if fatal.is_none() && !self.stop.load(Ordering::Acquire) {
+            tracing::debug!("fatal: {why}");
+            *fatal = Some(why);
+        }
+        drop(fatal);
+        self.notify();
+    }
+
+    /// The fatal error, if any.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Tells every thread to stop (the run is over).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.notify();
+    }
+
+    /// True once [`Pager::stop`] was called.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// True once the background stream sent its end frame.
+    pub fn background_done(&self) -> bool {
+        self.background_done.load(Ordering::Acquire)
+    }
+
+    /// Wakes the main thread to re-check its condition.
+    pub fn notify(&self) {
+        let _guard = self.progress_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.progress.notify_all();
+    }
+
+    /// Waits until `done()` or a fatal error, checking at least every 50 ms.
+    pub fn wait_until(&self, done: impl Fn() -> bool) -> Result<(), String> {
+        let mut guard = self.progress_lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(why) = self.fatal() {
+                return Err(why);
+            }
+            if done() {
+                return Ok(());
+            }
+            guard = match self.progress.wait_timeout(guard, Duration::from_millis(50)) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// Address of page `index`.
+    pub fn page_addr(&self, index: u64) -> u64 {
+        self.memory.addr() + index * self.page
+    }
+}
+
+/// The fault handler thread: faults become requests.
+pub fn handle_faults(pager: &Pager, mut urgent: FrameWriter<Conn>) {
+    let mut buffer = Userfaultfd::event_buffer(64);
+    let mut events = Vec::with_capacity(64);
+    let unit_pages = (pager.memory.request_unit() / pager.page).max(1);
+    while !pager.stopping() {
+        match pager.uffd.wait_readable(Duration::from_millis(100)) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(err) => return pager.fail(err.to_string()),
+        }
+        events.clear();
+        if let Err(err) = pager.uffd.read_events(&mut buffer, &mut events) {
+            return pager.fail(err.to_string());
+        }
+        for event in events.drain(..) {
+            let Event::Fault { addr, .. } = event else {
+                // No non-cooperative events are negotiated; nothing else can arrive.
+                continue;
+            };
+            pager.counters.faults.fetch_add(1, Ordering::Relaxed);
+            let page = (addr - pager.memory.addr()) / pager.page;
+            if page >= pager.pages {
+                // The padding beyond the image of a huge-page backing: nothing to fetch.
+                if let Err(err) = place_padding(pager, addr) {
+                    return pager.fail(err);
+                }
+                continue;
+            }
+            if pager.received.get(page as usize) {
+                // Placed between the fault and now: the placement woke the thread already,
+                // unless it faulted just after; a wake is harmless either way.
+                let _ = pager.uffd.wake(pager.page_addr(page), pager.page);
+                continue;
+            }
+            let first = page / unit_pages * unit_pages;
+            if !pager.requested.set(first as usize) {
+                continue;
+            }
+            let len = (unit_pages.min(pager.pages - first)) * pager.page;
+            let request = Frame::Request {
+                offset: first * pager.page,
+                len,
+            };
+            if let Err(err) = urgent.send(&request) {
+                return pager.fail(format!(
+                    "lost the urgent connection to the page server: {err}"
+                ));
+            }
+            pager.counters.requests.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A fault in the region's padding past the image (huge-page backings round the region up):
+/// it reads as zeros.
+fn place_padding(pager: &Pager, addr: u64) -> Result<(), String> {
+    let unit = pager.memory.unit();
+    let start = addr / unit * unit;
+    let mut assembler = pager
+        .memory
+        .assembler(&pager.uffd)
+        .map_err(|e| e.to_string())?;
+    let scratch =
+        PageBitmap::new(usize::try_from(pager.memory.len() as u64 / pager.page).unwrap_or(0));
+    let offset = start - pager.memory.addr();
+    assembler
+        .zero(offset, unit, &scratch)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// A receiver thread: reads frames from one connection and places their pages.
+pub fn receive(pager: &Pager, channel: Channel, mut reader: FrameReader<Conn>) {
+    let mut assembler = match pager.memory.assembler(&pager.uffd) {
+        Ok(a) => a,
+        Err(err) => return pager.fail(err.to_string()),
+    };
+    let name = match channel {
+        Channel::Urgent => "urgent",
+        Channel::Background => "background",
+    };
+    let mut last_bytes = 0;
+    loop {
+        let frame = match reader.read_frame(&pager.limits) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                if !pager.stopping() && !(channel == Channel::Background && pager.background_done())
+                {
+                    pager.fail(format!("the page server closed the {name} connection"));
+                }
+                return;
+            }
+            Err(err) => {
+                if !pager.stopping() {
+                    pager.fail(format!(
+                        "{name} connection to the page server failed: {err}"
+                    ));
+                }
+                return;
+            }
+        };
+        let result = match frame {
+            Frame::Data { offset, bytes } => place(
+                pager,
+                &mut assembler,
+                channel,
+                offset,
+                Some(bytes),
+                bytes.len() as u64,
+            ),
+            Frame::Zero { offset, len } => place(pager, &mut assembler, channel, offset, None, len),
+            Frame::End if channel == Channel::Background => {
+                pager.background_done.store(true, Ordering::Release);
+                pager.notify();
+                Ok(())
+            }
+            Frame::Error { code, message } => {
+                Err(format!("page server error ({code:?}): {message}"))
+            }
+            other => Err(format!(
+                "unexpected {:?} frame on the {name} connection",
+                other.kind()
+            )),
+        };
+        let bytes = reader.bytes_read();
+        pager
+            .counters
+            .bytes_received
+            .fetch_add(bytes - last_bytes, Ordering::Relaxed);
+        last_bytes = bytes;
+        if let Err(why) = result {
+            return pager.fail(why);
+        }
+    }
+}
+
+fn place(
+    pager: &Pager,
+    assembler: &mut Assembler,
+    channel: Channel,
+    offset: u64,
+    bytes: Option<&[u8]>,
+    len: u64,
+) -> Result<(), String> {
+    loop {
+        let progress = match bytes {
+            Some(bytes) => assembler.data(offset, bytes, &pager.received),
+            None => assembler.zero(offset, len, &pager.received),
+        }
+        .map_err(|e| e.to_string())?;
+        let counter = match (bytes.is_some(), channel) {
+            (false, _) => &pager.counters.pages_zero,
+            (true, Channel::Urgent) => &pager.counters.pages_urgent,
+            (true, Channel::Background) => &pager.counters.pages_background,
+        };
+        counter.fetch_add(progress.pages_placed, Ordering::Relaxed);
+        pager
+            .counters
+            .pages_duplicate
+            .fetch_add(progress.pages_present, Ordering::Relaxed);
+        match progress.stopped {
+            None => break,
+            Some(Stop::Gone) => return Err("the process owning the region exited".into()),
+            // The address space is changing (no events are negotiated, so nothing else can
+            // make the kernel say EAGAIN): give it a moment, then place the rest; pages done
+            // already answer EEXIST and are skipped.
+            Some(Stop::Retry) => std::thread::sleep(Duration::from_micros(50)),
+        }
+    }
+    if pager.received.is_full() {
+        pager.notify();
+    }
+    Ok(())
+}
+
+/// Spawns a named thread running `f` with the pager.
+pub fn spawn(
+    name: &str,
+    pager: &Arc<Pager>,
+    f: impl FnOnce(&Pager) + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let pager = Arc::clone(pager);
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || f(&pager))
+}

@@ -1,0 +1,119 @@
+//! The command line of the `page-server` binary.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{ArgGroup, Parser};
+use uffd_core::Endpoint;
+
+use crate::image::Image;
+use crate::server::{Config, Server};
+
+/// Serve a memory image to fault-clients: urgent page requests on one connection, a
+/// background stream of everything else on another.
+///
+/// The first line printed on stdout is `listening on ADDR` with the real bound address, so
+/// `--listen 127.0.0.1:0` works in scripts. Logs go to stderr (set RUST_LOG, e.g. debug).
+#[derive(Debug, Parser)]
+#[command(name = "page-server", version)]
+#[command(group(ArgGroup::new("source").required(true).args(["image", "synthetic"])))]
+pub struct Args {
+    /// Address to listen on: HOST:PORT or unix:PATH.
+    #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
+    pub listen: Endpoint,
+
+    /// Serve this file (mapped read-only; a size that is not a multiple of the page size is
+    /// served zero-padded, and the handshake carries the true length).
+    #[arg(long, value_name = "FILE")]
+    pub image: Option<PathBuf>,
+
+    /// Serve a deterministic synthetic image of this size (e.g. 256MiB, 1GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub synthetic: Option<u64>,
+
+    /// Seed of the synthetic image.
+    #[arg(long, default_value_t = 1, requires = "synthetic")]
+    pub seed: u64,
+
+    /// Fraction of zero pages in the synthetic image (0..=1).
+    #[arg(long, default_value_t = 0.1, requires = "synthetic", value_name = "F")]
+    pub zero_fraction: f64,
+
+    /// Largest data frame of the background stream; huge pages travel in chunks of this size
+    /// and an urgent request can interrupt the stream at each chunk boundary.
+    #[arg(long, default_value = "64KiB", value_name = "SIZE", value_parser = parse_chunk)]
+    pub chunk: u64,
+
+    /// Never pause the background stream for urgent requests: an urgent answer waits until
+    /// the huge page on the wire is complete (for comparison).
+    #[arg(long)]
+    pub no_preempt: bool,
+
+    /// Sessions served at once.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_sessions: usize,
+
+    /// Require clients to present the contents of this file as a token.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Parses a size such as `4096`, `64KiB`, `256MiB` or `1GiB`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    parse_size::parse_size(s).map_err(|e| format!("`{s}` is not a size (e.g. 64KiB, 1GiB): {e}"))
+}
+
+fn parse_chunk(s: &str) -> Result<u64, String> {
+    let size = parse_bytes(s)?;
+    let page = uffd_core::page_size() as u64;
+    if size == 0 || size % page != 0 || size > uffd_core::proto::MAX_CHUNK as u64 {
+        return Err(format!(
+            "chunk must be a multiple of {page} bytes, at most {} bytes",
+            uffd_core::proto::MAX_CHUNK
+        ));
+    }
+    Ok(size)
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let page = uffd_core::page_size() as u64;
+    let image = match (&args.image, args.synthetic) {
+        (Some(path), _) => Image::from_file(path, page)?,
+        (None, Some(size)) => Image::synthetic(size, args.seed, args.zero_fraction, page)?,
+        (None, None) => anyhow::bail!("give --image FILE or --synthetic SIZE"),
+    };
+    let mut config = Config::new(args.listen.clone());
+    config.policy.chunk = args.chunk;
+    config.policy.preempt = !args.no_preempt;
+    config.max_sessions = args.max_sessions;
+    if let Some(path) = &args.token_file {
+        let token = std::fs::read(path)
+            .with_context(|| format!("cannot read token file {}", path.display()))?;
+        let token = token.trim_ascii().to_vec();
+        anyhow::ensure!(!token.is_empty(), "token file {} is empty", path.display());
+        config.token = Some(token);
+    }
+    tracing::info!(
+        "serving {} ({} bytes, {} pages, {} zero)",
+        image.description(),
+        image.len(),
+        image.pages(),
+        image.zero_pages()
+    );
+    let server = Server::bind(config, Arc::new(image))?;
+    let endpoint = server.local_endpoint()?;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "listening on {endpoint}")?;
+    stdout.flush()?;
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&shutdown))?;
+    }
+    server.serve(&shutdown)?;
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! Writing claimed pages: runs of data pages become data frames of at most one chunk, runs of
+//! zero pages become zero frames (zero pages never travel as data).
+
+use std::io::{self, Write};
+
+use uffd_core::{Frame, FrameWriter};
+
+use crate::image::Image;
+use crate::session::Claim;
+
+/// Writes `claim` (page index runs) as frames of at most `chunk` data bytes. Before every data
+/// frame but the first, `between_chunks` is asked whether to go on (it may block, e.g. to let
+/// urgent answers through); a false answer stops the send with `Ok(false)`.
+pub fn send_claim<W: Write>(
+    writer: &mut FrameWriter<W>,
+    image: &Image,
+    claim: &Claim,
+    chunk: u64,
+    mut between_chunks: impl FnMut() -> bool,
+) -> io::Result<bool> {
+    let page = image.page_size();
+    let mut first_frame = true;
+    for &(start, end) in claim {
+        let mut p = start;
+        while p < end {
+            let zero = image.is_zero_page(p);
+            let mut q = p + 1;
+            while q < end && image.is_zero_page(q) == zero && (zero || (q - p) * page < chunk) {
+                q += 1;
+            }
+            if !first_frame && !zero && !between_chunks() {
+                return Ok(false);
+            }
+            first_frame = false;
+            let (offset, len) = (p * page, (q - p) * page);
+            if zero {
+                writer.send(&Frame::Zero { offset, len })?;
+            } else {
+                writer.send(&Frame::Data {
+                    offset,
+                    bytes: image.slice(offset, len),
+                })?;
+            }
+            p = q;
+        }
+    }
+    Ok(true)
+}
