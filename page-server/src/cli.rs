@@ -80,6 +80,11 @@ fn parse_chunk(s: &str) -> Result<u64, String> {
 
 /// Runs the server until SIGINT or SIGTERM.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // Before anything is printed: a script may signal as soon as it sees the address.
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&shutdown))?;
+    }
     let page = uffd_core::page_size() as u64;
     let image = match (&args.image, args.synthetic) {
         (Some(path), _) => Image::from_file(path, page)?,
@@ -109,11 +114,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {endpoint}")?;
     stdout.flush()?;
-
-    let shutdown = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&shutdown))?;
-    }
     server.serve(&shutdown)?;
     Ok(())
 }

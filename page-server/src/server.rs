@@ -149,16 +149,23 @@ fn handle(conn: Conn, shared: &Shared) {
         Ok(()) => tracing::debug!(%peer, "connection closed"),
         Err(err) => {
             tracing::info!(%peer, "closing connection: {err}");
-            if let Some(code) = err.code() {
-                let message = err.to_string();
-                let _ = writer.send(&Frame::Error {
-                    code,
-                    message: &message,
-                });
-            }
+            tell(&mut writer, &err);
         }
     }
-    writer.get_ref().shutdown();
+    if let Ok(mut conn) = writer.get_ref().try_clone() {
+        conn.linger_close(1 << 20, Duration::from_millis(200));
+    }
+}
+
+/// Sends the error frame for `err`, if the client should hear about it.
+fn tell(writer: &mut FrameWriter<Conn>, err: &ServeError) {
+    if let Some(code) = err.code() {
+        let message = err.to_string();
+        let _ = writer.send(&Frame::Error {
+            code,
+            message: &message,
+        });
+    }
 }
 
 fn serve_connection(
@@ -215,10 +222,17 @@ fn serve_connection(
     let result = match hello.role {
         Role::Urgent => {
             let r = crate::urgent::serve(&session, reader, writer, &shared.limits);
+            if let Err(err) = &r {
+                tracing::info!(session = session.id, "closing session: {err}");
+                tell(writer, err);
+                if let Ok(mut conn) = writer.get_ref().try_clone() {
+                    conn.linger_close(1 << 20, Duration::from_millis(200));
+                }
+            }
             // The urgent connection carries the session: when it goes, the session ends.
             shared.sessions().remove(&session.id);
             session.close();
-            r
+            return Ok(());
         }
         Role::Background => crate::background::stream(&session, writer),
     };

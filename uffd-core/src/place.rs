@@ -76,7 +76,12 @@ fn classify(op: Op, dst: u64, len: u64, answer: RangeAnswer) -> Result<Outcome> 
         Err(Errno::EAGAIN) => Ok(Outcome::Retry),
         Err(Errno::EEXIST) => Ok(Outcome::AlreadyPresent),
         Err(Errno::ESRCH) => Ok(Outcome::Gone),
-        Err(errno) => Err(PlaceError { op, dst, len, errno }),
+        Err(errno) => Err(PlaceError {
+            op,
+            dst,
+            len,
+            errno,
+        }),
     }
 }
 
@@ -216,7 +221,9 @@ mod tests {
 
     #[test]
     fn copy_then_eexist() {
-        let Some((uffd, region)) = setup(2) else { return };
+        let Some((uffd, region)) = setup(2) else {
+            return;
+        };
         let page = vec![7u8; page_size()];
         assert_eq!(
             copy(&uffd, region.addr(), &page, true),
@@ -232,7 +239,9 @@ mod tests {
 
     #[test]
     fn fill_skips_present_pages_in_the_middle() {
-        let Some((uffd, region)) = setup(8) else { return };
+        let Some((uffd, region)) = setup(8) else {
+            return;
+        };
         let ps = page_size() as u64;
         let one = vec![1u8; page_size()];
         // Pages 2 and 5 come "urgently" first.
@@ -252,7 +261,9 @@ mod tests {
 
     #[test]
     fn zero_fill_range() {
-        let Some((uffd, region)) = setup(4) else { return };
+        let Some((uffd, region)) = setup(4) else {
+            return;
+        };
         let ps = page_size() as u64;
         copy(&uffd, region.addr() + ps, &vec![3u8; page_size()], true).expect("copy");
         let filled = fill(&uffd, region.addr(), Source::Zero(4 * ps), ps).expect("fill");
@@ -265,7 +276,9 @@ mod tests {
 
     #[test]
     fn bad_range_is_an_error() {
-        let Some((uffd, _region)) = setup(1) else { return };
+        let Some((uffd, _region)) = setup(1) else {
+            return;
+        };
         // Address 0 is never registered.
         let err = copy(&uffd, 0, &vec![0u8; page_size()], true).expect_err("EINVAL/ENOENT");
         assert_eq!(err.op, Op::Copy);

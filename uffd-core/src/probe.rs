@@ -99,7 +99,11 @@ pub fn probe() -> Probe {
                 Origin::Device => "/dev/userfaultfd",
                 Origin::Syscall => "userfaultfd(2) syscall",
             };
-            (Ok(how.to_string()), uffd.available_features(), uffd.api_ioctls())
+            (
+                Ok(how.to_string()),
+                uffd.available_features(),
+                uffd.api_ioctls(),
+            )
         }
         Err(err) => (Err(err.to_string()), 0, 0),
     };
@@ -183,7 +187,10 @@ mod tests {
     #[test]
     fn names_follow_bits() {
         assert_eq!(
-            names(sys::feature::MOVE | sys::feature::SIGBUS, &sys::feature::NAMES),
+            names(
+                sys::feature::MOVE | sys::feature::SIGBUS,
+                &sys::feature::NAMES
+            ),
             vec!["SIGBUS", "MOVE"]
         );
     }

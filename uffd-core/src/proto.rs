@@ -268,7 +268,8 @@ impl Limits {
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
-        if !offset.is_multiple_of(self.page_size) || !len.is_multiple_of(self.page_size) || len == 0 {
+        if !offset.is_multiple_of(self.page_size) || !len.is_multiple_of(self.page_size) || len == 0
+        {
             return Err(ProtoError::Misaligned {
                 offset,
                 len,
@@ -831,7 +832,11 @@ mod tests {
             Err(ProtoError::OutOfRange { .. })
         ));
         buf.clear();
-        Frame::Request { offset: 1, len: PAGE }.encode(&mut buf);
+        Frame::Request {
+            offset: 1,
+            len: PAGE,
+        }
+        .encode(&mut buf);
         assert!(matches!(
             decode(&buf, &limits()),
             Err(ProtoError::Misaligned { .. })

@@ -114,7 +114,12 @@ impl Region {
     /// advised `MADV_HUGEPAGE`: eligible for transparent huge pages when THP is `madvise`.
     pub fn thp(len: usize) -> Result<Self> {
         let region = Self::anonymous_aligned(len.div_ceil(HUGE_2M) * HUGE_2M, HUGE_2M)?;
-        region.advise(0, region.len, mman::MmapAdvise::MADV_HUGEPAGE, "MADV_HUGEPAGE")?;
+        region.advise(
+            0,
+            region.len,
+            mman::MmapAdvise::MADV_HUGEPAGE,
+            "MADV_HUGEPAGE",
+        )?;
         Ok(region)
     }
 

@@ -30,7 +30,9 @@ pub enum UffdError {
         detail: String,
     },
     /// UFFDIO_API refused the requested features.
-    #[error("UFFDIO_API refused features {requested:#x} (kernel supports {supported:#x}): {errno}")]
+    #[error(
+        "UFFDIO_API refused features {requested:#x} (kernel supports {supported:#x}): {errno}"
+    )]
     Api {
         /// Requested feature bits.
         requested: u64,

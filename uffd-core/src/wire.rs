@@ -118,6 +118,28 @@ impl Conn {
         };
     }
 
+    /// Closes after an error frame without losing it: stops writing, then reads and discards
+    /// what the peer still sends (up to `limit`, for at most `timeout`), so that closing with
+    /// unread input does not make the kernel answer with a reset that destroys the error frame
+    /// before the peer reads it.
+    pub fn linger_close(&mut self, limit: usize, timeout: Duration) {
+        let _ = match self {
+            Conn::Tcp(s) => s.shutdown(Shutdown::Write),
+            Conn::Unix(s) => s.shutdown(Shutdown::Write),
+        };
+        let _ = self.set_read_timeout(Some(timeout));
+        let deadline = std::time::Instant::now() + timeout;
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < limit && std::time::Instant::now() < deadline {
+            match self.read(&mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+        self.shutdown();
+    }
+
     /// Sets a read timeout (None: block).
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         match self {
@@ -401,7 +423,8 @@ mod tests {
     #[test]
     fn eof_mid_frame_is_an_error() {
         let (mut a, b) = UnixStream::pair().expect("pair");
-        a.write_all(&[5, 0, 0, 0, 16, 0, 0, 0, 1, 2]).expect("write");
+        a.write_all(&[5, 0, 0, 0, 16, 0, 0, 0, 1, 2])
+            .expect("write");
         drop(a);
         let mut reader = FrameReader::new(Conn::Unix(b));
         assert!(matches!(

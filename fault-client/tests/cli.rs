@@ -1,0 +1,86 @@
+//! The fault-client binary's argument handling and probe, as a user runs them.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fault-client");
+
+#[test]
+fn help_lists_the_commands_and_run_flags() {
+    let out = Command::new(BIN).arg("--help").output().expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["run", "probe", "demo"] {
+        assert!(text.contains(cmd), "--help lacks {cmd}");
+    }
+    let out = Command::new(BIN)
+        .args(["run", "--help"])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--server",
+        "--workload",
+        "--threads",
+        "--touch",
+        "--no-background",
+        "--verify",
+        "--dump",
+        "--json",
+    ] {
+        assert!(text.contains(flag), "run --help lacks {flag}");
+    }
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    for args in [
+        vec!["run"],
+        vec!["run", "--server", "nonsense"],
+        vec!["run", "--server", "127.0.0.1:1", "--touch", "2"],
+        vec!["run", "--server", "127.0.0.1:1", "--workload", "sideways"],
+        vec!["run", "--server", "127.0.0.1:1", "--threads", "0"],
+    ] {
+        let out = Command::new(BIN).args(&args).output().expect("run");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+}
+
+#[test]
+fn unreachable_server_is_one_line_and_exit_1() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let out = Command::new(BIN)
+        .args(["run", "--server", &format!("127.0.0.1:{port}")])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("cannot reach page server"), "{err}");
+}
+
+#[test]
+fn probe_json_reports_features() {
+    let out = Command::new(BIN)
+        .args(["probe", "--json"])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let probe: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    for key in [
+        "kernel",
+        "features",
+        "feature_names",
+        "ioctl_names",
+        "huge_pools",
+        "thp_enabled",
+        "open",
+    ] {
+        assert!(probe.get(key).is_some(), "probe lacks {key}");
+    }
+    let out = Command::new(BIN).arg("probe").output().expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("userfaultfd"), "{text}");
+}

@@ -1,0 +1,90 @@
+//! Helpers shared by the integration tests: in-process servers and the workspace binaries.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use page_server::{Config, Image, Server};
+use uffd_core::Endpoint;
+
+pub const PAGE: u64 = 4096;
+
+/// A page server running on a thread of the test process, shut down on drop.
+pub struct TestServer {
+    pub endpoint: Endpoint,
+    pub image: Arc<Image>,
+    shutdown: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn start(image: Image) -> TestServer {
+        Self::start_with(image, |_| {})
+    }
+
+    pub fn start_with(image: Image, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config::new("127.0.0.1:0".parse().expect("endpoint"));
+        tweak(&mut config);
+        let image = Arc::new(image);
+        let server = Server::bind(config, Arc::clone(&image)).expect("bind");
+        let endpoint = server.local_endpoint().expect("endpoint");
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&shutdown);
+        let thread = std::thread::spawn(move || server.serve(&flag).expect("serve"));
+        TestServer {
+            endpoint,
+            image,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the server: every session's connections are shut down.
+    pub fn stop(&mut self) {
+        self.shutdown.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A synthetic image.
+pub fn synthetic(len: u64, seed: u64, zero_fraction: f64) -> Image {
+    Image::synthetic(len, seed, zero_fraction, PAGE).expect("synthetic image")
+}
+
+/// True if this process may use userfaultfd; otherwise prints why the test is skipped (and
+/// fails under CI).
+pub fn have_uffd() -> bool {
+    match uffd_core::Userfaultfd::open(0) {
+        Ok(_) => true,
+        Err(err) => {
+            uffd_core::testing::skip(&err.to_string());
+            false
+        }
+    }
+}
+
+/// A binary of this workspace (built by `cargo test --workspace`), from target/<profile>/.
+pub fn binary(name: &str) -> PathBuf {
+    let me = std::env::current_exe().expect("current exe");
+    let dir = me
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the suite with `cargo test --workspace`, which builds it",
+        path.display()
+    );
+    path
+}
