@@ -82,61 +82,137 @@ impl RunConfig {
     }
 }
 
+/// A live session: the region registered, the fault handler and the receivers running.
+/// Touching the region's pages fetches them. [`Client::close`] ends it cleanly.
+#[derive(Debug)]
+pub struct Client {
+    pager: Arc<Pager>,
+    helpers: Vec<std::thread::JoinHandle<()>>,
+    conns: Vec<uffd_core::Conn>,
+    checksums: Option<Vec<u64>>,
+    image_size: u64,
+}
+
+impl Client {
+    /// Connects (urgent, then background if asked), maps and registers the region, and
+    /// starts the fault handler and the receivers.
+    pub fn open(
+        server: &Endpoint,
+        background: bool,
+        want_checksums: bool,
+        token: &[u8],
+    ) -> Result<Client, ClientError> {
+        let page = uffd_core::page_size() as u64;
+        let mut params = HelloParams {
+            session: 0,
+            unit: page,
+            image_id: 0,
+            token: token.to_vec(),
+        };
+        let urgent = connect(server, Role::Urgent, &params, want_checksums)?;
+        let image_size = urgent.welcome.image_size;
+        params.session = urgent.welcome.session;
+        params.image_id = urgent.welcome.image_id;
+
+        let memory = Memory::new(usize::try_from(image_size).unwrap_or(usize::MAX))?;
+        let uffd = Userfaultfd::open(memory.uffd_features())?;
+        memory.register(&uffd)?;
+        let pager = Arc::new(Pager::new(memory, uffd, image_size));
+        let mut client = Client {
+            pager: Arc::clone(&pager),
+            helpers: Vec::new(),
+            conns: Vec::new(),
+            checksums: urgent.checksums,
+            image_size,
+        };
+        let writer = urgent.writer;
+        let reader = urgent.reader;
+        client
+            .conns
+            .push(writer.get_ref().try_clone().map_err(ClientError::Spawn)?);
+        client.spawn("fault-handler", move |p| pager::handle_faults(p, writer))?;
+        client.spawn("urgent-rx", move |p| {
+            pager::receive(p, Channel::Urgent, reader)
+        })?;
+        if background {
+            let bg = connect(server, Role::Background, &params, false)?;
+            client.conns.push(
+                bg.writer
+                    .get_ref()
+                    .try_clone()
+                    .map_err(ClientError::Spawn)?,
+            );
+            let reader = bg.reader;
+            client.spawn("background-rx", move |p| {
+                pager::receive(p, Channel::Background, reader)
+            })?;
+        }
+        Ok(client)
+    }
+
+    fn spawn(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(&Pager) + Send + 'static,
+    ) -> Result<(), ClientError> {
+        let handle = pager::spawn(name, &self.pager, f).map_err(ClientError::Spawn)?;
+        self.helpers.push(handle);
+        Ok(())
+    }
+
+    /// The shared pager state.
+    pub fn pager(&self) -> &Arc<Pager> {
+        &self.pager
+    }
+
+    /// True image size.
+    pub fn image_size(&self) -> u64 {
+        self.image_size
+    }
+
+    /// Reads one byte of page `index`, fetching the page if it is missing.
+    pub fn touch(&self, index: u64) -> u8 {
+        assert!(index < self.pager.pages, "page {index} outside the image");
+        // SAFETY: the address is inside the registered region, which lives as long as the
+        // pager; a missing page blocks this thread until it is placed.
+        unsafe { std::ptr::read_volatile(self.pager.page_addr(index) as *const u8) }
+    }
+
+    /// Waits until every page is present, or the transfer fails.
+    pub fn wait_complete(&self) -> Result<(), ClientError> {
+        self.pager
+            .wait_until(|| self.pager.received.is_full())
+            .map_err(ClientError::Transfer)
+    }
+
+    /// Stops the threads and closes the connections. Call it only when no thread can be
+    /// blocked on a fault of the region.
+    pub fn close(self) -> Result<(), ClientError> {
+        self.pager.stop();
+        for conn in &self.conns {
+            conn.shutdown();
+        }
+        for helper in self.helpers {
+            let _ = helper.join();
+        }
+        match self.pager.fatal() {
+            Some(why) => Err(ClientError::Transfer(why)),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Runs the workload against the server and returns the report.
 pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
-    let page = uffd_core::page_size() as u64;
-    let mut params = HelloParams {
-        session: 0,
-        unit: page,
-        image_id: 0,
-        token: config.token.clone(),
-    };
-    let urgent = connect(&config.server, Role::Urgent, &params, config.verify)?;
-    let image_size = urgent.welcome.image_size;
-    params.session = urgent.welcome.session;
-    params.image_id = urgent.welcome.image_id;
-    let checksums = urgent.checksums;
-
-    let memory = Memory::new(usize::try_from(image_size).unwrap_or(usize::MAX))?;
-    let uffd = Userfaultfd::open(memory.uffd_features())?;
-    memory.register(&uffd)?;
-    let pager = Arc::new(Pager::new(memory, uffd, image_size));
     let start = Instant::now();
-
-    let mut helpers = Vec::new();
-    let writer = urgent.writer;
-    let reader = urgent.reader;
-    let urgent_conn = writer.get_ref().try_clone().map_err(ClientError::Spawn)?;
-    helpers.push(
-        pager::spawn("fault-handler", &pager, move |p| {
-            pager::handle_faults(p, writer)
-        })
-        .map_err(ClientError::Spawn)?,
-    );
-    helpers.push(
-        pager::spawn("urgent-rx", &pager, move |p| {
-            pager::receive(p, Channel::Urgent, reader)
-        })
-        .map_err(ClientError::Spawn)?,
-    );
-    let mut background_conn = None;
-    if config.background {
-        let background = connect(&config.server, Role::Background, &params, false)?;
-        background_conn = Some(
-            background
-                .writer
-                .get_ref()
-                .try_clone()
-                .map_err(ClientError::Spawn)?,
-        );
-        let reader = background.reader;
-        helpers.push(
-            pager::spawn("background-rx", &pager, move |p| {
-                pager::receive(p, Channel::Background, reader)
-            })
-            .map_err(ClientError::Spawn)?,
-        );
-    }
+    let client = Client::open(
+        &config.server,
+        config.background,
+        config.verify,
+        &config.token,
+    )?;
+    let pager = Arc::clone(client.pager());
+    let image_size = client.image_size();
 
     // The workload.
     let touches = (config.touch.clamp(0.0, 1.0) * pager.pages as f64).round() as u64;
@@ -187,32 +263,19 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
         .join()
         .map_err(|_| ClientError::Transfer("a workload thread panicked".into()))?;
     if config.background {
-        pager
-            .wait_until(|| pager.received.is_full())
-            .map_err(ClientError::Transfer)?;
+        client.wait_complete()?;
     }
     let elapsed = start.elapsed();
 
-    let verified = match &checksums {
+    let verified = match &client.checksums {
         Some(sums) => Some(verify(&pager, sums)?),
         None => None,
     };
     if let Some(path) = &config.dump {
         dump(&pager, image_size, path)?;
     }
-
     // Everything is present and no thread waits on a fault: safe to stop and unmap.
-    pager.stop();
-    urgent_conn.shutdown();
-    if let Some(conn) = background_conn {
-        conn.shutdown();
-    }
-    for helper in helpers {
-        let _ = helper.join();
-    }
-    if let Some(why) = pager.fatal() {
-        return Err(ClientError::Transfer(why));
-    }
+    client.close()?;
     Ok(Report::new(
         config, &pager, image_size, touched, elapsed, &latency, verified,
     ))
