@@ -143,9 +143,7 @@ impl Client {
                     .map_err(ClientError::Spawn)?,
             );
             let reader = bg.reader;
-            client.spawn("background-rx", move |p| {
-                pager::receive(p, Channel::Background, reader)
-            })?;
+            client.spawn("background-rx", move |p| pager::receive_pipelined(p, reader))?;
         }
         Ok(client)
     }

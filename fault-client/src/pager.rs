@@ -231,6 +231,91 @@ fn place_padding(pager: &Pager, addr: u64) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Buffers in flight between the background reader and its placer.
+const PIPELINE_DEPTH: usize = 4;
+
+/// The background receiver, as a two-stage pipeline: this thread reads frames into a small
+/// pool of buffers while a placer thread places the previous ones, so that receiving (a copy
+/// out of the socket) and placing (page allocation and UFFDIO_COPY) run on two CPUs at once.
+pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>) {
+    use std::sync::mpsc;
+    let max = pager.limits.max_payload;
+    let (full_tx, full_rx) = mpsc::sync_channel::<(uffd_core::proto::Header, Vec<u8>)>(PIPELINE_DEPTH);
+    let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(PIPELINE_DEPTH);
+    for _ in 0..PIPELINE_DEPTH {
+        let _ = free_tx.send(vec![0u8; max]);
+    }
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut assembler = match pager.memory.assembler(&pager.uffd) {
+                Ok(a) => a,
+                Err(err) => return pager.fail(err.to_string()),
+            };
+            for (header, buf) in full_rx {
+                let frame = match uffd_core::Frame::parse(header, &buf[..header.len as usize], &pager.limits) {
+                    Ok(frame) => frame,
+                    Err(err) => return pager.fail(format!("background connection to the page server failed: {err}")),
+                };
+                if let Err(why) = handle_frame(pager, &mut assembler, Channel::Background, frame) {
+                    return pager.fail(why);
+                }
+                if free_tx.send(buf).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut reader = reader;
+        let mut last_bytes = 0;
+        // The end frame may still be in the placer's queue when the server closes.
+        let mut saw_end = false;
+        for mut buf in free_rx.iter() {
+            let header = match reader.read_raw(&mut buf, &pager.limits) {
+                Ok(Some(header)) => header,
+                Ok(None) => {
+                    if !pager.stopping() && !saw_end {
+                        pager.fail("the page server closed the background connection".into());
+                    }
+                    break;
+                }
+                Err(err) => {
+                    if !pager.stopping() {
+                        pager.fail(format!("background connection to the page server failed: {err}"));
+                    }
+                    break;
+                }
+            };
+            let bytes = reader.bytes_read();
+            pager.counters.bytes_received.fetch_add(bytes - last_bytes, Ordering::Relaxed);
+            last_bytes = bytes;
+            saw_end |= header.kind == uffd_core::proto::Kind::End;
+            if full_tx.send((header, buf)).is_err() {
+                break;
+            }
+        }
+        drop(full_tx);
+    });
+}
+
+fn handle_frame(pager: &Pager, assembler: &mut Assembler<'_>, channel: Channel, frame: Frame<'_>) -> Result<(), String> {
+    let name = match channel {
+        Channel::Urgent => "urgent",
+        Channel::Background => "background",
+    };
+    match frame {
+        Frame::Data { offset, bytes } => {
+            place(pager, assembler, channel, offset, Some(bytes), bytes.len() as u64)
+        }
+        Frame::Zero { offset, len } => place(pager, assembler, channel, offset, None, len),
+        Frame::End if channel == Channel::Background => {
+            pager.background_done.store(true, Ordering::Release);
+            pager.notify();
+            Ok(())
+        }
+        Frame::Error { code, message } => Err(format!("page server error ({code:?}): {message}")),
+        other => Err(format!("unexpected {:?} frame on the {name} connection", other.kind())),
+    }
+}
+
 /// A receiver thread: reads frames from one connection and places their pages.
 pub fn receive(pager: &Pager, channel: Channel, mut reader: FrameReader<Conn>) {
     let mut assembler = match pager.memory.assembler(&pager.uffd) {
@@ -261,29 +346,7 @@ pub fn receive(pager: &Pager, channel: Channel, mut reader: FrameReader<Conn>) {
                 return;
             }
         };
-        let result = match frame {
-            Frame::Data { offset, bytes } => place(
-                pager,
-                &mut assembler,
-                channel,
-                offset,
-                Some(bytes),
-                bytes.len() as u64,
-            ),
-            Frame::Zero { offset, len } => place(pager, &mut assembler, channel, offset, None, len),
-            Frame::End if channel == Channel::Background => {
-                pager.background_done.store(true, Ordering::Release);
-                pager.notify();
-                Ok(())
-            }
-            Frame::Error { code, message } => {
-                Err(format!("page server error ({code:?}): {message}"))
-            }
-            other => Err(format!(
-                "unexpected {:?} frame on the {name} connection",
-                other.kind()
-            )),
-        };
+        let result = handle_frame(pager, &mut assembler, channel, frame);
         let bytes = reader.bytes_read();
         pager
             .counters
@@ -298,7 +361,7 @@ pub fn receive(pager: &Pager, channel: Channel, mut reader: FrameReader<Conn>) {
 
 fn place(
     pager: &Pager,
-    assembler: &mut Assembler,
+    assembler: &mut Assembler<'_>,
     channel: Channel,
     offset: u64,
     bytes: Option<&[u8]>,

@@ -301,6 +301,20 @@ impl<R: Read> FrameReader<R> {
         self.bytes_read += (HEADER_LEN + payload.len()) as u64;
         Ok(Some(Frame::parse(header, payload, limits)?))
     }
+
+    /// Reads the next frame's header and payload into `payload` (which must be at least
+    /// `limits.max_payload` long) without parsing it, so another thread can parse and use it
+    /// ([`Frame::parse`] on `&payload[..header.len]`). `Ok(None)` on a clean end of stream.
+    pub fn read_raw(&mut self, payload: &mut [u8], limits: &Limits) -> Result<Option<Header>> {
+        let mut head = [0u8; HEADER_LEN];
+        if !read_full(&mut self.inner, &mut head, true)? {
+            return Ok(None);
+        }
+        let header = Header::parse(head, limits.max_payload.min(payload.len()))?;
+        read_full(&mut self.inner, &mut payload[..header.len as usize], false)?;
+        self.bytes_read += (HEADER_LEN + header.len as usize) as u64;
+        Ok(Some(header))
+    }
 }
 
 /// Fills `buf`. Returns false if the stream ended before the first byte and `eof_ok`.
