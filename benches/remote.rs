@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use fault_client::client::Client;
+use fault_client::client::{Client, ClientOptions};
 use page_server::{Config, Image, Server};
 use uffd_core::{Endpoint, Latency};
 
@@ -97,7 +97,11 @@ fn remote_fault(c: &mut Criterion) {
                     if let Some((old, _)) = client.take() {
                         old.close().expect("close");
                     }
-                    let fresh = Client::open(&server.endpoint, false, false, &[]).expect("client");
+                    let fresh = Client::open(&ClientOptions {
+                        background: false,
+                        ..ClientOptions::new(server.endpoint.clone())
+                    })
+                    .expect("client");
                     client = Some((fresh, 0));
                 }
                 let (cl, next) = client.as_mut().expect("client");
@@ -183,7 +187,8 @@ fn transfer(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let start = Instant::now();
-                let client = Client::open(&server.endpoint, true, false, &[]).expect("client");
+                let client =
+                    Client::open(&ClientOptions::new(server.endpoint.clone())).expect("client");
                 client.wait_complete().expect("complete");
                 let took = start.elapsed();
                 client.close().expect("close");

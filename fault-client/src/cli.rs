@@ -28,6 +28,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Draw a trace (from `run --trace`): fault-latency histogram and CDF, and a timeline of
+    /// page arrivals over the address space. The format follows the extension: .svg or .png.
+    Plot {
+        /// The trace file.
+        trace: PathBuf,
+        /// The picture to write.
+        #[arg(long, value_name = "FILE.svg|FILE.png")]
+        out: PathBuf,
+    },
     /// The one-command demo: starts a page-server child on loopback with a synthetic image,
     /// runs the random workload on 4 threads with the background stream, verifies, reports.
     Demo {
@@ -71,6 +80,9 @@ pub struct RunArgs {
     /// Write the final region (the image's true length) to FILE.
     #[arg(long, value_name = "FILE")]
     pub dump: Option<PathBuf>,
+    /// Record every fault and every arriving page to FILE (CSV; see `fault-client plot`).
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
     /// Seed of the workload's random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -101,6 +113,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config.verify = args.verify;
             config.dump = args.dump;
             config.seed = args.seed;
+            config.trace = args.trace;
             if let Some(path) = args.token_file {
                 let token = std::fs::read(&path).map_err(|e| {
                     anyhow::anyhow!("cannot read token file {}: {e}", path.display())
@@ -121,6 +134,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!("{}", crate::probe_table(&probe));
             }
+            Ok(())
+        }
+        Command::Plot { trace, out } => {
+            let summary = crate::plot::plot(&trace, &out)?;
+            println!("{summary}");
             Ok(())
         }
         Command::Demo {

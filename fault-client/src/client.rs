@@ -63,6 +63,8 @@ pub struct RunConfig {
     pub seed: u64,
     /// Token for the server (empty: none).
     pub token: Vec<u8>,
+    /// Trace file (`--trace`).
+    pub trace: Option<PathBuf>,
 }
 
 impl RunConfig {
@@ -78,6 +80,35 @@ impl RunConfig {
             dump: None,
             seed: 1,
             token: Vec::new(),
+            trace: None,
+        }
+    }
+}
+
+/// How to open a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The page server.
+    pub server: Endpoint,
+    /// Open the background connection.
+    pub background: bool,
+    /// Fetch the per-page checksums.
+    pub want_checksums: bool,
+    /// Token (empty: none).
+    pub token: Vec<u8>,
+    /// Write a trace of every fault and arrival here.
+    pub trace: Option<PathBuf>,
+}
+
+impl ClientOptions {
+    /// Urgent and background connections, no checksums, no token, no trace.
+    pub fn new(server: Endpoint) -> ClientOptions {
+        ClientOptions {
+            server,
+            background: true,
+            want_checksums: false,
+            token: Vec::new(),
+            trace: None,
         }
     }
 }
@@ -96,12 +127,11 @@ pub struct Client {
 impl Client {
     /// Connects (urgent, then background if asked), maps and registers the region, and
     /// starts the fault handler and the receivers.
-    pub fn open(
-        server: &Endpoint,
-        background: bool,
-        want_checksums: bool,
-        token: &[u8],
-    ) -> Result<Client, ClientError> {
+    pub fn open(options: &ClientOptions) -> Result<Client, ClientError> {
+        let server = &options.server;
+        let background = options.background;
+        let want_checksums = options.want_checksums;
+        let token = &options.token;
         let page = uffd_core::page_size() as u64;
         let mut params = HelloParams {
             session: 0,
@@ -117,7 +147,16 @@ impl Client {
         let memory = Memory::new(usize::try_from(image_size).unwrap_or(usize::MAX))?;
         let uffd = Userfaultfd::open(memory.uffd_features())?;
         memory.register(&uffd)?;
-        let pager = Arc::new(Pager::new(memory, uffd, image_size));
+        let trace = match &options.trace {
+            Some(path) => Some(crate::trace::Trace::create(path, Instant::now()).map_err(
+                |source| ClientError::Dump {
+                    path: path.clone(),
+                    source,
+                },
+            )?),
+            None => None,
+        };
+        let pager = Arc::new(Pager::new(memory, uffd, image_size, trace));
         let mut client = Client {
             pager: Arc::clone(&pager),
             helpers: Vec::new(),
@@ -143,7 +182,9 @@ impl Client {
                     .map_err(ClientError::Spawn)?,
             );
             let reader = bg.reader;
-            client.spawn("background-rx", move |p| pager::receive_pipelined(p, reader))?;
+            client.spawn("background-rx", move |p| {
+                pager::receive_pipelined(p, reader)
+            })?;
         }
         Ok(client)
     }
@@ -203,12 +244,13 @@ impl Client {
 /// Runs the workload against the server and returns the report.
 pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
     let start = Instant::now();
-    let client = Client::open(
-        &config.server,
-        config.background,
-        config.verify,
-        &config.token,
-    )?;
+    let client = Client::open(&ClientOptions {
+        server: config.server.clone(),
+        background: config.background,
+        want_checksums: config.verify,
+        token: config.token.clone(),
+        trace: config.trace.clone(),
+    })?;
     let pager = Arc::clone(client.pager());
     let image_size = client.image_size();
 
@@ -271,6 +313,12 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
     };
     if let Some(path) = &config.dump {
         dump(&pager, image_size, path)?;
+    }
+    if let Some(trace) = &pager.trace {
+        trace.finish().map_err(|source| ClientError::Dump {
+            path: config.trace.clone().unwrap_or_default(),
+            source,
+        })?;
     }
     // Everything is present and no thread waits on a fault: safe to stop and unmap.
     client.close()?;

@@ -11,6 +11,7 @@
 //! - [`pager`]: the fault handler thread and the receiver threads.
 //! - [`workload`]: the application threads (seq, random, zipf) and their fault latency.
 //! - [`client`]: one run from connect to report. [`report`]: table and JSON.
+//! - [`trace`]: `--trace`, a CSV line per fault and per arriving page; [`plot`] draws it.
 //! - [`demo`]: the one-command demo (a page-server child process).
 //! - [`cli`]: the command line; [`cli::run`] is what the binary calls.
 
@@ -20,7 +21,9 @@ pub mod connect;
 pub mod demo;
 pub mod memory;
 pub mod pager;
+pub mod plot;
 pub mod report;
+pub mod trace;
 pub mod workload;
 
 pub use cli::{run, Cli};

@@ -18,6 +18,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::memory::{Assembler, Memory};
+use crate::trace::Resolution;
 use uffd_core::place::Stop;
 use uffd_core::{Conn, Event, Frame, FrameReader, FrameWriter, Limits, PageBitmap, Userfaultfd};
 
@@ -49,6 +50,16 @@ pub enum Channel {
     Background,
 }
 
+impl Channel {
+    /// `urgent` or `background`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Urgent => "urgent",
+            Channel::Background => "background",
+        }
+    }
+}
+
 /// State shared by the pager's threads.
 #[derive(Debug)]
 pub struct Pager {
@@ -68,6 +79,8 @@ pub struct Pager {
     pub counters: Counters,
     /// Decoder limits for the server's frames.
     pub limits: Limits,
+    /// The `--trace` file, if any.
+    pub trace: Option<crate::trace::Trace>,
     stop: AtomicBool,
     background_done: AtomicBool,
     fatal: Mutex<Option<String>>,
@@ -77,7 +90,12 @@ pub struct Pager {
 
 impl Pager {
     /// A pager over `memory`, registered with `uffd`, for an image of `image_size` bytes.
-    pub fn new(memory: Memory, uffd: Userfaultfd, image_size: u64) -> Pager {
+    pub fn new(
+        memory: Memory,
+        uffd: Userfaultfd,
+        image_size: u64,
+        trace: Option<crate::trace::Trace>,
+    ) -> Pager {
         let page = uffd_core::page_size() as u64;
         let pages = image_size.div_ceil(page);
         let slots = usize::try_from(pages).unwrap_or(usize::MAX);
@@ -90,6 +108,7 @@ impl Pager {
             requested: PageBitmap::new(slots),
             counters: Counters::default(),
             limits: Limits::new(image_size, page),
+            trace,
             stop: AtomicBool::new(false),
             background_done: AtomicBool::new(false),
             fatal: Mutex::new(None),
@@ -188,7 +207,13 @@ pub fn handle_faults(pager: &Pager, mut urgent: FrameWriter<Conn>) {
                 }
                 continue;
             }
+            if let Some(trace) = &pager.trace {
+                trace.fault(page * pager.page, pager.page);
+            }
             if pager.received.get(page as usize) {
+                if let Some(trace) = &pager.trace {
+                    trace.already_present(page * pager.page, pager.page);
+                }
                 // Placed between the fault and now: the placement woke the thread already,
                 // unless it faulted just after; a wake is harmless either way.
                 let _ = pager.uffd.wake(pager.page_addr(page), pager.page);
@@ -240,7 +265,8 @@ const PIPELINE_DEPTH: usize = 4;
 pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>) {
     use std::sync::mpsc;
     let max = pager.limits.max_payload;
-    let (full_tx, full_rx) = mpsc::sync_channel::<(uffd_core::proto::Header, Vec<u8>)>(PIPELINE_DEPTH);
+    let (full_tx, full_rx) =
+        mpsc::sync_channel::<(uffd_core::proto::Header, Vec<u8>)>(PIPELINE_DEPTH);
     let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(PIPELINE_DEPTH);
     for _ in 0..PIPELINE_DEPTH {
         let _ = free_tx.send(vec![0u8; max]);
@@ -252,9 +278,17 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>) {
                 Err(err) => return pager.fail(err.to_string()),
             };
             for (header, buf) in full_rx {
-                let frame = match uffd_core::Frame::parse(header, &buf[..header.len as usize], &pager.limits) {
+                let frame = match uffd_core::Frame::parse(
+                    header,
+                    &buf[..header.len as usize],
+                    &pager.limits,
+                ) {
                     Ok(frame) => frame,
-                    Err(err) => return pager.fail(format!("background connection to the page server failed: {err}")),
+                    Err(err) => {
+                        return pager.fail(format!(
+                            "background connection to the page server failed: {err}"
+                        ))
+                    }
                 };
                 if let Err(why) = handle_frame(pager, &mut assembler, Channel::Background, frame) {
                     return pager.fail(why);
@@ -279,13 +313,18 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>) {
                 }
                 Err(err) => {
                     if !pager.stopping() {
-                        pager.fail(format!("background connection to the page server failed: {err}"));
+                        pager.fail(format!(
+                            "background connection to the page server failed: {err}"
+                        ));
                     }
                     break;
                 }
             };
             let bytes = reader.bytes_read();
-            pager.counters.bytes_received.fetch_add(bytes - last_bytes, Ordering::Relaxed);
+            pager
+                .counters
+                .bytes_received
+                .fetch_add(bytes - last_bytes, Ordering::Relaxed);
             last_bytes = bytes;
             saw_end |= header.kind == uffd_core::proto::Kind::End;
             if full_tx.send((header, buf)).is_err() {
@@ -296,15 +335,25 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>) {
     });
 }
 
-fn handle_frame(pager: &Pager, assembler: &mut Assembler<'_>, channel: Channel, frame: Frame<'_>) -> Result<(), String> {
+fn handle_frame(
+    pager: &Pager,
+    assembler: &mut Assembler<'_>,
+    channel: Channel,
+    frame: Frame<'_>,
+) -> Result<(), String> {
     let name = match channel {
         Channel::Urgent => "urgent",
         Channel::Background => "background",
     };
     match frame {
-        Frame::Data { offset, bytes } => {
-            place(pager, assembler, channel, offset, Some(bytes), bytes.len() as u64)
-        }
+        Frame::Data { offset, bytes } => place(
+            pager,
+            assembler,
+            channel,
+            offset,
+            Some(bytes),
+            bytes.len() as u64,
+        ),
         Frame::Zero { offset, len } => place(pager, assembler, channel, offset, None, len),
         Frame::End if channel == Channel::Background => {
             pager.background_done.store(true, Ordering::Release);
@@ -312,7 +361,10 @@ fn handle_frame(pager: &Pager, assembler: &mut Assembler<'_>, channel: Channel, 
             Ok(())
         }
         Frame::Error { code, message } => Err(format!("page server error ({code:?}): {message}")),
-        other => Err(format!("unexpected {:?} frame on the {name} connection", other.kind())),
+        other => Err(format!(
+            "unexpected {:?} frame on the {name} connection",
+            other.kind()
+        )),
     }
 }
 
@@ -379,6 +431,21 @@ fn place(
             (true, Channel::Background) => &pager.counters.pages_background,
         };
         counter.fetch_add(progress.pages_placed, Ordering::Relaxed);
+        if let Some(trace) = &pager.trace {
+            let how = match (bytes.is_some(), channel) {
+                (false, _) => Resolution::Zero,
+                (true, Channel::Urgent) => Resolution::Urgent,
+                (true, Channel::Background) => Resolution::Background,
+            };
+            trace.arrival(
+                offset,
+                len,
+                pager.page,
+                progress.pages_placed,
+                how,
+                channel.name(),
+            );
+        }
         pager
             .counters
             .pages_duplicate
