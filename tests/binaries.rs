@@ -183,7 +183,13 @@ fn server_killed_mid_transfer_stops_the_client_with_an_error() {
             "--touch",
             "1",
         ])
-        .args(["--no-background", "--threads", "2"])
+        .args([
+            "--no-background",
+            "--threads",
+            "2",
+            "--reconnect-timeout",
+            "1",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

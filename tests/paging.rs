@@ -164,6 +164,7 @@ fn server_gone_mid_transfer_is_an_error_not_a_hang() {
         c.touch = 1.0;
         c.threads = 2;
         c.verify = false;
+        c.reconnect_timeout = std::time::Duration::from_millis(500);
         c
     };
     let run = std::thread::spawn(move || fault_client::client::run(&cfg));

@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// Record every fault and every arriving page to FILE (CSV; see `fault-client plot`).
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
+    /// After a lost connection, keep reconnecting (and resume the session) for this many
+    /// seconds before giving up; 0 fails at the first loss.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub reconnect_timeout: u64,
     /// Seed of the workload's random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -114,6 +118,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config.dump = args.dump;
             config.seed = args.seed;
             config.trace = args.trace;
+            config.reconnect_timeout = std::time::Duration::from_secs(args.reconnect_timeout);
             if let Some(path) = args.token_file {
                 let token = std::fs::read(&path).map_err(|e| {
                     anyhow::anyhow!("cannot read token file {}: {e}", path.display())

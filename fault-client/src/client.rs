@@ -3,14 +3,15 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use uffd_core::proto::Role;
 use uffd_core::{Endpoint, Latency, Userfaultfd};
 
 use crate::connect::{connect, ConnectError, HelloParams};
+use crate::link::LinkConfig;
 use crate::memory::{Memory, MemoryError};
-use crate::pager::{self, Channel, Pager};
+use crate::pager::{self, Pager};
 use crate::report::Report;
 use crate::workload::{self, Workload};
 
@@ -65,6 +66,8 @@ pub struct RunConfig {
     pub token: Vec<u8>,
     /// Trace file (`--trace`).
     pub trace: Option<PathBuf>,
+    /// How long to keep reconnecting after a connection is lost (zero: fail at once).
+    pub reconnect_timeout: Duration,
 }
 
 impl RunConfig {
@@ -81,6 +84,7 @@ impl RunConfig {
             seed: 1,
             token: Vec::new(),
             trace: None,
+            reconnect_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -98,6 +102,8 @@ pub struct ClientOptions {
     pub token: Vec<u8>,
     /// Write a trace of every fault and arrival here.
     pub trace: Option<PathBuf>,
+    /// Keep reconnecting this long after a connection is lost (zero: fail at once).
+    pub reconnect_timeout: Duration,
 }
 
 impl ClientOptions {
@@ -109,6 +115,7 @@ impl ClientOptions {
             want_checksums: false,
             token: Vec::new(),
             trace: None,
+            reconnect_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -119,7 +126,6 @@ impl ClientOptions {
 pub struct Client {
     pager: Arc<Pager>,
     helpers: Vec<std::thread::JoinHandle<()>>,
-    conns: Vec<uffd_core::Conn>,
     checksums: Option<Vec<u64>>,
     image_size: u64,
 }
@@ -157,35 +163,24 @@ impl Client {
             None => None,
         };
         let pager = Arc::new(Pager::new(memory, uffd, image_size, trace));
+        let checksums = urgent.checksums.clone();
+        let link = crate::link::start(
+            &pager,
+            LinkConfig {
+                server: server.clone(),
+                params,
+                background,
+                reconnect_timeout: options.reconnect_timeout,
+            },
+            urgent,
+        )?;
         let mut client = Client {
             pager: Arc::clone(&pager),
-            helpers: Vec::new(),
-            conns: Vec::new(),
-            checksums: urgent.checksums,
+            helpers: vec![link],
+            checksums,
             image_size,
         };
-        let writer = urgent.writer;
-        let reader = urgent.reader;
-        client
-            .conns
-            .push(writer.get_ref().try_clone().map_err(ClientError::Spawn)?);
-        client.spawn("fault-handler", move |p| pager::handle_faults(p, writer))?;
-        client.spawn("urgent-rx", move |p| {
-            pager::receive(p, Channel::Urgent, reader)
-        })?;
-        if background {
-            let bg = connect(server, Role::Background, &params, false)?;
-            client.conns.push(
-                bg.writer
-                    .get_ref()
-                    .try_clone()
-                    .map_err(ClientError::Spawn)?,
-            );
-            let reader = bg.reader;
-            client.spawn("background-rx", move |p| {
-                pager::receive_pipelined(p, reader)
-            })?;
-        }
+        client.spawn("fault-handler", pager::handle_faults)?;
         Ok(client)
     }
 
@@ -227,10 +222,8 @@ impl Client {
     /// Stops the threads and closes the connections. Call it only when no thread can be
     /// blocked on a fault of the region.
     pub fn close(self) -> Result<(), ClientError> {
+        // The link supervisor sees the stop, closes the connections and joins the receivers.
         self.pager.stop();
-        for conn in &self.conns {
-            conn.shutdown();
-        }
         for helper in self.helpers {
             let _ = helper.join();
         }
@@ -250,6 +243,7 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
         want_checksums: config.verify,
         token: config.token.clone(),
         trace: config.trace.clone(),
+        reconnect_timeout: config.reconnect_timeout,
     })?;
     let pager = Arc::clone(client.pager());
     let image_size = client.image_size();

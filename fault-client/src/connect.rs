@@ -77,6 +77,26 @@ pub fn connect(
     params: &HelloParams,
     want_checksums: bool,
 ) -> Result<Connected, ConnectError> {
+    connect_with(endpoint, role, params, want_checksums, None)
+}
+
+/// Connects the urgent connection of an existing session again, telling the server which
+/// pages the client has (`have`: its received bitmap words), so that only the rest is sent.
+pub fn resume(
+    endpoint: &Endpoint,
+    params: &HelloParams,
+    have: &[u64],
+) -> Result<Connected, ConnectError> {
+    connect_with(endpoint, Role::Urgent, params, false, Some(have))
+}
+
+fn connect_with(
+    endpoint: &Endpoint,
+    role: Role,
+    params: &HelloParams,
+    want_checksums: bool,
+    have: Option<&[u64]>,
+) -> Result<Connected, ConnectError> {
     let conn = Conn::connect(endpoint, Duration::from_secs(5)).map_err(|source| {
         ConnectError::Unreachable {
             addr: endpoint.to_string(),
@@ -95,6 +115,10 @@ pub fn connect(
                 proto::HELLO_WANT_CHECKSUMS
             } else {
                 0
+            } | if have.is_some() {
+                proto::HELLO_RESUME
+            } else {
+                0
             },
             session: params.session,
             unit: params.unit,
@@ -102,6 +126,18 @@ pub fn connect(
             token: &params.token,
         }))
         .map_err(WireError::Io)?;
+    if let Some(words) = have {
+        let per_frame = (proto::MAX_PAYLOAD - 8) / 8;
+        for (i, chunk) in words.chunks(per_frame).enumerate() {
+            let raw = proto::encode_u64s(chunk.iter().copied());
+            writer
+                .send(&Frame::Have {
+                    first_word: (i * per_frame) as u64,
+                    raw: &raw,
+                })
+                .map_err(WireError::Io)?;
+        }
+    }
     reader
         .get_ref()
         .set_read_timeout(Some(Duration::from_secs(30)))

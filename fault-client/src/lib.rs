@@ -9,6 +9,7 @@
 //! - [`connect`]: the handshake of the urgent and background connections.
 //! - [`memory`]: the registered region and page placement.
 //! - [`pager`]: the fault handler thread and the receiver threads.
+//! - [`link`]: the connections, their receivers, and recovery (reconnect and resume).
 //! - [`workload`]: the application threads (seq, random, zipf) and their fault latency.
 //! - [`client`]: one run from connect to report. [`report`]: table and JSON.
 //! - [`trace`]: `--trace`, a CSV line per fault and per arriving page; [`plot`] draws it.
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod client;
 pub mod connect;
 pub mod demo;
+pub mod link;
 pub mod memory;
 pub mod pager;
 pub mod plot;

@@ -39,6 +39,8 @@ pub struct Counters {
     pub pages_duplicate: AtomicU64,
     /// Bytes read from both connections.
     pub bytes_received: AtomicU64,
+    /// Times the link was re-established after a connection was lost.
+    pub reconnects: AtomicU64,
 }
 
 /// Which connection a receiver reads.
@@ -79,8 +81,16 @@ pub struct Pager {
     pub counters: Counters,
     /// Decoder limits for the server's frames.
     pub limits: Limits,
+    image_size: u64,
     /// The `--trace` file, if any.
     pub trace: Option<crate::trace::Trace>,
+    /// The current connection generation (see [`crate::link`]).
+    pub generation: AtomicU64,
+    /// Where requests go; None while the link is being re-established.
+    urgent_tx: Mutex<Option<FrameWriter<Conn>>>,
+    /// Why the current generation's connections were lost, until the link is back.
+    lost: Mutex<Option<String>>,
+    link_changed: Condvar,
     stop: AtomicBool,
     background_done: AtomicBool,
     fatal: Mutex<Option<String>>,
@@ -108,7 +118,12 @@ impl Pager {
             requested: PageBitmap::new(slots),
             counters: Counters::default(),
             limits: Limits::new(image_size, page),
+            image_size,
             trace,
+            generation: AtomicU64::new(0),
+            urgent_tx: Mutex::new(None),
+            lost: Mutex::new(None),
+            link_changed: Condvar::new(),
             stop: AtomicBool::new(false),
             background_done: AtomicBool::new(false),
             fatal: Mutex::new(None),
@@ -137,11 +152,76 @@ impl Pager {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
         self.notify();
+        let _guard = self.lost.lock().unwrap_or_else(|e| e.into_inner());
+        self.link_changed.notify_all();
+    }
+
+    /// A connection of `generation` failed: the link supervisor reconnects (older
+    /// generations' failures are the supervisor's own doing and are ignored).
+    pub fn lost(&self, generation: u64, why: String) {
+        if self.stopping() || generation != self.generation.load(Ordering::Acquire) {
+            return;
+        }
+        let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
+        if lost.is_none() {
+            *lost = Some(why);
+        }
+        self.link_changed.notify_all();
+    }
+
+    /// Blocks until a connection is lost (returns why) or the pager stops (None).
+    pub fn wait_lost(&self) -> Option<String> {
+        let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if self.stopping() {
+                return None;
+            }
+            if let Some(why) = lost.clone() {
+                return Some(why);
+            }
+            lost = match self
+                .link_changed
+                .wait_timeout(lost, Duration::from_millis(100))
+            {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// The link is back.
+    pub fn clear_lost(&self) {
+        *self.lost.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The request path (None while reconnecting).
+    pub fn lock_urgent(&self) -> std::sync::MutexGuard<'_, Option<FrameWriter<Conn>>> {
+        self.urgent_tx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True if every page of the request unit starting at `first` is present.
+    pub fn unit_present(&self, first: u64, unit_pages: u64) -> bool {
+        (first..(first + unit_pages).min(self.pages)).all(|p| self.received.get(p as usize))
+    }
+
+    /// The received bitmap as words, for resuming a session.
+    pub fn present_words(&self) -> Vec<u64> {
+        self.received.to_words()
+    }
+
+    /// The image size the session started with.
+    pub fn limits_image_size(&self) -> u64 {
+        self.image_size
     }
 
     /// True once [`Pager::stop`] was called.
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
+    }
+
+    /// A new background connection starts its stream afresh.
+    pub fn reset_background(&self) {
+        self.background_done.store(false, Ordering::Release);
     }
 
     /// True once the background stream sent its end frame.
@@ -179,7 +259,7 @@ impl Pager {
 }
 
 /// The fault handler thread: faults become requests.
-pub fn handle_faults(pager: &Pager, mut urgent: FrameWriter<Conn>) {
+pub fn handle_faults(pager: &Pager) {
     let mut buffer = Userfaultfd::event_buffer(64);
     let mut events = Vec::with_capacity(64);
     let unit_pages = (pager.memory.request_unit() / pager.page).max(1);
@@ -228,12 +308,22 @@ pub fn handle_faults(pager: &Pager, mut urgent: FrameWriter<Conn>) {
                 offset: first * pager.page,
                 len,
             };
-            if let Err(err) = urgent.send(&request) {
-                return pager.fail(format!(
-                    "lost the urgent connection to the page server: {err}"
-                ));
+            // While the link is down the request stays marked; the link supervisor re-sends
+            // every unanswered request once it has reconnected.
+            let generation = pager.generation.load(Ordering::Acquire);
+            let mut tx = pager.lock_urgent();
+            if let Some(writer) = tx.as_mut() {
+                match writer.send(&request) {
+                    Ok(()) => {
+                        pager.counters.requests.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(err) => {
+                        *tx = None;
+                        drop(tx);
+                        pager.lost(generation, format!("urgent connection lost: {err}"));
+                    }
+                }
             }
-            pager.counters.requests.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -262,7 +352,7 @@ const PIPELINE_DEPTH: usize = 4;
 /// The background receiver, as a two-stage pipeline: this thread reads frames into a small
 /// pool of buffers while a placer thread places the previous ones, so that receiving (a copy
 /// out of the socket) and placing (page allocation and UFFDIO_COPY) run on two CPUs at once.
-pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>) {
+pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u64) {
     use std::sync::mpsc;
     let max = pager.limits.max_payload;
     let (full_tx, full_rx) =
@@ -306,17 +396,19 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>) {
             let header = match reader.read_raw(&mut buf, &pager.limits) {
                 Ok(Some(header)) => header,
                 Ok(None) => {
-                    if !pager.stopping() && !saw_end {
-                        pager.fail("the page server closed the background connection".into());
+                    if !saw_end {
+                        pager.lost(
+                            generation,
+                            "the page server closed the background connection".into(),
+                        );
                     }
                     break;
                 }
                 Err(err) => {
-                    if !pager.stopping() {
-                        pager.fail(format!(
-                            "background connection to the page server failed: {err}"
-                        ));
-                    }
+                    pager.lost(
+                        generation,
+                        format!("background connection to the page server failed: {err}"),
+                    );
                     break;
                 }
             };
@@ -369,7 +461,7 @@ fn handle_frame(
 }
 
 /// A receiver thread: reads frames from one connection and places their pages.
-pub fn receive(pager: &Pager, channel: Channel, mut reader: FrameReader<Conn>) {
+pub fn receive(pager: &Pager, channel: Channel, mut reader: FrameReader<Conn>, generation: u64) {
     let mut assembler = match pager.memory.assembler(&pager.uffd) {
         Ok(a) => a,
         Err(err) => return pager.fail(err.to_string()),
@@ -383,18 +475,19 @@ pub fn receive(pager: &Pager, channel: Channel, mut reader: FrameReader<Conn>) {
         let frame = match reader.read_frame(&pager.limits) {
             Ok(Some(frame)) => frame,
             Ok(None) => {
-                if !pager.stopping() && !(channel == Channel::Background && pager.background_done())
-                {
-                    pager.fail(format!("the page server closed the {name} connection"));
+                if !(channel == Channel::Background && pager.background_done()) {
+                    pager.lost(
+                        generation,
+                        format!("the page server closed the {name} connection"),
+                    );
                 }
                 return;
             }
             Err(err) => {
-                if !pager.stopping() {
-                    pager.fail(format!(
-                        "{name} connection to the page server failed: {err}"
-                    ));
-                }
+                pager.lost(
+                    generation,
+                    format!("{name} connection to the page server failed: {err}"),
+                );
                 return;
             }
         };

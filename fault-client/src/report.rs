@@ -68,6 +68,8 @@ pub struct Report {
     pub background: bool,
     /// How the region was backed.
     pub backing: String,
+    /// Times the connections were re-established after a loss.
+    pub reconnects: u64,
 }
 
 impl Report {
@@ -116,6 +118,7 @@ impl Report {
             touches,
             background: config.background,
             backing: "anon".into(),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
         }
     }
 
@@ -137,7 +140,7 @@ impl Report {
              workload         {} x {} threads, {} touches, background {}\n\
              faults           {} ({} requests)\n\
              pages            {} urgent, {} background, {} zero, {} duplicate\n\
-             received         {} bytes in {:.3} s ({:.1} MiB/s)\n\
+             received         {} bytes in {:.3} s ({:.1} MiB/s), {} reconnects\n\
              fault latency    p50 {:.1} us  p90 {:.1} us  p99 {:.1} us  max {:.1} us  ({} samples)\n\
              verified         {}\n",
             self.image_bytes,
@@ -156,6 +159,7 @@ impl Report {
             self.bytes_received,
             self.elapsed_s,
             self.throughput_mib_s,
+            self.reconnects,
             l.p50,
             l.p90,
             l.p99,

@@ -22,9 +22,15 @@ pub fn stream<W: Write>(session: &Session, writer: &mut FrameWriter<W>) -> Resul
             break;
         };
         from = claim.last().map_or(from, |r| r.1);
-        let result = send_claim(writer, &session.image, &claim, session.policy.chunk, || {
-            session.yield_to_urgent()
-        });
+        let policy = session.policy;
+        let result = send_claim(
+            writer,
+            &session.image,
+            &claim,
+            policy.chunk,
+            &policy,
+            || session.yield_to_urgent(),
+        );
         session.unit_done();
         if !result? {
             return Ok(());

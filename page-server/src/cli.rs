@@ -52,6 +52,11 @@ pub struct Args {
     #[arg(long)]
     pub no_preempt: bool,
 
+    /// Fault injection: close each connection after it has sent N frames (the client
+    /// reconnects and resumes; for tests and demos of recovery).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub drop_every: Option<u64>,
+
     /// Sessions served at once.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_sessions: usize,
@@ -94,6 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut config = Config::new(args.listen.clone());
     config.policy.chunk = args.chunk;
     config.policy.preempt = !args.no_preempt;
+    config.policy.drop_every = args.drop_every;
     config.max_sessions = args.max_sessions;
     if let Some(path) = &args.token_file {
         let token = std::fs::read(path)

@@ -6,7 +6,18 @@ use std::io::{self, Write};
 use uffd_core::{Frame, FrameWriter};
 
 use crate::image::Image;
-use crate::session::Claim;
+use crate::session::{Claim, Policy};
+
+/// Fault injection (`--drop-every N`): fails the connection once it has sent N frames.
+pub fn check_drop<W: Write>(writer: &FrameWriter<W>, policy: &Policy) -> io::Result<()> {
+    match policy.drop_every {
+        Some(n) if writer.frames_written() >= n => Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            format!("fault injection: connection dropped after {n} frames"),
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// Writes `claim` (page index runs) as frames of at most `chunk` data bytes. Before every data
 /// frame but the first, `between_chunks` is asked whether to go on (it may block, e.g. to let
@@ -16,6 +27,7 @@ pub fn send_claim<W: Write>(
     image: &Image,
     claim: &Claim,
     chunk: u64,
+    policy: &Policy,
     mut between_chunks: impl FnMut() -> bool,
 ) -> io::Result<bool> {
     let page = image.page_size();
@@ -41,6 +53,7 @@ pub fn send_claim<W: Write>(
                     bytes: image.slice(offset, len),
                 })?;
             }
+            check_drop(writer, policy)?;
             p = q;
         }
     }

@@ -41,6 +41,7 @@ impl Config {
             policy: Policy {
                 chunk: 64 << 10,
                 preempt: true,
+                drop_every: None,
             },
             max_sessions: 64,
             handshake_timeout: Duration::from_secs(10),
@@ -188,7 +189,11 @@ fn serve_connection(
         return Err(ServeError::ImageMismatch);
     }
     let session = match (hello.role, hello.session) {
-        (Role::Urgent, 0) => open_session(shared, hello.unit)?,
+        (Role::Urgent, 0) => open_session(shared, 0, hello.unit, &[])?,
+        (Role::Urgent, id) if hello.flags & proto::HELLO_RESUME != 0 => {
+            let have = read_have(reader, shared)?;
+            open_session(shared, id, hello.unit, &have)?
+        }
         (Role::Urgent, _) => return Err(ServeError::UnknownSession(hello.session)),
         (Role::Background, id) => {
             let session = shared
@@ -229,8 +234,16 @@ fn serve_connection(
                     conn.linger_close(1 << 20, Duration::from_millis(200));
                 }
             }
-            // The urgent connection carries the session: when it goes, the session ends.
-            shared.sessions().remove(&session.id);
+            // The urgent connection carries the session: when it goes, the session ends,
+            // unless a resumed session has replaced it already.
+            let mut sessions = shared.sessions();
+            if sessions
+                .get(&session.id)
+                .is_some_and(|s| Arc::ptr_eq(s, &session))
+            {
+                sessions.remove(&session.id);
+            }
+            drop(sessions);
             session.close();
             return Ok(());
         }
@@ -273,15 +286,28 @@ fn check_token(shared: &Shared, token: &[u8]) -> Result<(), ServeError> {
     }
 }
 
-fn open_session(shared: &Shared, unit: u64) -> Result<Arc<Session>, ServeError> {
+/// Opens a session: a new one (`id` 0), or the resumption of session `id` by a client that
+/// already has the pages set in `have` (its received bitmap). A resumed session replaces
+/// the old one, whose connections are closed; after a server restart it is simply created.
+fn open_session(
+    shared: &Shared,
+    id: u64,
+    unit: u64,
+    have: &[u64],
+) -> Result<Arc<Session>, ServeError> {
     let mut sessions = shared.sessions();
-    if sessions.len() >= shared.config.max_sessions {
+    let replaced = id != 0 && sessions.contains_key(&id);
+    if !replaced && sessions.len() >= shared.config.max_sessions {
         return Err(ServeError::TooManySessions(shared.config.max_sessions));
     }
-    let id = loop {
-        let id: u64 = rand::random();
-        if id != 0 && !sessions.contains_key(&id) {
-            break id;
+    let id = if id != 0 {
+        id
+    } else {
+        loop {
+            let id: u64 = rand::random();
+            if id != 0 && !sessions.contains_key(&id) {
+                break id;
+            }
         }
     };
     let session = Arc::new(Session::new(
@@ -290,9 +316,38 @@ fn open_session(shared: &Shared, unit: u64) -> Result<Arc<Session>, ServeError> 
         unit,
         shared.config.policy,
     ));
-    sessions.insert(id, Arc::clone(&session));
-    tracing::info!(session = id, unit, "session opened");
+    session.mark_present(0, have);
+    let old = sessions.insert(id, Arc::clone(&session));
+    drop(sessions);
+    if let Some(old) = old {
+        old.close();
+    }
+    if have.is_empty() {
+        tracing::info!(session = id, unit, "session opened");
+    } else {
+        tracing::info!(
+            session = id,
+            present = session.sent_pages(),
+            "session resumed"
+        );
+    }
     Ok(session)
+}
+
+/// Reads the have frames of a resuming client: its whole received bitmap, in order.
+fn read_have(reader: &mut FrameReader<Conn>, shared: &Shared) -> Result<Vec<u64>, ServeError> {
+    let words = usize::try_from(shared.image.pages().div_ceil(64)).unwrap_or(usize::MAX);
+    let mut have = Vec::with_capacity(words);
+    while have.len() < words {
+        match reader.read_frame(&shared.limits)? {
+            Some(frame @ Frame::Have { first_word, .. }) if first_word == have.len() as u64 => {
+                have.extend(frame.have_words());
+            }
+            Some(other) => return Err(ServeError::Unexpected(other.kind())),
+            None => return Err(ServeError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+        }
+    }
+    Ok(have)
 }
 
 fn send_checksums(writer: &mut FrameWriter<Conn>, image: &Image) -> Result<(), ServeError> {

@@ -26,6 +26,8 @@ pub struct Policy {
     /// answered. Without it, urgent answers wait until the unit on the wire is complete (the
     /// single-channel behaviour of postcopy without a preempt channel).
     pub preempt: bool,
+    /// Fault injection: close a connection after it has sent this many frames.
+    pub drop_every: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +83,12 @@ impl Session {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic in another connection thread must not take this session down with it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resuming: marks as sent the pages the client says it has (bitmap words from
+    /// `first_word`). Pages it does not have will be sent again.
+    pub fn mark_present(&self, first_word: usize, words: &[u64]) {
+        self.sent.merge_words(first_word, words);
     }
 
     /// Pages sent (or being sent) so far.
@@ -248,6 +256,7 @@ mod tests {
             Policy {
                 chunk: 16 * 4096,
                 preempt,
+                drop_every: None,
             },
         )
     }

@@ -31,6 +31,7 @@ pub fn serve<R: Read, W: Write>(
                     &session.image,
                     &claim,
                     uffd_core::proto::MAX_CHUNK as u64,
+                    &session.policy,
                     || true,
                 );
                 session.urgent_done();

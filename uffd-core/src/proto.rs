@@ -31,6 +31,9 @@ pub const MAX_TEXT: usize = 1024;
 
 /// Hello flag: send the per-page checksums after the welcome.
 pub const HELLO_WANT_CHECKSUMS: u8 = 1;
+/// Hello flag (urgent connection, non-zero session): resume that session. Have frames
+/// covering the whole received bitmap follow the hello, before the server answers.
+pub const HELLO_RESUME: u8 = 2;
 /// Welcome flag: checksum frames follow this welcome.
 pub const WELCOME_CHECKSUMS_FOLLOW: u8 = 1;
 

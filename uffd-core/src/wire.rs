@@ -338,6 +338,7 @@ pub struct FrameWriter<W> {
     inner: W,
     buf: BytesMut,
     bytes_written: u64,
+    frames_written: u64,
 }
 
 impl<W: Write> FrameWriter<W> {
@@ -347,12 +348,18 @@ impl<W: Write> FrameWriter<W> {
             inner,
             buf: BytesMut::with_capacity(4096),
             bytes_written: 0,
+            frames_written: 0,
         }
     }
 
     /// Total bytes written so far.
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written
+    }
+
+    /// Frames written so far.
+    pub fn frames_written(&self) -> u64 {
+        self.frames_written
     }
 
     /// The wrapped stream.
@@ -368,11 +375,13 @@ impl<W: Write> FrameWriter<W> {
             let mut slices = [IoSlice::new(&self.buf), IoSlice::new(bytes)];
             write_all_vectored(&mut self.inner, &mut slices)?;
             self.bytes_written += (self.buf.len() + bytes.len()) as u64;
+            self.frames_written += 1;
             return Ok(());
         }
         frame.encode(&mut self.buf);
         self.inner.write_all(&self.buf)?;
         self.bytes_written += self.buf.len() as u64;
+        self.frames_written += 1;
         Ok(())
     }
 }

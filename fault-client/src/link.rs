@@ -1,0 +1,206 @@
+//! The link to the page server: the two connections, their receiver threads, and recovery.
+//!
+//! Connections fail: a cable is pulled, the server restarts. Like postcopy recovery, the
+//! client does not give up. Faulting threads simply stay blocked (the kernel keeps them
+//! waiting on the userfaultfd); the supervisor thread reconnects with bounded back-off,
+//! resumes the session by sending its `received` bitmap (so the server sends only what is
+//! missing, including pages that were on the wire when the connection died), re-sends every
+//! request still unanswered, and starts new receivers. A different image on the other side,
+//! a refused token or the `--reconnect-timeout` running out end the run with a clear error;
+//! a faulting thread is never released onto a page that did not come from the server.
+//!
+//! Each set of connections is a *generation*; a receiver of an old generation that fails
+//! while the supervisor replaces it does not trigger another reconnection.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use uffd_core::proto::{ErrorCode, Role};
+use uffd_core::{Conn, Frame, WireError};
+
+use crate::connect::{self, ConnectError, Connected, HelloParams};
+use crate::pager::{self, Channel, Pager};
+
+/// How to reach the server and how hard to try.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// The server.
+    pub server: uffd_core::Endpoint,
+    /// Session, unit, image id and token for every hello.
+    pub params: HelloParams,
+    /// Open the background connection.
+    pub background: bool,
+    /// Give up reconnecting after this long (zero: fail at the first loss).
+    pub reconnect_timeout: Duration,
+}
+
+/// One generation of connections.
+struct Generation {
+    conns: Vec<Conn>,
+    receivers: Vec<JoinHandle<()>>,
+}
+
+impl Generation {
+    fn close(self) {
+        for conn in &self.conns {
+            conn.shutdown();
+        }
+        for receiver in self.receivers {
+            let _ = receiver.join();
+        }
+    }
+}
+
+/// Starts the receivers of the first generation (from the urgent connection `urgent`, already
+/// open) and the supervisor thread. Returns the supervisor's handle.
+pub fn start(
+    pager: &Arc<Pager>,
+    config: LinkConfig,
+    urgent: Connected,
+) -> Result<JoinHandle<()>, ConnectError> {
+    let first = install(pager, &config, urgent, 0)?;
+    let p = Arc::clone(pager);
+    std::thread::Builder::new()
+        .name("link".into())
+        .spawn(move || supervise(&p, &config, first))
+        .map_err(|e| ConnectError::Wire(WireError::Io(e)))
+}
+
+/// Opens the background connection (if configured), starts both receivers and makes `urgent`
+/// the connection requests go to.
+fn install(
+    pager: &Arc<Pager>,
+    config: &LinkConfig,
+    urgent: Connected,
+    generation: u64,
+) -> Result<Generation, ConnectError> {
+    let mut conns = vec![urgent.writer.get_ref().try_clone().map_err(WireError::Io)?];
+    let mut receivers = Vec::new();
+    let background = if config.background {
+        let bg = connect::connect(&config.server, Role::Background, &config.params, false)?;
+        conns.push(bg.writer.get_ref().try_clone().map_err(WireError::Io)?);
+        Some(bg.reader)
+    } else {
+        None
+    };
+    pager.generation.store(generation, Ordering::Release);
+    pager.reset_background();
+    let reader = urgent.reader;
+    receivers.push(
+        pager::spawn("urgent-rx", pager, move |p| {
+            pager::receive(p, Channel::Urgent, reader, generation)
+        })
+        .map_err(WireError::Io)?,
+    );
+    if let Some(reader) = background {
+        receivers.push(
+            pager::spawn("background-rx", pager, move |p| {
+                pager::receive_pipelined(p, reader, generation)
+            })
+            .map_err(WireError::Io)?,
+        );
+    }
+    // Install the request path and re-send what is unanswered under one lock: a fault
+    // handled meanwhile either is seen by the scan or sends on the new connection.
+    let mut tx = pager.lock_urgent();
+    *tx = Some(urgent.writer);
+    if let Some(writer) = tx.as_mut() {
+        let unit_pages = (pager.memory.request_unit() / pager.page).max(1);
+        let mut page = 0;
+        while page < pager.pages {
+            if pager.requested.get(page as usize) && !pager.unit_present(page, unit_pages) {
+                let len = unit_pages.min(pager.pages - page) * pager.page;
+                let request = Frame::Request {
+                    offset: page * pager.page,
+                    len,
+                };
+                if writer.send(&request).is_err() {
+                    break; // the new connection failed already: the next generation re-sends
+                }
+                pager.counters.requests.fetch_add(1, Ordering::Relaxed);
+            }
+            page += unit_pages;
+        }
+    }
+    drop(tx);
+    Ok(Generation { conns, receivers })
+}
+
+fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
+    let mut generation = 0;
+    loop {
+        let Some(why) = pager.wait_lost() else {
+            break; // stopping
+        };
+        *pager.lock_urgent() = None;
+        current.close();
+        if config.reconnect_timeout.is_zero() {
+            return pager.fail(why);
+        }
+        tracing::warn!("{why}; reconnecting");
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(20);
+        generation += 1;
+        let next = loop {
+            if pager.stopping() {
+                return;
+            }
+            match reconnect(pager, config, generation) {
+                Ok(next) => break next,
+                Err(err) if permanent(&err) => {
+                    return pager.fail(format!("recovery impossible: {err}"));
+                }
+                Err(err) if started.elapsed() >= config.reconnect_timeout => {
+                    return pager.fail(format!(
+                        "lost the page server ({why}) and could not reconnect within {:?}: {err}",
+                        config.reconnect_timeout
+                    ));
+                }
+                Err(err) => {
+                    tracing::debug!("reconnect failed: {err}");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+            }
+        };
+        pager.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+        pager.clear_lost();
+        tracing::info!("reconnected after {:?}", started.elapsed());
+        current = next;
+    }
+    *pager.lock_urgent() = None;
+    current.close();
+}
+
+fn reconnect(
+    pager: &Arc<Pager>,
+    config: &LinkConfig,
+    generation: u64,
+) -> Result<Generation, ConnectError> {
+    let have = pager.present_words();
+    let urgent = connect::resume(&config.server, &config.params, &have)?;
+    if urgent.welcome.image_size != pager.limits_image_size() {
+        return Err(ConnectError::Refused {
+            code: ErrorCode::ImageMismatch,
+            message: format!(
+                "the server now serves {} bytes, the session had {}",
+                urgent.welcome.image_size,
+                pager.limits_image_size()
+            ),
+        });
+    }
+    install(pager, config, urgent, generation)
+}
+
+/// Errors that retrying cannot fix.
+fn permanent(err: &ConnectError) -> bool {
+    matches!(
+        err,
+        ConnectError::Refused {
+            code: ErrorCode::ImageMismatch | ErrorCode::Unauthorized,
+            ..
+        } | ConnectError::PageSize { .. }
+    )
+}
