@@ -1,2 +1,7 @@
-//! hugepage binary (being written).
-fn main() {}
+//! `hugepage`: parses the command line and calls the library ([`hugepage::cli::run`]).
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    hugepage::cli::run(hugepage::cli::Cli::parse())
+}

@@ -50,6 +50,36 @@ pub struct uffdio_poison {
 const _: () = assert!(std::mem::size_of::<uffdio_move>() == 40);
 const _: () = assert!(std::mem::size_of::<uffdio_poison>() == 32);
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_codes_match_the_uapi_header() {
+        // The values KERNEL-NOTES lists, from include/uapi/linux/userfaultfd.h.
+        assert_eq!(nix::request_code_readwrite!(UFFDIO, 0x3F, 24), 0xC018_AA3F);
+        assert_eq!(nix::request_code_readwrite!(UFFDIO, 0x03, 40), 0xC028_AA03);
+        assert_eq!(nix::request_code_readwrite!(UFFDIO, 0x04, 32), 0xC020_AA04);
+        assert_eq!(nix::request_code_readwrite!(UFFDIO, 0x05, 40), 0xC028_AA05);
+        assert_eq!(nix::request_code_readwrite!(UFFDIO, 0x07, 32), 0xC020_AA07);
+        assert_eq!(nix::request_code_readwrite!(UFFDIO, 0x08, 32), 0xC020_AA08);
+        assert_eq!(nix::request_code_read!(UFFDIO, 0x02, 16), 0x8010_AA02);
+    }
+
+    #[test]
+    fn wake_is_accepted() {
+        let uffd = match crate::Userfaultfd::open(0) {
+            Ok(u) => u,
+            Err(err) => return crate::testing::skip(&err.to_string()),
+        };
+        let region = crate::Region::anonymous(4096).expect("mmap");
+        uffd.register(region.addr(), 4096, crate::Modes::MISSING)
+            .expect("register");
+        // Nobody waits: a wake is a no-op, but the kernel must accept the request.
+        wake(uffd.raw_fd(), region.addr(), 4096).expect("UFFDIO_WAKE");
+    }
+}
+
 /// Do not wake the threads waiting on the range (COPY, ZEROPAGE, CONTINUE, MOVE, POISON).
 pub const MODE_DONTWAKE: u64 = 1;
 /// `UFFDIO_COPY_MODE_WP`: map the copied page write-protected.
@@ -162,7 +192,9 @@ mod ioctls {
     nix::ioctl_readwrite!(move_, UFFDIO, 0x05, uffdio_move);
     nix::ioctl_readwrite!(continue_, UFFDIO, 0x07, uffdio_continue);
     nix::ioctl_readwrite!(poison, UFFDIO, 0x08, uffdio_poison);
-    nix::ioctl_write_ptr!(wake, UFFDIO, 0x02, uffdio_range);
+    // UFFDIO_WAKE is declared _IOR in the uapi header (0x8010AA02), although the kernel
+    // only reads the range: the direction bits must match or the ioctl is EINVAL.
+    nix::ioctl_read!(wake, UFFDIO, 0x02, uffdio_range);
 }
 
 /// The answer of a range ioctl: the kernel's errno (if any) and its progress field.
@@ -280,7 +312,7 @@ pub fn poison(fd: RawFd, start: u64, len: u64, mode: u64) -> RangeAnswer {
 
 /// UFFDIO_WAKE: wake the threads waiting on faults in a range.
 pub fn wake(fd: RawFd, start: u64, len: u64) -> Result<(), Errno> {
-    let arg = uffdio_range { start, len };
+    let mut arg = uffdio_range { start, len };
     // SAFETY: `arg` is a valid `uffdio_range` that the kernel only reads.
-    unsafe { ioctls::wake(fd, &arg) }.map(drop)
+    unsafe { ioctls::wake(fd, &mut arg) }.map(drop)
 }

@@ -1,0 +1,568 @@
+//! The assembler: gathers the chunks of each unit in a staging page owned by one connection,
+//! and places the unit in one step once it is complete.
+//!
+//! A connection receives chunks in any order and of any 4 KiB-multiple size, possibly
+//! interleaved between units. For each unit in progress the assembler keeps a *slot*: a staging
+//! page (a THP, an anonymous buffer, or the unit's page in the alias mapping of a hugetlb
+//! memfd) and the set of pages gathered so far. A unit is complete when each of its pages is
+//! gathered or already present in the region (the client's `received` bitmap); then it is
+//! placed by the backing's way ([`crate::thp`], [`crate::hugetlb`]) and the slot's staging page
+//! is kept for the next unit.
+//!
+//! Bits in `received` are set for every 4 KiB page this assembler makes present, and only for
+//! those, so that the client can count pages with `PageBitmap::set`'s answer and knows which
+//! pages arrived urgently by another path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use uffd_core::place::{self, PlaceError, Stop};
+use uffd_core::region::{Region, RegionError};
+use uffd_core::{PageBitmap, Userfaultfd};
+
+use crate::backing::{Backing, HugetlbPlacement, PAGE};
+use crate::chunks::{pieces, Piece};
+use crate::gathered::Gathered;
+use crate::hugetlb;
+use crate::memory::Inner;
+use crate::runs::{place_runs, Placed};
+use crate::thp::{self, ThpError, ThpStage};
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum AssembleError {
+    /// Offset or length not a multiple of 4 KiB.
+    #[error("chunk at {offset:#x} of {len} bytes is not 4 KiB-aligned")]
+    Misaligned {
+        /// Image offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+    },
+    /// The chunk reaches past the region.
+    #[error("chunk at {offset:#x} of {len} bytes reaches past the {size}-byte region")]
+    OutOfRange {
+        /// Image offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Region size.
+        size: u64,
+    },
+    /// The `received` bitmap is smaller than the region.
+    #[error("the received bitmap has {bits} bits but the region has {pages} pages")]
+    Bitmap {
+        /// Bits in the bitmap.
+        bits: usize,
+        /// Pages in the region.
+        pages: usize,
+    },
+    /// A placement ioctl failed for a reason a pager cannot handle.
+    #[error(transparent)]
+    Place(#[from] PlaceError),
+    /// The THP way failed.
+    #[error(transparent)]
+    Thp(#[from] ThpError),
+    /// A staging buffer could not be mapped.
+    #[error("mapping a staging buffer failed: {0}")]
+    Staging(#[from] RegionError),
+}
+
+/// Result alias of this module.
+pub type Result<T> = std::result::Result<T, AssembleError>;
+
+/// What one call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// 4 KiB pages newly present in the region (their bits were set by this call).
+    pub pages_placed: u64,
+    /// 4 KiB pages of the data that were found already present (placed by another path).
+    pub pages_present: u64,
+    /// Units this call finished: placed, or found placed by someone else. For anon, a unit is
+    /// a 4 KiB page.
+    pub units_completed: u64,
+    /// Set when placing stopped early: `Retry` (read the userfaultfd's events, then call
+    /// [`Assembler::retry`]) or `Gone` (the process owning the region exited).
+    pub stopped: Option<Stop>,
+    /// THP units placed but left mapped with 4 KiB pages (MADV_COLLAPSE failed).
+    pub units_not_huge: u64,
+}
+
+impl Progress {
+    /// Adds `other` to `self`; the first stop wins.
+    pub fn merge(&mut self, other: &Progress) {
+        self.pages_placed += other.pages_placed;
+        self.pages_present += other.pages_present;
+        self.units_completed += other.units_completed;
+        self.units_not_huge += other.units_not_huge;
+        self.stopped = self.stopped.or(other.stopped);
+    }
+
+    fn absorb(&mut self, placed: &Placed) {
+        self.pages_placed += placed.placed;
+        self.pages_present += placed.present;
+        if placed.not_huge {
+            self.units_not_huge += 1;
+        }
+    }
+}
+
+/// Where a unit's chunks are gathered.
+#[derive(Debug)]
+enum Stage {
+    /// A THP of our own, moved into place.
+    Thp(ThpStage),
+    /// An anonymous buffer of one unit, copied into place (hugetlb, copy way).
+    Buffer(Region),
+    /// The unit's own page in the alias mapping (hugetlb, continue way).
+    Alias,
+}
+
+/// One unit in progress.
+#[derive(Debug)]
+struct Slot {
+    stage: Stage,
+    have: Gathered,
+    /// Every page not gathered is zero in the staging page, so a zero run needs no writes.
+    fresh: bool,
+    /// Complete, but its placement stopped (Retry): waits for [`Assembler::retry`].
+    waiting: bool,
+}
+
+/// Staging memory kept for reuse once its unit is placed, in bytes (at least one staging
+/// page is kept): a new staging buffer costs a fresh mapping and fresh, zeroed memory.
+const SPARE_BYTES: u64 = 32 << 20;
+
+/// One connection's assembler. See the module documentation.
+#[derive(Debug)]
+pub struct Assembler {
+    mem: Arc<Inner>,
+    uffd: Arc<Userfaultfd>,
+    slots: HashMap<u64, Slot>,
+    spare: Vec<Stage>,
+}
+
+impl Assembler {
+    pub(crate) fn new(mem: Arc<Inner>, uffd: Arc<Userfaultfd>) -> Self {
+        Assembler {
+            mem,
+            uffd,
+            slots: HashMap::new(),
+            spare: Vec::new(),
+        }
+    }
+
+    /// Places or gathers `bytes` at image `offset` (both multiples of 4 KiB). `received` is
+    /// the client's per-4 KiB-page bitmap (set = present in the region). Returns what got
+    /// placed now.
+    pub fn data(&mut self, offset: u64, bytes: &[u8], received: &PageBitmap) -> Result<Progress> {
+        let len = bytes.len() as u64;
+        self.check(offset, len, received)?;
+        if self.mem.backing == Backing::Anon {
+            return self.anon(offset, len, Some(bytes), received);
+        }
+        let mut progress = Progress::default();
+        for piece in pieces(offset, len, self.mem.backing.unit()) {
+            let start = piece.offset_in_chunk as usize;
+            let src = &bytes[start..start + piece.len as usize];
+            self.gather(piece, Some(src), received, &mut progress)?;
+        }
+        Ok(progress)
+    }
+
+    /// A run of zero pages at image `offset`. hugetlbfs has no ZEROPAGE: a whole zero unit is
+    /// copied from a zero source or touched in the alias; partial runs are zeroed in the
+    /// staging page. THP units stay THPs (zeros gathered in the staging THP); anon uses
+    /// UFFDIO_ZEROPAGE.
+    pub fn zero(&mut self, offset: u64, len: u64, received: &PageBitmap) -> Result<Progress> {
+        self.check(offset, len, received)?;
+        if self.mem.backing == Backing::Anon {
+            return self.anon(offset, len, None, received);
+        }
+        let mut progress = Progress::default();
+        for piece in pieces(offset, len, self.mem.backing.unit()) {
+            self.gather(piece, None, received, &mut progress)?;
+        }
+        Ok(progress)
+    }
+
+    /// Tries again to place the complete units whose placement stopped with `Retry`.
+    pub fn retry(&mut self, received: &PageBitmap) -> Result<Progress> {
+        let mut progress = Progress::default();
+        let waiting: Vec<u64> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.waiting)
+            .map(|(&u, _)| u)
+            .collect();
+        for unit in waiting {
+            self.place(unit, received, &mut progress)?;
+        }
+        Ok(progress)
+    }
+
+    /// Units started but not placed yet.
+    pub fn pending(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn check(&self, offset: u64, len: u64, received: &PageBitmap) -> Result<()> {
+        if !offset.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
+            return Err(AssembleError::Misaligned { offset, len });
+        }
+        let size = self.mem.region.len() as u64;
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(AssembleError::OutOfRange { offset, len, size });
+        }
+        let pages = self.mem.region.len() / PAGE as usize;
+        if received.len() < pages {
+            return Err(AssembleError::Bitmap {
+                bits: received.len(),
+                pages,
+            });
+        }
+        Ok(())
+    }
+
+    /// anon: nothing to assemble; COPY (or ZEROPAGE) every page not yet present.
+    fn anon(
+        &mut self,
+        offset: u64,
+        len: u64,
+        bytes: Option<&[u8]>,
+        received: &PageBitmap,
+    ) -> Result<Progress> {
+        let first_page = (offset / PAGE) as usize;
+        let dst = self.mem.region.addr() + offset;
+        let mut all = Gathered::full((len / PAGE) as usize);
+        let uffd = &self.uffd;
+        let placed = place_runs(received, first_page, &mut all, |i, n| {
+            let at = i as u64 * PAGE;
+            let run = n as u64 * PAGE;
+            match bytes {
+                Some(bytes) => place::copy(
+                    uffd,
+                    dst + at,
+                    &bytes[at as usize..(at + run) as usize],
+                    true,
+                ),
+                None => place::zeropage(uffd, dst + at, run, true),
+            }
+        })?;
+        let mut progress = Progress::default();
+        progress.absorb(&placed);
+        progress.units_completed = placed.placed + placed.present;
+        progress.stopped = placed.stopped;
+        Ok(progress)
+    }
+
+    /// Gathers one piece (data, or zeros when `src` is None) into its unit's slot, and places
+    /// the unit if that completed it.
+    fn gather(
+        &mut self,
+        piece: Piece,
+        src: Option<&[u8]>,
+        received: &PageBitmap,
+        progress: &mut Progress,
+    ) -> Result<()> {
+        let pages_per_unit = self.mem.backing.pages_per_unit();
+        let first_page = piece.unit as usize * pages_per_unit;
+        let p0 = (piece.offset_in_unit / PAGE) as usize;
+        let np = (piece.len / PAGE) as usize;
+        if !self.slots.contains_key(&piece.unit) {
+            if (p0..p0 + np).all(|i| received.get(first_page + i)) {
+                progress.pages_present += np as u64;
+                return Ok(());
+            }
+            if src.is_none() && np == pages_per_unit && self.mem.backing.hugetlb_size().is_some() {
+                return self.zero_unit(piece.unit, received, progress);
+            }
+            let slot = self.new_slot(piece.unit)?;
+            self.slots.insert(piece.unit, slot);
+        }
+        let Some(slot) = self.slots.get_mut(&piece.unit) else {
+            return Ok(());
+        };
+        let base = match &slot.stage {
+            Stage::Thp(stage) => stage.as_ptr(),
+            Stage::Buffer(region) => region.as_ptr(),
+            Stage::Alias => match &self.mem.alias {
+                // The unit's page in the alias mapping.
+                Some(alias) => alias
+                    .as_ptr()
+                    .wrapping_add(piece.unit as usize * self.mem.backing.unit() as usize),
+                None => return Ok(()),
+            },
+        };
+        for i in p0..p0 + np {
+            if received.get(first_page + i) {
+                // Present already: never write it (through the alias that would change live
+                // memory), and count it once.
+                if !slot.have.has(i) {
+                    progress.pages_present += 1;
+                }
+                continue;
+            }
+            let page = PAGE as usize;
+            // SAFETY: `base` is the start of a unit-sized staging page that this slot owns
+            // (or the unit's page in the alias mapping, which is not mapped in the region
+            // yet: its `received` bit is clear), and `i` < pages per unit, so the 4 KiB at
+            // `base + i * 4 KiB` are inside it. Staging memory is only accessed through raw
+            // pointers, so no Rust reference aliases it.
+            let dst = unsafe { base.add(i * page) };
+            match src {
+                Some(src) => {
+                    let from = &src[(i - p0) * page..(i - p0 + 1) * page];
+                    // SAFETY: `dst` is valid for 4 KiB of writes (above); `from` is a
+                    // distinct 4 KiB slice of the caller's buffer.
+                    unsafe { std::ptr::copy_nonoverlapping(from.as_ptr(), dst, page) };
+                }
+                None if slot.fresh && !slot.have.has(i) => {}
+                None => {
+                    // SAFETY: `dst` is valid for 4 KiB of writes (above).
+                    unsafe { std::ptr::write_bytes(dst, 0, page) };
+                }
+            }
+            slot.have.insert(i);
+        }
+        if !slot.waiting && slot.have.complete(|i| received.get(first_page + i)) {
+            self.place(piece.unit, received, progress)?;
+        }
+        Ok(())
+    }
+
+    /// A staging page for a new unit: a spare one, or a new one.
+    fn new_slot(&mut self, unit: u64) -> Result<Slot> {
+        let pages = self.mem.backing.pages_per_unit();
+        let (stage, fresh) = match self.spare.pop() {
+            // Populated again below (zeroed) unless it kept the last unit's data.
+            Some(Stage::Thp(stage)) => {
+                let fresh = !stage.is_ready();
+                (Stage::Thp(stage), fresh)
+            }
+            Some(other) => (other, false),
+            None => match (self.mem.backing, self.mem.placement) {
+                (Backing::Thp, _) => (Stage::Thp(ThpStage::new()?), true),
+                (_, HugetlbPlacement::Continue) => (Stage::Alias, true),
+                (_, HugetlbPlacement::Copy) => {
+                    let unit = self.mem.backing.unit() as usize;
+                    (Stage::Buffer(Region::thp(unit)?), true)
+                }
+            },
+        };
+        let mut slot = Slot {
+            stage,
+            have: Gathered::new(pages),
+            fresh,
+            waiting: false,
+        };
+        match &mut slot.stage {
+            Stage::Thp(stage) => stage.prepare(&self.mem.pagemap)?,
+            // Pages left zero are never written, but CONTINUE needs the page in the cache.
+            Stage::Alias => self.touch_alias(unit),
+            Stage::Buffer(_) => {}
+        }
+        Ok(slot)
+    }
+
+    /// Places the complete unit `unit` and releases its slot (unless it must be retried).
+    fn place(&mut self, unit: u64, received: &PageBitmap, progress: &mut Progress) -> Result<()> {
+        let Some(slot) = self.slots.get_mut(&unit) else {
+            return Ok(());
+        };
+        let first_page = unit as usize * self.mem.backing.pages_per_unit();
+        let dst = self.mem.unit_addr(unit);
+        let unit_len = self.mem.backing.unit();
+        let placed = match &mut slot.stage {
+            Stage::Thp(stage) => thp::place(
+                &self.uffd,
+                &self.mem.pagemap,
+                dst,
+                stage,
+                &mut slot.have,
+                received,
+                first_page,
+            )?,
+            Stage::Buffer(region) => {
+                // SAFETY: the staging buffer is mapped for its whole length, owned by this
+                // slot and not written while the slice lives (this call only reads it).
+                let src = unsafe { std::slice::from_raw_parts(region.as_ptr(), unit_len as usize) };
+                hugetlb::copy_unit(&self.uffd, dst, src, &mut slot.have, received, first_page)?
+            }
+            Stage::Alias => hugetlb::continue_unit(
+                &self.uffd,
+                dst,
+                unit_len,
+                &mut slot.have,
+                received,
+                first_page,
+            )?,
+        };
+        progress.absorb(&placed);
+        match placed.stopped {
+            None => {
+                progress.units_completed += 1;
+                if let Some(slot) = self.slots.remove(&unit) {
+                    self.recycle(slot.stage);
+                }
+            }
+            Some(Stop::Retry) => {
+                slot.waiting = true;
+                progress.stopped = progress.stopped.or(Some(Stop::Retry));
+            }
+            Some(Stop::Gone) => {
+                self.slots.remove(&unit);
+                progress.stopped = Some(Stop::Gone);
+            }
+        }
+        Ok(())
+    }
+
+    /// A whole zero hugetlb unit with nothing gathered: placed straight from zeros.
+    fn zero_unit(
+        &mut self,
+        unit: u64,
+        received: &PageBitmap,
+        progress: &mut Progress,
+    ) -> Result<()> {
+        let pages = self.mem.backing.pages_per_unit();
+        let first_page = unit as usize * pages;
+        let dst = self.mem.unit_addr(unit);
+        let unit_len = self.mem.backing.unit();
+        let mut have = Gathered::full(pages);
+        let placed = match (&self.mem.zero, &self.mem.alias) {
+            (Some(zero), _) => {
+                // SAFETY: the zero source is a unit-sized private mapping that nothing ever
+                // writes; reading it maps the shared zero page.
+                let src = unsafe { std::slice::from_raw_parts(zero.as_ptr(), unit_len as usize) };
+                hugetlb::copy_unit(&self.uffd, dst, src, &mut have, received, first_page)?
+            }
+            (None, Some(_)) => {
+                self.touch_alias(unit);
+                hugetlb::continue_unit(&self.uffd, dst, unit_len, &mut have, received, first_page)?
+            }
+            (None, None) => return Ok(()),
+        };
+        progress.absorb(&placed);
+        match placed.stopped {
+            None => progress.units_completed += 1,
+            stop => progress.stopped = progress.stopped.or(stop),
+        }
+        Ok(())
+    }
+
+    /// Makes sure unit `unit`'s huge page is in the memfd's page cache (continue way).
+    fn touch_alias(&self, unit: u64) {
+        if let Some(alias) = &self.mem.alias {
+            let offset = unit as usize * self.mem.backing.unit() as usize;
+            // SAFETY: `offset` is the start of a unit inside the alias mapping (`unit` <
+            // units). Reading it makes the kernel allocate the zeroed huge page into the
+            // memfd's page cache (a shared hugetlb mapping does so on reads too) without
+            // mapping it in the region; a page already there is left as it is.
+            unsafe { std::ptr::read_volatile(alias.as_ptr().add(offset)) };
+        }
+    }
+
+    fn recycle(&mut self, stage: Stage) {
+        let keep = (SPARE_BYTES / self.mem.backing.unit()).max(1) as usize;
+        if matches!(stage, Stage::Alias) || self.spare.len() >= keep {
+            return;
+        }
+        self.spare.push(stage);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::Memory;
+    use crate::pattern::Pattern;
+
+    fn anon(pages: usize) -> Option<(Memory, Assembler, PageBitmap)> {
+        let uffd = match Userfaultfd::open(0) {
+            Ok(uffd) => Arc::new(uffd),
+            Err(err) => {
+                uffd_core::testing::skip(&err.to_string());
+                return None;
+            }
+        };
+        let memory = Memory::new(Backing::Anon, pages * 4096, HugetlbPlacement::Copy).ok()?;
+        memory.register(&uffd).ok()?;
+        let assembler = memory.assembler(uffd).ok()?;
+        let received = PageBitmap::new(memory.pages());
+        Some((memory, assembler, received))
+    }
+
+    #[test]
+    fn anon_places_chunks_directly_and_sets_bits() {
+        let Some((memory, mut asm, received)) = anon(16) else {
+            return;
+        };
+        let pattern = Pattern::new(3);
+        // Page 5 arrives urgently by another path.
+        received.set(5);
+        let p = asm
+            .data(4 * PAGE, &pattern.bytes(4 * PAGE, 4 * PAGE), &received)
+            .expect("data");
+        assert_eq!(
+            (p.pages_placed, p.pages_present, p.units_completed),
+            (3, 1, 4)
+        );
+        assert_eq!(asm.pending(), 0);
+        let z = asm.zero(0, 4 * PAGE, &received).expect("zero");
+        assert_eq!(z.pages_placed, 4);
+        assert_eq!(received.count(), 8);
+        // SAFETY: pages 0..4 and 4,6,7 are present; nothing writes the region.
+        let bytes = unsafe { memory.as_slice() };
+        assert!(bytes[..4 * 4096].iter().all(|&b| b == 0));
+        pattern
+            .check(6 * PAGE, &bytes[6 * 4096..8 * 4096])
+            .expect("content");
+    }
+
+    #[test]
+    fn bad_chunks_are_refused() {
+        let Some((_memory, mut asm, received)) = anon(4) else {
+            return;
+        };
+        assert!(matches!(
+            asm.data(100, &[0; 4096], &received),
+            Err(AssembleError::Misaligned { .. })
+        ));
+        assert!(matches!(
+            asm.zero(3 * PAGE, 2 * PAGE, &received),
+            Err(AssembleError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            asm.zero(0, PAGE, &PageBitmap::new(1)),
+            Err(AssembleError::Bitmap { .. })
+        ));
+    }
+
+    #[test]
+    fn progress_merges() {
+        let mut a = Progress {
+            pages_placed: 1,
+            ..Progress::default()
+        };
+        a.merge(&Progress {
+            pages_placed: 2,
+            pages_present: 3,
+            units_completed: 1,
+            stopped: Some(Stop::Retry),
+            units_not_huge: 0,
+        });
+        assert_eq!(
+            (a.pages_placed, a.pages_present, a.units_completed),
+            (3, 3, 1)
+        );
+        assert_eq!(a.stopped, Some(Stop::Retry));
+    }
+
+    #[test]
+    fn assembler_is_send() {
+        fn send<T: Send>() {}
+        send::<Assembler>();
+        send::<Memory>();
+    }
+}

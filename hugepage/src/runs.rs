@@ -1,0 +1,151 @@
+//! Placing the gathered pages of a unit in runs, skipping pages already present.
+//!
+//! Used wherever a unit is placed 4 KiB page by 4 KiB page: plain anonymous chunks (COPY),
+//! zero runs (ZEROPAGE), and the pages of a THP that were not placed urgently (MOVE). A run is a
+//! maximal stretch of gathered pages whose `received` bit is clear; one ioctl places it. The
+//! client's bitmap can lag behind the page tables (another thread placed a page and has not
+//! set its bit yet), so the kernel's answer is the final word: a COPY or MOVE stops at the first
+//! page that exists (EAGAIN with the bytes done, or EEXIST), and that page is counted present.
+//!
+//! Every gathered page is accounted exactly once: it leaves the [`Gathered`] set either as
+//! placed (its bit set by us) or as present (someone else's page).
+
+use uffd_core::place::{self, Outcome, Stop};
+use uffd_core::PageBitmap;
+
+use crate::backing::PAGE;
+use crate::gathered::Gathered;
+
+/// What placing a unit's runs did, in 4 KiB pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Placed {
+    /// Pages this call made present (their bits are set now).
+    pub placed: u64,
+    /// Gathered pages found already present.
+    pub present: u64,
+    /// Where it stopped early; the pages not yet accounted stay in the set.
+    pub stopped: Option<Stop>,
+    /// A THP unit that ended up mapped by 4 KiB pages (collapse failed).
+    pub not_huge: bool,
+}
+
+/// Places every page of `have` whose bit (at `first_page + i` in `received`) is clear, one run
+/// per `op(index, pages)` call. `op` returns the ioctl's outcome for the run.
+pub(crate) fn place_runs(
+    received: &PageBitmap,
+    first_page: usize,
+    have: &mut Gathered,
+    mut op: impl FnMut(usize, usize) -> place::Result<Outcome>,
+) -> place::Result<Placed> {
+    let mut out = Placed::default();
+    let pages = have.pages();
+    let mut i = 0;
+    while i < pages {
+        if !have.has(i) {
+            i += 1;
+            continue;
+        }
+        if received.get(first_page + i) {
+            have.remove(i);
+            out.present += 1;
+            i += 1;
+            continue;
+        }
+        let mut end = i + 1;
+        while end < pages && have.has(end) && !received.get(first_page + end) {
+            end += 1;
+        }
+        match op(i, end - i)? {
+            Outcome::Placed(bytes) => {
+                // The kernel reports bytes of this run; a short count means it stopped at a
+                // page that exists, which the next round finds with EEXIST.
+                let done = usize::try_from(bytes / PAGE).unwrap_or(0).min(end - i);
+                for p in i..i + done {
+                    received.set(first_page + p);
+                    have.remove(p);
+                }
+                out.placed += done as u64;
+                if done == 0 {
+                    have.remove(i);
+                    out.present += 1;
+                    i += 1;
+                } else {
+                    i += done;
+                }
+            }
+            Outcome::AlreadyPresent => {
+                have.remove(i);
+                out.present += 1;
+                i += 1;
+            }
+            Outcome::Retry => {
+                out.stopped = Some(Stop::Retry);
+                break;
+            }
+            Outcome::Gone => {
+                out.stopped = Some(Stop::Gone);
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_skip_received_and_absent_pages() {
+        let received = PageBitmap::new(64);
+        received.set(10 + 3);
+        let mut have = Gathered::new(8);
+        for i in [0, 1, 2, 3, 4, 6, 7] {
+            have.insert(i);
+        }
+        let mut calls = Vec::new();
+        let placed = place_runs(&received, 10, &mut have, |i, n| {
+            calls.push((i, n));
+            Ok(Outcome::Placed(n as u64 * PAGE))
+        })
+        .expect("no error");
+        assert_eq!(calls, vec![(0, 3), (4, 1), (6, 2)]);
+        assert_eq!(
+            (placed.placed, placed.present, placed.stopped),
+            (6, 1, None)
+        );
+        assert!(!placed.not_huge);
+        assert_eq!(have.count(), 0);
+        assert_eq!(received.count(), 7);
+        assert!(!received.get(15), "page 5 was never gathered");
+    }
+
+    #[test]
+    fn a_short_run_finds_the_present_page_next() {
+        let received = PageBitmap::new(4);
+        let mut have = Gathered::full(4);
+        // The kernel places 2 pages and stops (page 2 exists), then says EEXIST for page 2.
+        let mut answers = vec![
+            Outcome::Placed(2 * PAGE),
+            Outcome::AlreadyPresent,
+            Outcome::Placed(PAGE),
+        ];
+        answers.reverse();
+        let placed = place_runs(&received, 0, &mut have, |_, _| {
+            Ok(answers.pop().unwrap_or(Outcome::Retry))
+        })
+        .expect("no error");
+        assert_eq!((placed.placed, placed.present), (3, 1));
+        assert!(received.get(0) && !received.get(2) && received.get(3));
+    }
+
+    #[test]
+    fn retry_keeps_the_rest() {
+        let received = PageBitmap::new(4);
+        let mut have = Gathered::full(4);
+        let placed =
+            place_runs(&received, 0, &mut have, |_, _| Ok(Outcome::Retry)).expect("no error");
+        assert_eq!(placed.stopped, Some(Stop::Retry));
+        assert_eq!(have.count(), 4);
+    }
+}

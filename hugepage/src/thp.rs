@@ -1,0 +1,220 @@
+//! Transparent huge pages: assemble in a THP staging page, then UFFDIO_MOVE it into place.
+//!
+//! UFFDIO_COPY always installs 4 KiB pages, even into `MADV_HUGEPAGE` memory, so a THP region
+//! filled by COPY never has a single huge page. UFFDIO_MOVE does better: moving a PMD-mapped
+//! THP (source and destination 2 MiB-aligned, whole 2 MiB, destination PMD empty) re-links
+//! the huge page into the registered region in about a microsecond, and every thread waiting
+//! on the range wakes up to a complete huge page.
+//!
+//! The staging page is a 2 MiB-aligned `MADV_HUGEPAGE` mapping, populated with
+//! `MADV_POPULATE_WRITE` so that the kernel allocates (and zeroes) one THP for it before the
+//! first chunk is written; `PAGEMAP_SCAN` confirms it is PMD-mapped, and if not it is collapsed
+//! (`MADV_COLLAPSE`) while it is still private. After the MOVE the staging range is a hole and
+//! is populated again for the next unit.
+//!
+//! The unit cannot arrive as one THP when its destination PMD is not empty:
+//! - some pages of the unit were placed urgently (a fault asked for one 4 KiB page): the
+//!   missing pages are copied from the staging page in runs around them (COPY rather than
+//!   MOVE keeps the staging THP whole for the next unit);
+//! - a thread faulted in the unit and is waiting: with the region *not* THP-eligible (see
+//!   below) the fault allocated a page table before sleeping, and the kernel splits the THP
+//!   and moves its 512 pages one by one.
+//!
+//! Either way, once all 512 pages are present the range is collapsed with `MADV_COLLAPSE`
+//! (it works on a registered range only when all 512 PTEs are present, none is the zero page
+//! and none is write-protected) and ends up PMD-mapped. A thread waiting in the unit wakes when
+//! the run holding its page has moved: it only ever sees complete 4 KiB pages of the image.
+//!
+//! # Why the registered region is not `MADV_HUGEPAGE`
+//! A write fault in an empty THP-eligible registered range allocates and zeroes a 2 MiB folio,
+//! throws it away and only then reports the userfault (79 us instead of 13 us here). Urgent
+//! 4 KiB faults are the latency-critical path, so the region is left without `MADV_HUGEPAGE`
+//! (with THP in `madvise` mode it is not eligible); only the staging pages are advised.
+//! `MADV_COLLAPSE` ignores the sysfs mode and still works there. The price is paid in the
+//! background: a unit whose range saw a fault (or an urgent page) costs a collapse (a new THP and
+//! a 2 MiB copy, ~1–5 ms) instead of a 1 us MOVE. With THP `always` every anonymous range is
+//! eligible and the fault cost comes back; nothing here can avoid it.
+
+use nix::errno::Errno;
+use nix::sys::mman::MmapAdvise;
+use uffd_core::place::{self, Outcome, PlaceError, Stop};
+use uffd_core::region::{Region, RegionError, HUGE_2M};
+use uffd_core::{PageBitmap, Userfaultfd};
+
+use crate::backing::PAGE;
+use crate::gathered::Gathered;
+use crate::pagemap::Pagemap;
+use crate::runs::{place_runs, Placed};
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum ThpError {
+    /// Mapping, populating or discarding a staging page failed.
+    #[error("THP staging page: {0}")]
+    Staging(#[from] RegionError),
+    /// UFFDIO_MOVE failed for a reason a pager cannot handle.
+    #[error(transparent)]
+    Move(#[from] PlaceError),
+}
+
+/// Result alias of this module.
+pub type Result<T> = std::result::Result<T, ThpError>;
+
+const UNIT: u64 = HUGE_2M as u64;
+const PAGES: usize = HUGE_2M / PAGE as usize;
+
+/// A 2 MiB staging page: one THP gathering one unit's chunks.
+#[derive(Debug)]
+pub(crate) struct ThpStage {
+    region: Region,
+    /// Populated since the last MOVE (a THP, or at least 512 zeroed pages, is there).
+    ready: bool,
+    /// PAGEMAP_SCAN said it is PMD-mapped (for diagnostics: a 4K-mapped staging page still
+    /// works, the unit is collapsed after the MOVE).
+    huge: bool,
+}
+
+impl ThpStage {
+    /// Maps a staging page (nothing allocated yet).
+    pub(crate) fn new() -> Result<Self> {
+        Ok(ThpStage {
+            region: Region::thp(HUGE_2M)?,
+            ready: false,
+            huge: false,
+        })
+    }
+
+    /// Makes sure the staging page is populated, preferably as a THP. After this, every byte
+    /// of it is zero.
+    pub(crate) fn prepare(&mut self, pagemap: &Pagemap) -> Result<()> {
+        if self.ready {
+            return Ok(());
+        }
+        self.region.advise(
+            0,
+            HUGE_2M,
+            MmapAdvise::MADV_POPULATE_WRITE,
+            "MADV_POPULATE_WRITE",
+        )?;
+        self.huge = pagemap.is_huge(self.addr(), UNIT).unwrap_or(false);
+        if !self.huge {
+            // No THP was free at fault time (fragmentation): try to build one now, while the
+            // page is private and holds nothing.
+            self.huge = collapse(self.addr(), UNIT).is_ok()
+                && pagemap.is_huge(self.addr(), UNIT).unwrap_or(false);
+            tracing::debug!(huge = self.huge, "staging page was not a THP; collapsed");
+        }
+        self.ready = true;
+        Ok(())
+    }
+
+    /// True when populated since the last MOVE: it holds a previous unit's data.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Start of the staging page.
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.region.as_ptr()
+    }
+
+    fn addr(&self) -> u64 {
+        self.region.addr()
+    }
+
+    /// Drops whatever the staging page still holds (pages skipped by a run MOVE).
+    fn discard(&mut self) -> Result<()> {
+        self.region
+            .advise(0, HUGE_2M, MmapAdvise::MADV_DONTNEED, "MADV_DONTNEED")?;
+        self.ready = false;
+        Ok(())
+    }
+}
+
+/// `madvise(MADV_COLLAPSE)` over `addr..addr+len`.
+pub(crate) fn collapse(addr: u64, len: u64) -> std::result::Result<(), Errno> {
+    let len = usize::try_from(len).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: MADV_COLLAPSE never changes the content of the range or unmaps it: it copies
+    // the present pages into a new huge page and swaps the mapping under the mmap lock; an
+    // unmapped or unsuitable range is refused with an error.
+    let ret = unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_COLLAPSE) };
+    Errno::result(ret).map(drop)
+}
+
+/// Places one complete unit at `dst` from `stage`. `have` holds the gathered pages (the
+/// others are present already); `first_page` is the unit's first bit in `received`.
+pub(crate) fn place(
+    uffd: &Userfaultfd,
+    pagemap: &Pagemap,
+    dst: u64,
+    stage: &mut ThpStage,
+    have: &mut Gathered,
+    received: &PageBitmap,
+    first_page: usize,
+) -> Result<Placed> {
+    let mut out = Placed::default();
+    let whole = have.count() == PAGES && (0..PAGES).all(|i| !received.get(first_page + i));
+    let mut moved = 0;
+    if whole {
+        // SAFETY: the staging page belongs to this unit's slot; no Rust reference points into
+        // it (chunks are written through raw pointers), so its pages may leave.
+        match unsafe { place::move_(uffd, dst, stage.addr(), UNIT, true) }? {
+            Outcome::Placed(bytes) => {
+                // Short when a page appeared since the check (an urgent fault): the kernel
+                // stopped there and the runs below finish the unit.
+                moved = usize::try_from(bytes / PAGE).unwrap_or(0).min(PAGES);
+                for i in 0..moved {
+                    received.set(first_page + i);
+                    have.remove(i);
+                }
+                out.placed = moved as u64;
+            }
+            Outcome::AlreadyPresent => {}
+            Outcome::Retry => {
+                out.stopped = Some(Stop::Retry);
+                return Ok(out);
+            }
+            Outcome::Gone => {
+                out.stopped = Some(Stop::Gone);
+                return Ok(out);
+            }
+        }
+    }
+    if have.count() > 0 {
+        // Some pages are present already, so the unit cannot arrive as one THP: COPY the
+        // others around them. MOVE would do too, but it splits the staging THP, which must
+        // then be allocated (and zeroed) again; the collapse below allocates the unit's THP
+        // anyway, and the staging THP stays for the next unit.
+        let base = stage.as_ptr();
+        let runs = place_runs(received, first_page, have, |i, n| {
+            let offset = i * PAGE as usize;
+            // SAFETY: `offset + n` pages lie inside the 2 MiB staging page (i + n <= 512),
+            // which nothing writes while this slice lives.
+            let bytes = unsafe { std::slice::from_raw_parts(base.add(offset), n * PAGE as usize) };
+            // Each run wakes the threads waiting on its own pages: they see complete 4 KiB
+            // pages. (One UFFDIO_WAKE of the unit at the end would be nicer, but uffd-core's
+            // WAKE is encoded _IOW where the kernel has _IOR, and fails EINVAL.)
+            place::copy(uffd, dst + offset as u64, bytes, true)
+        })?;
+        out.placed += runs.placed;
+        out.present += runs.present;
+        if runs.stopped.is_some() {
+            out.stopped = runs.stopped;
+            return Ok(out);
+        }
+    }
+    // A whole MOVE took the staging THP (its range is a hole now); a MOVE cut short split it
+    // and left holes; after COPY runs it is intact, holding this unit's data.
+    if moved == PAGES {
+        stage.ready = false;
+    } else if moved > 0 {
+        stage.discard()?;
+    }
+    if !pagemap.is_huge(dst, UNIT).unwrap_or(false) {
+        if let Err(errno) = collapse(dst, UNIT) {
+            tracing::debug!(dst, %errno, "MADV_COLLAPSE failed: the unit stays 4K-mapped");
+            out.not_huge = true;
+        }
+    }
+    Ok(out)
+}

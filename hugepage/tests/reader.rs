@@ -1,0 +1,116 @@
+//! A reader thread spins on a huge page while its chunks arrive: it blocks in its fault until
+//! the whole page is placed, and every byte it ever reads is the final content.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{assert_all_huge, deliver, random_chunks, setup, verify};
+use hugepage::{Backing, HugetlbPlacement, Pattern};
+use uffd_core::uffd::Event;
+use uffd_core::Userfaultfd;
+
+fn reader_sees_all_or_nothing(backing: Backing, placement: HugetlbPlacement) {
+    let Some(s) = setup(backing, placement, 2) else {
+        return;
+    };
+    let unit = backing.unit();
+    let pattern = Arc::new(Pattern::new(21));
+    // The reader spins on unit 1.
+    let target = s.memory.addr() + unit;
+    let passes = Arc::new(AtomicUsize::new(0));
+    let bad = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (passes, bad, stop, pattern) =
+            (passes.clone(), bad.clone(), stop.clone(), pattern.clone());
+        std::thread::spawn(move || {
+            let mut seen = vec![0u8; unit as usize];
+            while !stop.load(Ordering::Acquire) || passes.load(Ordering::Acquire) == 0 {
+                // SAFETY: `target..target+unit` is unit 1 of the registered region, alive until
+                // the test joins this thread; reading a missing page blocks in the fault until
+                // the assembler places the unit.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        target as *const u8,
+                        seen.as_mut_ptr(),
+                        seen.len(),
+                    )
+                };
+                if pattern.check(unit, &seen).is_err() {
+                    bad.fetch_add(1, Ordering::AcqRel);
+                }
+                passes.fetch_add(1, Ordering::AcqRel);
+            }
+        })
+    };
+    // The reader's fault is reported (and it stays blocked).
+    let mut buf = Userfaultfd::event_buffer(16);
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while events.is_empty() && Instant::now() < deadline {
+        s.uffd
+            .wait_readable(Duration::from_millis(100))
+            .expect("poll");
+        s.uffd.read_events(&mut buf, &mut events).expect("read");
+    }
+    match events.first() {
+        Some(Event::Fault { addr, .. }) => assert!((target..target + unit).contains(addr)),
+        other => panic!("expected the reader's fault, got {other:?}"),
+    }
+    let chunks: Vec<_> = random_chunks(2, unit, 16, &[], 4)
+        .into_iter()
+        .filter(|d| d.offset >= unit)
+        .collect();
+    let mut assembler = s.assembler();
+    for (i, &d) in chunks.iter().enumerate() {
+        assert_eq!(
+            passes.load(Ordering::Acquire),
+            0,
+            "the reader got through before chunk {i}"
+        );
+        let progress = deliver(&mut assembler, d, &pattern, &s.received);
+        let last = i + 1 == chunks.len();
+        assert_eq!(progress.units_completed, u64::from(last));
+        if i % 16 == 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while passes.load(Ordering::Acquire) < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stop.store(true, Ordering::Release);
+    reader.join().expect("reader");
+    assert!(
+        passes.load(Ordering::Acquire) >= 3,
+        "the reader was never woken"
+    );
+    assert_eq!(
+        bad.load(Ordering::Acquire),
+        0,
+        "the reader saw a partial huge page"
+    );
+    // Unit 0 arrives afterwards; the whole region ends right and huge.
+    let rest: Vec<_> = random_chunks(1, unit, 64, &[], 5);
+    common::feed(&mut assembler, &rest, &pattern, &s.received);
+    verify(&s.memory, &s.received, &pattern, &[]);
+    assert_all_huge(&s.memory);
+}
+
+#[test]
+fn thp_reader_blocks_until_the_huge_page_is_placed() {
+    reader_sees_all_or_nothing(Backing::Thp, HugetlbPlacement::Copy);
+}
+
+#[test]
+fn hugetlb_copy_reader_blocks_until_the_huge_page_is_placed() {
+    reader_sees_all_or_nothing(Backing::Hugetlb2M, HugetlbPlacement::Copy);
+}
+
+#[test]
+fn hugetlb_continue_reader_blocks_until_the_huge_page_is_placed() {
+    reader_sees_all_or_nothing(Backing::Hugetlb2M, HugetlbPlacement::Continue);
+}
