@@ -70,6 +70,14 @@ pub struct RunArgs {
     /// Touches, as a fraction of the image's pages (0..=1).
     #[arg(long, default_value_t = 0.25, value_name = "FRACTION", value_parser = parse_fraction)]
     pub touch: f64,
+    /// How the region is backed: anon (4 KiB pages), thp (transparent huge pages, placed
+    /// whole with UFFDIO_MOVE), hugetlb-2m or hugetlb-1g (hugetlbfs pool pages).
+    #[arg(long, default_value = "anon", value_name = "BACKING")]
+    pub backing: hugepage::Backing,
+    /// hugetlbfs only: place each huge page with one UFFDIO_COPY, or write it through an
+    /// alias mapping and map it with UFFDIO_CONTINUE.
+    #[arg(long, default_value = "copy", value_name = "copy|continue")]
+    pub hugetlb_placement: hugepage::HugetlbPlacement,
     /// Do not open the background stream: pages arrive only when faulted.
     #[arg(long)]
     pub no_background: bool,
@@ -118,6 +126,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config.dump = args.dump;
             config.seed = args.seed;
             config.trace = args.trace;
+            config.backing = args.backing;
+            config.hugetlb = args.hugetlb_placement;
             config.reconnect_timeout = std::time::Duration::from_secs(args.reconnect_timeout);
             if let Some(path) = args.token_file {
                 let token = std::fs::read(&path).map_err(|e| {

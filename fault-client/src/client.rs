@@ -10,10 +10,10 @@ use uffd_core::{Endpoint, Latency, Userfaultfd};
 
 use crate::connect::{connect, ConnectError, HelloParams};
 use crate::link::LinkConfig;
-use crate::memory::{Memory, MemoryError};
 use crate::pager::{self, Pager};
 use crate::report::Report;
 use crate::workload::{self, Workload};
+use hugepage::{Backing, HugetlbPlacement, Memory, MemoryError};
 
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +68,10 @@ pub struct RunConfig {
     pub trace: Option<PathBuf>,
     /// How long to keep reconnecting after a connection is lost (zero: fail at once).
     pub reconnect_timeout: Duration,
+    /// How the region is backed.
+    pub backing: Backing,
+    /// How hugetlbfs units are placed.
+    pub hugetlb: HugetlbPlacement,
 }
 
 impl RunConfig {
@@ -85,6 +89,8 @@ impl RunConfig {
             token: Vec::new(),
             trace: None,
             reconnect_timeout: Duration::from_secs(30),
+            backing: Backing::Anon,
+            hugetlb: HugetlbPlacement::Copy,
         }
     }
 }
@@ -102,6 +108,10 @@ pub struct ClientOptions {
     pub token: Vec<u8>,
     /// Write a trace of every fault and arrival here.
     pub trace: Option<PathBuf>,
+    /// How the region is backed (base pages, THP, hugetlbfs).
+    pub backing: Backing,
+    /// How hugetlbfs units are placed (COPY, or CONTINUE through an alias mapping).
+    pub hugetlb: HugetlbPlacement,
     /// Keep reconnecting this long after a connection is lost (zero: fail at once).
     pub reconnect_timeout: Duration,
 }
@@ -115,6 +125,8 @@ impl ClientOptions {
             want_checksums: false,
             token: Vec::new(),
             trace: None,
+            backing: Backing::Anon,
+            hugetlb: HugetlbPlacement::Copy,
             reconnect_timeout: Duration::from_secs(30),
         }
     }
@@ -138,10 +150,10 @@ impl Client {
         let background = options.background;
         let want_checksums = options.want_checksums;
         let token = &options.token;
-        let page = uffd_core::page_size() as u64;
         let mut params = HelloParams {
             session: 0,
-            unit: page,
+            // The server sends background pages in whole units of this size, in chunks.
+            unit: options.backing.unit(),
             image_id: 0,
             token: token.to_vec(),
         };
@@ -150,8 +162,12 @@ impl Client {
         params.session = urgent.welcome.session;
         params.image_id = urgent.welcome.image_id;
 
-        let memory = Memory::new(usize::try_from(image_size).unwrap_or(usize::MAX))?;
-        let uffd = Userfaultfd::open(memory.uffd_features())?;
+        let memory = Memory::new(
+            options.backing,
+            usize::try_from(image_size).unwrap_or(usize::MAX),
+            options.hugetlb,
+        )?;
+        let uffd = Arc::new(Userfaultfd::open(memory.uffd_features())?);
         memory.register(&uffd)?;
         let trace = match &options.trace {
             Some(path) => Some(crate::trace::Trace::create(path, Instant::now()).map_err(
@@ -244,6 +260,8 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
         token: config.token.clone(),
         trace: config.trace.clone(),
         reconnect_timeout: config.reconnect_timeout,
+        backing: config.backing,
+        hugetlb: config.hugetlb,
     })?;
     let pager = Arc::clone(client.pager());
     let image_size = client.image_size();
@@ -300,6 +318,10 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
         client.wait_complete()?;
     }
     let elapsed = start.elapsed();
+    if config.backing == Backing::Thp && pager.received.is_full() {
+        // Units whose collapse failed while an urgent page was in flight: all present now.
+        let _ = pager.memory.collapse_remaining();
+    }
 
     let verified = match &client.checksums {
         Some(sums) => Some(verify(&pager, sums)?),

@@ -7,8 +7,8 @@
 //!
 //! # Layout
 //! - [`connect`]: the handshake of the urgent and background connections.
-//! - [`memory`]: the registered region and page placement.
-//! - [`pager`]: the fault handler thread and the receiver threads.
+//! - [`pager`]: the fault handler thread and the receiver threads, placing pages directly or
+//!   through the `hugepage` crate's assembler (huge pages placed whole).
 //! - [`link`]: the connections, their receivers, and recovery (reconnect and resume).
 //! - [`workload`]: the application threads (seq, random, zipf) and their fault latency.
 //! - [`client`]: one run from connect to report. [`report`]: table and JSON.
@@ -21,7 +21,6 @@ pub mod client;
 pub mod connect;
 pub mod demo;
 pub mod link;
-pub mod memory;
 pub mod pager;
 pub mod plot;
 pub mod report;

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::memory::{Assembler, Memory};
 use crate::trace::Resolution;
+use hugepage::{Assembler, Backing, Memory, Progress};
 use uffd_core::place::Stop;
 use uffd_core::{Conn, Event, Frame, FrameReader, FrameWriter, Limits, PageBitmap, Userfaultfd};
 
@@ -41,6 +41,8 @@ pub struct Counters {
     pub bytes_received: AtomicU64,
     /// Times the link was re-established after a connection was lost.
     pub reconnects: AtomicU64,
+    /// THP units placed but left mapped with base pages (MADV_COLLAPSE failed).
+    pub huge_pages_not_collapsed: AtomicU64,
 }
 
 /// Which connection a receiver reads.
@@ -68,12 +70,13 @@ pub struct Pager {
     /// The registered memory.
     pub memory: Memory,
     /// The descriptor it is registered with.
-    pub uffd: Userfaultfd,
+    pub uffd: Arc<Userfaultfd>,
     /// Base page size.
     pub page: u64,
     /// Pages in the image.
     pub pages: u64,
-    /// Pages present in the region.
+    /// Pages present in the region (which may be longer than the image: huge-page backings
+    /// round it up to whole huge pages; the padding is placed as zeros with the last one).
     pub received: PageBitmap,
     /// Pages (first page of each request unit) already requested.
     pub requested: PageBitmap,
@@ -102,13 +105,13 @@ impl Pager {
     /// A pager over `memory`, registered with `uffd`, for an image of `image_size` bytes.
     pub fn new(
         memory: Memory,
-        uffd: Userfaultfd,
+        uffd: Arc<Userfaultfd>,
         image_size: u64,
         trace: Option<crate::trace::Trace>,
     ) -> Pager {
         let page = uffd_core::page_size() as u64;
         let pages = image_size.div_ceil(page);
-        let slots = usize::try_from(pages).unwrap_or(usize::MAX);
+        let slots = memory.pages();
         Pager {
             memory,
             uffd,
@@ -280,9 +283,11 @@ pub fn handle_faults(pager: &Pager) {
             };
             pager.counters.faults.fetch_add(1, Ordering::Relaxed);
             let page = (addr - pager.memory.addr()) / pager.page;
-            if page >= pager.pages {
-                // The padding beyond the image of a huge-page backing: nothing to fetch.
-                if let Err(err) = place_padding(pager, addr) {
+            if page >= pager.pages && unit_pages == 1 {
+                // Padding past the image in a THP region: nothing to fetch, it reads as zero.
+                let mut direct = Placer::Direct;
+                let offset = page * pager.page;
+                if let Err(err) = direct.place(pager, offset, None, pager.page) {
                     return pager.fail(err);
                 }
                 continue;
@@ -303,7 +308,9 @@ pub fn handle_faults(pager: &Pager) {
             if !pager.requested.set(first as usize) {
                 continue;
             }
-            let len = (unit_pages.min(pager.pages - first)) * pager.page;
+            // The last unit of a huge-page backing may reach past the image: ask for the
+            // image's part; the padding is zeroed with it.
+            let len = unit_pages.min(pager.pages.saturating_sub(first)) * pager.page;
             let request = Frame::Request {
                 offset: first * pager.page,
                 len,
@@ -328,24 +335,6 @@ pub fn handle_faults(pager: &Pager) {
     }
 }
 
-/// A fault in the region's padding past the image (huge-page backings round the region up):
-/// it reads as zeros.
-fn place_padding(pager: &Pager, addr: u64) -> Result<(), String> {
-    let unit = pager.memory.unit();
-    let start = addr / unit * unit;
-    let mut assembler = pager
-        .memory
-        .assembler(&pager.uffd)
-        .map_err(|e| e.to_string())?;
-    let scratch =
-        PageBitmap::new(usize::try_from(pager.memory.len() as u64 / pager.page).unwrap_or(0));
-    let offset = start - pager.memory.addr();
-    assembler
-        .zero(offset, unit, &scratch)
-        .map(drop)
-        .map_err(|e| e.to_string())
-}
-
 /// Buffers in flight between the background reader and its placer.
 const PIPELINE_DEPTH: usize = 4;
 
@@ -363,9 +352,9 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
     }
     std::thread::scope(|s| {
         s.spawn(move || {
-            let mut assembler = match pager.memory.assembler(&pager.uffd) {
+            let mut assembler = match Placer::new(pager, Channel::Background) {
                 Ok(a) => a,
-                Err(err) => return pager.fail(err.to_string()),
+                Err(err) => return pager.fail(err),
             };
             for (header, buf) in full_rx {
                 let frame = match uffd_core::Frame::parse(
@@ -429,7 +418,7 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
 
 fn handle_frame(
     pager: &Pager,
-    assembler: &mut Assembler<'_>,
+    assembler: &mut Placer,
     channel: Channel,
     frame: Frame<'_>,
 ) -> Result<(), String> {
@@ -462,9 +451,9 @@ fn handle_frame(
 
 /// A receiver thread: reads frames from one connection and places their pages.
 pub fn receive(pager: &Pager, channel: Channel, mut reader: FrameReader<Conn>, generation: u64) {
-    let mut assembler = match pager.memory.assembler(&pager.uffd) {
+    let mut assembler = match Placer::new(pager, channel) {
         Ok(a) => a,
-        Err(err) => return pager.fail(err.to_string()),
+        Err(err) => return pager.fail(err),
     };
     let name = match channel {
         Channel::Urgent => "urgent",
@@ -504,26 +493,143 @@ pub fn receive(pager: &Pager, channel: Channel, mut reader: FrameReader<Conn>, g
     }
 }
 
+/// How one receiver places pages.
+pub enum Placer {
+    /// Straight into the region with UFFDIO_COPY / ZEROPAGE: base pages, and the urgent 4 KiB
+    /// pages inside THP units (a faulting thread waits for that page alone).
+    Direct,
+    /// Through this connection's huge-page assembler: units placed whole, atomically.
+    Assemble(Assembler),
+}
+
+impl std::fmt::Debug for Placer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Placer::Direct => "Placer::Direct",
+            Placer::Assemble(_) => "Placer::Assemble",
+        })
+    }
+}
+
+impl Placer {
+    /// The placer for `channel`'s receiver.
+    pub fn new(pager: &Pager, channel: Channel) -> Result<Placer, String> {
+        let backing = pager.memory.backing();
+        if backing == Backing::Anon || (backing == Backing::Thp && channel == Channel::Urgent) {
+            return Ok(Placer::Direct);
+        }
+        let mut assembler = pager
+            .memory
+            .assembler(Arc::clone(&pager.uffd))
+            .map_err(|e| e.to_string())?;
+        // The padding past the image in the last unit is zero: gather it now, so that the
+        // unit completes when the image's pages of it arrive.
+        let image_end = pager.pages * pager.page;
+        let padding = pager.memory.len() as u64 - image_end;
+        if padding > 0 {
+            assembler
+                .zero(image_end, padding, &pager.received)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(Placer::Assemble(assembler))
+    }
+
+    /// Places (or gathers) `bytes`, or `len` zero bytes, at image `offset`.
+    pub fn place(
+        &mut self,
+        pager: &Pager,
+        offset: u64,
+        bytes: Option<&[u8]>,
+        len: u64,
+    ) -> Result<Progress, String> {
+        match self {
+            Placer::Assemble(assembler) => match bytes {
+                Some(bytes) => assembler.data(offset, bytes, &pager.received),
+                None => assembler.zero(offset, len, &pager.received),
+            }
+            .map_err(|e| e.to_string()),
+            Placer::Direct if bytes.is_none() && pager.memory.backing() == Backing::Thp => {
+                // Not UFFDIO_ZEROPAGE inside a THP unit: MADV_COLLAPSE refuses a range that
+                // maps the shared zero page, and the unit is collapsed once complete. Copy
+                // zeros instead.
+                const ZEROS: [u8; 4096] = [0; 4096];
+                let mut total = Progress::default();
+                let mut at = offset;
+                while at < offset + len {
+                    let step =
+                        self.place(pager, at, Some(&ZEROS[..pager.page as usize]), pager.page)?;
+                    total.merge(&step);
+                    if step.stopped.is_some() {
+                        break;
+                    }
+                    at += pager.page;
+                }
+                Ok(total)
+            }
+            Placer::Direct => {
+                let page = pager.page;
+                let source = match bytes {
+                    Some(bytes) => uffd_core::Source::Bytes(bytes),
+                    None => uffd_core::Source::Zero(len),
+                };
+                let filled =
+                    uffd_core::place::fill(&pager.uffd, pager.memory.addr() + offset, source, page)
+                        .map_err(|e| e.to_string())?;
+                // Every page up to the stop is present now, placed here or before.
+                let first = offset / page;
+                let done = (filled.placed + filled.present) / page;
+                pager
+                    .received
+                    .set_range(first as usize, (first + done) as usize);
+                Ok(Progress {
+                    pages_placed: filled.placed / page,
+                    pages_present: filled.present / page,
+                    units_completed: done,
+                    stopped: filled.stopped,
+                    units_not_huge: 0,
+                })
+            }
+        }
+    }
+
+    /// Completes what a `Retry` stop left: complete units again, or the rest of a range.
+    fn retry(
+        &mut self,
+        pager: &Pager,
+        offset: u64,
+        bytes: Option<&[u8]>,
+        len: u64,
+    ) -> Result<Progress, String> {
+        match self {
+            Placer::Assemble(assembler) => {
+                assembler.retry(&pager.received).map_err(|e| e.to_string())
+            }
+            // Pages placed before the stop answer EEXIST now and are skipped.
+            Placer::Direct => self.place(pager, offset, bytes, len),
+        }
+    }
+}
+
 fn place(
     pager: &Pager,
-    assembler: &mut Assembler<'_>,
+    placer: &mut Placer,
     channel: Channel,
     offset: u64,
     bytes: Option<&[u8]>,
     len: u64,
 ) -> Result<(), String> {
+    let mut progress = placer.place(pager, offset, bytes, len)?;
     loop {
-        let progress = match bytes {
-            Some(bytes) => assembler.data(offset, bytes, &pager.received),
-            None => assembler.zero(offset, len, &pager.received),
-        }
-        .map_err(|e| e.to_string())?;
         let counter = match (bytes.is_some(), channel) {
             (false, _) => &pager.counters.pages_zero,
             (true, Channel::Urgent) => &pager.counters.pages_urgent,
             (true, Channel::Background) => &pager.counters.pages_background,
         };
         counter.fetch_add(progress.pages_placed, Ordering::Relaxed);
+        pager
+            .counters
+            .huge_pages_not_collapsed
+            .fetch_add(progress.units_not_huge, Ordering::Relaxed);
         if let Some(trace) = &pager.trace {
             let how = match (bytes.is_some(), channel) {
                 (false, _) => Resolution::Zero,
@@ -546,10 +652,12 @@ fn place(
         match progress.stopped {
             None => break,
             Some(Stop::Gone) => return Err("the process owning the region exited".into()),
-            // The address space is changing (no events are negotiated, so nothing else can
-            // make the kernel say EAGAIN): give it a moment, then place the rest; pages done
-            // already answer EEXIST and are skipped.
-            Some(Stop::Retry) => std::thread::sleep(Duration::from_micros(50)),
+            // An event is pending (the fault handler reads it) or the address space is
+            // changing: give it a moment, then complete what is left.
+            Some(Stop::Retry) => {
+                std::thread::sleep(Duration::from_micros(50));
+                progress = placer.retry(pager, offset, bytes, len)?;
+            }
         }
     }
     if pager.received.is_full() {

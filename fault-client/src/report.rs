@@ -70,6 +70,13 @@ pub struct Report {
     pub backing: String,
     /// Times the connections were re-established after a loss.
     pub reconnects: u64,
+    /// Huge pages mapped as huge pages in the region when the run ended (from smaps:
+    /// AnonHugePages for THP, hugetlb pages for hugetlbfs; 0 for anon).
+    pub huge_pages_mapped: u64,
+    /// Huge pages the region holds (the image rounded up to the unit; 0 for anon).
+    pub huge_pages_total: u64,
+    /// THP units placed whose MADV_COLLAPSE failed, left mapped with base pages.
+    pub huge_pages_not_collapsed: u64,
 }
 
 impl Report {
@@ -112,13 +119,26 @@ impl Report {
             },
             image_bytes,
             pages: pager.pages,
-            pages_present: pager.received.count() as u64,
+            pages_present: (0..pager.pages)
+                .filter(|&p| pager.received.get(p as usize))
+                .count() as u64,
             workload: config.workload.to_string(),
             threads: config.threads,
             touches,
             background: config.background,
-            backing: "anon".into(),
+            backing: pager.memory.backing().to_string(),
             reconnects: c.reconnects.load(Ordering::Relaxed),
+            huge_pages_mapped: if pager.memory.unit() > pager.page {
+                pager.memory.huge_pages_mapped().unwrap_or(0)
+            } else {
+                0
+            },
+            huge_pages_not_collapsed: c.huge_pages_not_collapsed.load(Ordering::Relaxed),
+            huge_pages_total: if pager.memory.unit() > pager.page {
+                pager.memory.units()
+            } else {
+                0
+            },
         }
     }
 
@@ -136,7 +156,7 @@ impl Report {
             None => "not checked (--verify)",
         };
         format!(
-            "image            {} bytes ({} pages, backing {})\n\
+            "image            {} bytes ({} pages, backing {}, {}/{} huge pages mapped huge)\n\
              workload         {} x {} threads, {} touches, background {}\n\
              faults           {} ({} requests)\n\
              pages            {} urgent, {} background, {} zero, {} duplicate\n\
@@ -146,6 +166,8 @@ impl Report {
             self.image_bytes,
             self.pages,
             self.backing,
+            self.huge_pages_mapped,
+            self.huge_pages_total,
             self.workload,
             self.threads,
             self.touches,

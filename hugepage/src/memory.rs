@@ -251,6 +251,34 @@ impl Memory {
         Ok(kb * 1024 / self.unit().max(HUGE_2M as u64))
     }
 
+    /// THP: collapses again every unit of `units` (indices) that is not mapped as a huge
+    /// page. A collapse at placement time fails with EBUSY while any page of the unit is still
+    /// missing (an urgent page in flight); once the whole image is present it succeeds.
+    /// Returns how many units are huge afterwards.
+    pub fn collapse_remaining(&self) -> Result<u64> {
+        if self.inner.backing != Backing::Thp {
+            return self.huge_pages_mapped();
+        }
+        let unit = self.unit();
+        let mut huge = 0;
+        for i in 0..self.units() {
+            let start = self.addr() + i * unit;
+            let is_huge = self.inner.pagemap.is_huge(start, unit).unwrap_or(false);
+            let collapsed = if is_huge {
+                Ok(())
+            } else {
+                crate::thp::collapse(start, unit)
+            };
+            if let Err(errno) = collapsed {
+                tracing::debug!(unit = i, %errno, "final MADV_COLLAPSE failed");
+            }
+            if collapsed.is_ok() {
+                huge += 1;
+            }
+        }
+        Ok(huge)
+    }
+
     /// Huge pages mapped in exactly the region's range, from `PAGEMAP_SCAN` (a cross-check of
     /// [`Memory::huge_pages_mapped`] that cannot count a neighbouring mapping).
     pub fn huge_pages_mapped_exact(&self) -> Result<u64> {
