@@ -230,8 +230,9 @@ fn session_limit_is_enforced() {
     let server = TestServer::start_with(synthetic(1 << 20, 1, 0.0), |c| c.max_sessions = 1);
     let _first = TcpStream::connect(addr(&server)).and_then(|mut s| {
         s.write_all(&hello(Role::Urgent, 0))?;
-        let mut buf = [0u8; 64];
-        s.read(&mut buf)?; // the welcome
+        // The welcome (8-byte header + 35-byte payload): the session is open.
+        let mut welcome = [0u8; 43];
+        s.read_exact(&mut welcome)?;
         Ok(s)
     });
     let (code, _) = error_for(&server, &hello(Role::Urgent, 0));

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use uffd_core::proto::Role;
-use uffd_core::{Endpoint, Latency, Userfaultfd};
+use uffd_core::{sys, Endpoint, Latency, Userfaultfd};
 
 use crate::connect::{connect, ConnectError, HelloParams};
 use crate::link::LinkConfig;
@@ -167,7 +167,21 @@ impl Client {
             usize::try_from(image_size).unwrap_or(usize::MAX),
             options.hugetlb,
         )?;
-        let uffd = Arc::new(Userfaultfd::open(memory.uffd_features())?);
+        // Non-cooperative events: the application may discard, unmap or move parts of the
+        // region, or fork (FORK needs CAP_SYS_PTRACE; without it the kernel refuses the
+        // feature, so it is asked for only when the process has the capability).
+        let mut events =
+            sys::feature::EVENT_REMOVE | sys::feature::EVENT_UNMAP | sys::feature::EVENT_REMAP;
+        if caps::has_cap(
+            None,
+            caps::CapSet::Effective,
+            caps::Capability::CAP_SYS_PTRACE,
+        )
+        .unwrap_or(false)
+        {
+            events |= sys::feature::EVENT_FORK;
+        }
+        let uffd = Arc::new(Userfaultfd::open(memory.uffd_features() | events)?);
         memory.register(&uffd)?;
         let trace = match &options.trace {
             Some(path) => Some(crate::trace::Trace::create(path, Instant::now()).map_err(
@@ -196,7 +210,8 @@ impl Client {
             checksums,
             image_size,
         };
-        client.spawn("fault-handler", pager::handle_faults)?;
+        let p = Arc::clone(&pager);
+        client.spawn("fault-handler", move |_| pager::handle_faults(&p))?;
         Ok(client)
     }
 
@@ -231,7 +246,7 @@ impl Client {
     /// Waits until every page is present, or the transfer fails.
     pub fn wait_complete(&self) -> Result<(), ClientError> {
         self.pager
-            .wait_until(|| self.pager.received.is_full())
+            .wait_until(|| self.pager.complete())
             .map_err(ClientError::Transfer)
     }
 
@@ -318,7 +333,7 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
         client.wait_complete()?;
     }
     let elapsed = start.elapsed();
-    if config.backing == Backing::Thp && pager.received.is_full() {
+    if config.backing == Backing::Thp && pager.complete() {
         // Units whose collapse failed while an urgent page was in flight: all present now.
         let _ = pager.memory.collapse_remaining();
     }
@@ -346,7 +361,7 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
 /// Touches every page (so the whole image arrives), then compares each page's checksum with
 /// the server's.
 fn verify(pager: &Pager, checksums: &[u64]) -> Result<bool, ClientError> {
-    for index in 0..pager.pages {
+    for index in (0..pager.pages).filter(|&i| !pager.gone.get(i as usize)) {
         // SAFETY: the address is inside the registered region; a missing page is fetched
         // on demand and this thread blocks until it is placed.
         unsafe { std::ptr::read_volatile(pager.page_addr(index) as *const u8) };
@@ -355,8 +370,18 @@ fn verify(pager: &Pager, checksums: &[u64]) -> Result<bool, ClientError> {
         }
     }
     let page = usize::try_from(pager.page).unwrap_or(4096);
+    let zero_sum = uffd_core::checksum(&vec![0u8; page]);
     let mut bad = 0u64;
     for (index, &expected) in checksums.iter().enumerate() {
+        if pager.gone.get(index) {
+            continue; // unmapped by the application
+        }
+        // A page the application discarded reads as zeros (see crate::events).
+        let expected = if pager.discarded.get(index) {
+            zero_sum
+        } else {
+            expected
+        };
         let addr = pager.page_addr(index as u64) as *const u8;
         // SAFETY: every page is present (touched above) and nothing writes the region now.
         let bytes = unsafe { std::slice::from_raw_parts(addr, page) };

@@ -9,6 +9,7 @@
 //! - [`connect`]: the handshake of the urgent and background connections.
 //! - [`pager`]: the fault handler thread and the receiver threads, placing pages directly or
 //!   through the `hugepage` crate's assembler (huge pages placed whole).
+//! - [`events`]: what the application does to the region (discard, unmap, move, fork).
 //! - [`link`]: the connections, their receivers, and recovery (reconnect and resume).
 //! - [`workload`]: the application threads (seq, random, zipf) and their fault latency.
 //! - [`client`]: one run from connect to report. [`report`]: table and JSON.
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod client;
 pub mod connect;
 pub mod demo;
+pub mod events;
 pub mod link;
 pub mod pager;
 pub mod plot;

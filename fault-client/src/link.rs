@@ -130,12 +130,12 @@ fn install(
 
 fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
     let mut generation = 0;
-    loop {
-        let Some(why) = pager.wait_lost() else {
-            break; // stopping
-        };
-        *pager.lock_urgent() = None;
+    // None: the pager is stopping.
+    while let Some(why) = pager.wait_lost() {
+        // Shut the connections down first: the fault handler may be blocked writing a request
+        // to a server that no longer reads, holding the request path's lock.
         current.close();
+        *pager.lock_urgent() = None;
         if config.reconnect_timeout.is_zero() {
             return pager.fail(why);
         }
@@ -170,8 +170,8 @@ fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
         tracing::info!("reconnected after {:?}", started.elapsed());
         current = next;
     }
-    *pager.lock_urgent() = None;
     current.close();
+    *pager.lock_urgent() = None;
 }
 
 fn reconnect(

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use crate::trace::Resolution;
 use hugepage::{Assembler, Backing, Memory, Progress};
+
+use crate::events::Move;
 use uffd_core::place::Stop;
 use uffd_core::{Conn, Event, Frame, FrameReader, FrameWriter, Limits, PageBitmap, Userfaultfd};
 
@@ -43,6 +45,16 @@ pub struct Counters {
     pub reconnects: AtomicU64,
     /// THP units placed but left mapped with base pages (MADV_COLLAPSE failed).
     pub huge_pages_not_collapsed: AtomicU64,
+    /// REMOVE events (MADV_DONTNEED) read.
+    pub events_remove: AtomicU64,
+    /// UNMAP events read.
+    pub events_unmap: AtomicU64,
+    /// REMAP events read.
+    pub events_remap: AtomicU64,
+    /// FORK events read.
+    pub events_fork: AtomicU64,
+    /// Faults on discarded pages, resolved locally with zeros.
+    pub pages_discarded_zeroed: AtomicU64,
 }
 
 /// Which connection a receiver reads.
@@ -80,6 +92,15 @@ pub struct Pager {
     pub received: PageBitmap,
     /// Pages (first page of each request unit) already requested.
     pub requested: PageBitmap,
+    /// Pages the application discarded (MADV_DONTNEED): they read as zero from now on.
+    pub discarded: PageBitmap,
+    /// Pages the application unmapped: never placed again.
+    pub gone: PageBitmap,
+    /// Held for writing while the fault handler reads and applies events; for reading by a
+    /// receiver from "is this page discarded?" to its placement ioctl (see [`crate::events`]).
+    pub events_lock: std::sync::RwLock<()>,
+    /// Ranges the application moved with mremap, oldest first.
+    moves: Mutex<Vec<Move>>,
     /// Counters.
     pub counters: Counters,
     /// Decoder limits for the server's frames.
@@ -119,6 +140,10 @@ impl Pager {
             pages,
             received: PageBitmap::new(slots),
             requested: PageBitmap::new(slots),
+            discarded: PageBitmap::new(slots),
+            gone: PageBitmap::new(slots),
+            events_lock: std::sync::RwLock::new(()),
+            moves: Mutex::new(Vec::new()),
             counters: Counters::default(),
             limits: Limits::new(image_size, page),
             image_size,
@@ -255,84 +280,206 @@ impl Pager {
         }
     }
 
-    /// Address of page `index`.
+    /// Address of page `index` (where it is now, if the application moved it).
     pub fn page_addr(&self, index: u64) -> u64 {
-        self.memory.addr() + index * self.page
+        let addr = self.memory.addr() + index * self.page;
+        let moves = self.moves.lock().unwrap_or_else(|e| e.into_inner());
+        moves.iter().fold(addr, |addr, m| {
+            if addr >= m.from && addr < m.from + m.len {
+                m.to + (addr - m.from)
+            } else {
+                addr
+            }
+        })
+    }
+
+    /// The image page at `addr`, following moves; None outside the region.
+    pub fn image_page(&self, addr: u64) -> Option<u64> {
+        let moves = self.moves.lock().unwrap_or_else(|e| e.into_inner());
+        let mut addr = addr;
+        for m in moves.iter().rev() {
+            if addr >= m.to && addr < m.to + m.len {
+                addr = m.from + (addr - m.to);
+            } else if addr >= m.from && addr < m.from + m.len {
+                return None; // the old place of a moved range
+            }
+        }
+        drop(moves);
+        let page = addr.checked_sub(self.memory.addr())? / self.page;
+        (page < self.received.len() as u64).then_some(page)
+    }
+
+    /// The image pages of `start..end`.
+    pub fn pages_in(&self, start: u64, end: u64) -> Vec<u64> {
+        (start / self.page..end.div_ceil(self.page))
+            .filter_map(|p| self.image_page(p * self.page))
+            .collect()
+    }
+
+    /// Records an mremap of part of the region.
+    pub fn add_move(&self, m: Move) {
+        self.moves.lock().unwrap_or_else(|e| e.into_inner()).push(m);
+    }
+
+    fn moved(&self) -> bool {
+        !self
+            .moves
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// True when every page is present, discarded or unmapped: nothing more will come.
+    pub fn complete(&self) -> bool {
+        let total = self.received.len();
+        if self.discarded.count() == 0 && self.gone.count() == 0 {
+            return self.received.count() == total;
+        }
+        let settled = (0..total)
+            .filter(|&p| self.received.get(p) || self.discarded.get(p) || self.gone.get(p))
+            .count();
+        settled == total
+    }
+
+    /// Requests the unit holding `page` unless it was requested already. Returns true if a
+    /// request went out (or will, when the link is back).
+    pub fn request(&self, page: u64) -> bool {
+        let unit_pages = (self.memory.request_unit() / self.page).max(1);
+        let first = page / unit_pages * unit_pages;
+        if first >= self.pages || !self.requested.set(first as usize) {
+            return false;
+        }
+        // The last unit of a huge-page backing may reach past the image: ask for the image's
+        // part; the padding is zeroed with it.
+        let len = unit_pages.min(self.pages - first) * self.page;
+        let request = Frame::Request {
+            offset: first * self.page,
+            len,
+        };
+        // While the link is down the request stays marked; the link supervisor re-sends
+        // every unanswered request once it has reconnected.
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut tx = self.lock_urgent();
+        if let Some(writer) = tx.as_mut() {
+            match writer.send(&request) {
+                Ok(()) => {
+                    self.counters.requests.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    *tx = None;
+                    drop(tx);
+                    self.lost(generation, format!("urgent connection lost: {err}"));
+                }
+            }
+        }
+        true
     }
 }
 
-/// The fault handler thread: faults become requests.
-pub fn handle_faults(pager: &Pager) {
+impl Drop for Pager {
+    fn drop(&mut self) {
+        // Unregister before the region is unmapped: with EVENT_UNMAP negotiated, munmap of a
+        // registered range queues an UNMAP event and sleeps until someone reads it, and the
+        // fault handler is gone by now. (Dropping the pager means no thread can still be
+        // blocked on a fault of the region: each such thread holds the pager.)
+        let _ = self
+            .uffd
+            .unregister(self.memory.addr(), self.memory.len() as u64);
+    }
+}
+
+/// The fault handler thread: faults become requests; events are applied.
+pub fn handle_faults(pager: &Arc<Pager>) {
     let mut buffer = Userfaultfd::event_buffer(64);
     let mut events = Vec::with_capacity(64);
-    let unit_pages = (pager.memory.request_unit() / pager.page).max(1);
+    let mut faults = Vec::with_capacity(64);
+    let mut deferred = Vec::new();
+    let mut local: Option<Placer> = None;
     while !pager.stopping() {
-        match pager.uffd.wait_readable(Duration::from_millis(100)) {
+        let wait = if deferred.is_empty() { 100 } else { 1 };
+        match pager.uffd.wait_readable(Duration::from_millis(wait)) {
             Ok(true) => {}
-            Ok(false) => continue,
+            Ok(false) if deferred.is_empty() => continue,
+            Ok(false) => {}
             Err(err) => return pager.fail(err.to_string()),
         }
         events.clear();
-        if let Err(err) = pager.uffd.read_events(&mut buffer, &mut events) {
-            return pager.fail(err.to_string());
+        faults.clear();
+        {
+            // Read and apply events with no placement in flight (see crate::events).
+            let _guard = pager.events_lock.write().unwrap_or_else(|e| e.into_inner());
+            if let Err(err) = pager.uffd.read_events(&mut buffer, &mut events) {
+                return pager.fail(err.to_string());
+            }
+            for event in events.drain(..) {
+                match event {
+                    Event::Fault { addr, .. } => {
+                        pager.counters.faults.fetch_add(1, Ordering::Relaxed);
+                        faults.push(addr);
+                    }
+                    other => {
+                        if let Err(why) = crate::events::apply(pager, other) {
+                            return pager.fail(why);
+                        }
+                    }
+                }
+            }
         }
-        for event in events.drain(..) {
-            let Event::Fault { addr, .. } = event else {
-                // No non-cooperative events are negotiated; nothing else can arrive.
-                continue;
-            };
-            pager.counters.faults.fetch_add(1, Ordering::Relaxed);
-            let page = (addr - pager.memory.addr()) / pager.page;
-            if page >= pager.pages && unit_pages == 1 {
-                // Padding past the image in a THP region: nothing to fetch, it reads as zero.
-                let mut direct = Placer::Direct;
-                let offset = page * pager.page;
-                if let Err(err) = direct.place(pager, offset, None, pager.page) {
-                    return pager.fail(err);
-                }
-                continue;
-            }
-            if let Some(trace) = &pager.trace {
-                trace.fault(page * pager.page, pager.page);
-            }
-            if pager.received.get(page as usize) {
-                if let Some(trace) = &pager.trace {
-                    trace.already_present(page * pager.page, pager.page);
-                }
-                // Placed between the fault and now: the placement woke the thread already,
-                // unless it faulted just after; a wake is harmless either way.
-                let _ = pager.uffd.wake(pager.page_addr(page), pager.page);
-                continue;
-            }
-            let first = page / unit_pages * unit_pages;
-            if !pager.requested.set(first as usize) {
-                continue;
-            }
-            // The last unit of a huge-page backing may reach past the image: ask for the
-            // image's part; the padding is zeroed with it.
-            let len = unit_pages.min(pager.pages.saturating_sub(first)) * pager.page;
-            let request = Frame::Request {
-                offset: first * pager.page,
-                len,
-            };
-            // While the link is down the request stays marked; the link supervisor re-sends
-            // every unanswered request once it has reconnected.
-            let generation = pager.generation.load(Ordering::Acquire);
-            let mut tx = pager.lock_urgent();
-            if let Some(writer) = tx.as_mut() {
-                match writer.send(&request) {
-                    Ok(()) => {
-                        pager.counters.requests.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(err) => {
-                        *tx = None;
-                        drop(tx);
-                        pager.lost(generation, format!("urgent connection lost: {err}"));
-                    }
-                }
+        // Faults whose local placement met a pending event are tried again after the next
+        // read of the events (this thread is the one that reads them: waiting here would
+        // deadlock).
+        faults.append(&mut deferred);
+        for &addr in &faults {
+            match handle_fault(pager, addr, &mut local) {
+                Ok(true) => {}
+                Ok(false) => deferred.push(addr),
+                Err(why) => return pager.fail(why),
             }
         }
     }
+}
+
+/// Handles one fault. `Ok(false)`: a pending event stopped a local placement; try again
+/// after reading the events.
+fn handle_fault(pager: &Pager, addr: u64, local: &mut Option<Placer>) -> Result<bool, String> {
+    let Some(page) = pager.image_page(addr) else {
+        return Ok(true); // not ours (an old, moved-away range): nothing to do
+    };
+    let unit_pages = (pager.memory.request_unit() / pager.page).max(1);
+    if let Some(trace) = &pager.trace {
+        trace.fault(page * pager.page, pager.page);
+    }
+    if pager.received.get(page as usize) {
+        if let Some(trace) = &pager.trace {
+            trace.already_present(page * pager.page, pager.page);
+        }
+        // Placed between the fault and now: the placement woke the thread already, unless it
+        // faulted just after; a wake is harmless either way.
+        let _ = pager.uffd.wake(pager.page_addr(page), pager.page);
+        return Ok(true);
+    }
+    let padding = page >= pager.pages && unit_pages == 1;
+    if padding || pager.discarded.get(page as usize) {
+        // Discarded by the application (or padding past the image): reads as zero, locally.
+        if local.is_none() {
+            *local = Some(Placer::new(pager, Channel::Urgent)?);
+        }
+        let unit = pager.memory.request_unit();
+        let first = page * pager.page / unit * unit;
+        if let Some(placer) = local.as_mut() {
+            let progress = placer.place(pager, first, None, unit)?;
+            if progress.stopped == Some(Stop::Retry) {
+                return Ok(false);
+            }
+            pager
+                .counters
+                .pages_discarded_zeroed
+                .fetch_add(progress.pages_placed, Ordering::Relaxed);
+        }
+        return Ok(true);
+    }
+    pager.request(page);
+    Ok(true)
 }
 
 /// Buffers in flight between the background reader and its placer.
@@ -534,8 +681,67 @@ impl Placer {
         Ok(Placer::Assemble(assembler))
     }
 
-    /// Places (or gathers) `bytes`, or `len` zero bytes, at image `offset`.
+    /// Places (or gathers) `bytes`, or `len` zero bytes, at image `offset`, honouring what
+    /// the application did meanwhile: discarded pages are placed as zeros, unmapped pages are
+    /// dropped (see [`crate::events`]).
     pub fn place(
+        &mut self,
+        pager: &Pager,
+        offset: u64,
+        bytes: Option<&[u8]>,
+        len: u64,
+    ) -> Result<Progress, String> {
+        let _guard = pager.events_lock.read().unwrap_or_else(|e| e.into_inner());
+        let ps = pager.page;
+        let plain = pager.discarded.count() == 0 && pager.gone.count() == 0 && !pager.moved();
+        if plain {
+            return self.place_run(pager, offset, bytes, len);
+        }
+        if pager.moved() && matches!(self, Placer::Assemble(_)) {
+            return Err("the application moved part of a huge-page region with mremap: not supported by this pager".into());
+        }
+        let class = |p: u64| {
+            if pager.gone.get(p as usize) {
+                2
+            } else if pager.discarded.get(p as usize) {
+                1
+            } else {
+                0
+            }
+        };
+        let (first, n) = (offset / ps, len / ps);
+        let direct_moved = pager.moved();
+        let mut total = Progress::default();
+        let mut i = 0;
+        while i < n {
+            let c = class(first + i);
+            let mut j = i + 1;
+            // Moved ranges are not contiguous in memory: place them page by page.
+            while j < n && class(first + j) == c && !direct_moved {
+                j += 1;
+            }
+            let (o, l) = ((first + i) * ps, (j - i) * ps);
+            let step = match c {
+                0 => self.place_run(
+                    pager,
+                    o,
+                    bytes.map(|b| &b[(i * ps) as usize..(j * ps) as usize]),
+                    l,
+                )?,
+                1 => self.place_run(pager, o, None, l)?,
+                _ => Progress::default(),
+            };
+            let stopped = step.stopped.is_some();
+            total.merge(&step);
+            if stopped && matches!(self, Placer::Direct) {
+                break;
+            }
+            i = j;
+        }
+        Ok(total)
+    }
+
+    fn place_run(
         &mut self,
         pager: &Pager,
         offset: u64,
@@ -660,7 +866,7 @@ fn place(
             }
         }
     }
-    if pager.received.is_full() {
+    if pager.complete() {
         pager.notify();
     }
     Ok(())

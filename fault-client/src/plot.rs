@@ -12,20 +12,24 @@
 //!    connection: one network round trip), `background` (the stream brought the page first),
 //!    `zero` (placed as a zero page) and `already_present` (the page arrived while the fault
 //!    was being read: only a wake-up). Dashed lines mark the median (p50) and the 99th
-//!    percentile (p99) of all faults.
+//!    percentile (p99) of all faults, with their values above the plot.
 //! 2. **Latency CDF.** The same latencies as cumulative distributions: for a latency x, the
 //!    fraction of faults that took at most x. One curve per resolution with samples and a
-//!    thick black one for all faults; the p50 and p99 lines are where the black curve crosses
+//!    wide grey one for all faults; the p50 and p99 lines are where the grey curve crosses
 //!    0.5 and 0.99. A curve far to the left is cheap; a long flat tail on the right is the
 //!    faults that waited behind something.
 //! 3. **Timeline of page arrivals.** x is the time since the run started (ms), y the offset
-//!    in the image (MiB). Every `arrival` event is a short vertical mark at its time, from its
-//!    offset up over its length, coloured by how the pages came (`duplicate`: every page of
-//!    the frame was already present). A mark is at least a few pixels tall so that a single
-//!    4 KiB page shows; a huge page (2 MiB) is taller. The background stream shows as a
-//!    diagonal sweep through the image; urgent pages are scattered where the workload
-//!    touched; `fault` events are black rings, each around the urgent page that
-//!    answered it, or on the sweep if the stream got there first.
+//!    in the image (MiB). Every `arrival` event is a short vertical mark at its time over its
+//!    range of the image, coloured by how the pages came (`duplicate`: every page of the
+//!    frame was already present). A mark is at least a few pixels tall so that a single 4 KiB
+//!    page shows; a huge page (2 MiB) is taller. `fault` events are small black rings.
+//!    How to read it: the background stream is the diagonal sweep from the bottom left (its
+//!    slope is the stream's throughput; it is flatter while urgent requests share the link).
+//!    The workload's faults are the rings scattered above the sweep, each with the red mark
+//!    of the urgent page that answered it inside; a ring on the sweep is a fault that the
+//!    stream answered first. Below the sweep every page is present, so nothing faults there.
+//!    Where marks overlap the later kind covers the earlier: duplicate, zero, background,
+//!    urgent, then the rings (zero pages carried by the stream mostly hide under the sweep).
 //!
 //! The format of the picture follows the extension of `out`: `.svg` (text stays text, any
 //! viewer scales it) or `.png` (rendered here into an RGB buffer, then written with the `png`
@@ -60,6 +64,8 @@ const MIN_LATENCY_US: f64 = 0.1;
 /// The smallest mark on the timeline, in pixels (a 4 KiB page of a large image would
 /// otherwise be far thinner than a pixel).
 const MIN_MARK_PX: f64 = 3.0;
+/// The height of the band for the p50/p99 labels above a latency chart, in pixels.
+const LABEL_BAND_PX: u32 = 24;
 /// The radius of a fault's ring on the timeline, in pixels.
 const FAULT_RING_PX: u32 = 3;
 /// DejaVu Sans (a Latin-1 subset), for every text of the picture.
@@ -158,11 +164,11 @@ struct Events {
 }
 
 impl Events {
-    /// The end of the last event, in ms (at least 1 ms, so that an axis has a length).
+    /// The time of the last fault or arrival, in ms (0 without any).
     fn duration_ms(&self) -> f64 {
         let faults = self.faults.iter().map(|f| f.t_ms);
         let arrivals = self.arrivals.iter().map(|a| a.t_ms);
-        faults.chain(arrivals).fold(1.0, f64::max)
+        faults.chain(arrivals).fold(0.0, f64::max)
     }
 
     /// The highest byte any event touches, in MiB, rounded up to a whole MiB.
@@ -206,13 +212,13 @@ fn parse_line(line: &str, events: &mut Events) -> Result<()> {
             fields.len()
         );
     };
-    let t_ms = parse_number::<f64>("t_us", t_us)? / 1000.0;
-    let offset = parse_number::<u64>("offset", offset)?;
-    let len = parse_number::<u64>("len", len)?;
+    let t_ms = parse_duration("t_us", t_us)? / 1000.0;
+    let offset = parse_bytes("offset", offset)?;
+    let len = parse_bytes("len", len)?;
     match event {
         "fault" => events.faults.push(Fault { t_ms, offset, len }),
         "resolved" => events.resolved.push(Resolved {
-            latency_us: parse_number::<f64>("latency_us", latency_us)?,
+            latency_us: parse_duration("latency_us", latency_us)?,
             how: How::parse(resolution)?,
         }),
         "arrival" => events.arrivals.push(Arrival {
@@ -226,15 +232,18 @@ fn parse_line(line: &str, events: &mut Events) -> Result<()> {
     Ok(())
 }
 
-/// Parses a non-negative number from the column `name`.
-fn parse_number<T>(name: &str, text: &str) -> Result<T>
-where
-    T: std::str::FromStr + PartialOrd + Default,
-{
-    match text.parse::<T>() {
-        Ok(value) if value >= T::default() => Ok(value),
-        _ => bail!("{name} {text:?} is not a non-negative number"),
+/// Parses the column `name` holding microseconds: a finite, non-negative number.
+fn parse_duration(name: &str, text: &str) -> Result<f64> {
+    match text.parse::<f64>() {
+        Ok(us) if us.is_finite() && us >= 0.0 => Ok(us),
+        _ => bail!("{name} {text:?} is not a number of microseconds"),
     }
+}
+
+/// Parses the column `name` holding bytes: a whole non-negative number.
+fn parse_bytes(name: &str, text: &str) -> Result<u64> {
+    text.parse::<u64>()
+        .map_err(|_| anyhow!("{name} {text:?} is not a number of bytes"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -346,14 +355,12 @@ fn log_latency_axis(lo: f64, hi: f64) -> WithKeyPoints<LogCoord<f64>> {
         .with_light_points(log_grid(lo, hi, &digits))
 }
 
-/// The label of a count axis: whole numbers.
-fn whole(x: &f64) -> String {
-    format!("{x:.0}")
-}
-
-/// The label of a fraction axis: one decimal.
-fn tenths(x: &f64) -> String {
-    format!("{x:.1}")
+/// Labels for a linear axis from 0 to `max`: as many decimals as its ticks (about ten of
+/// them) need, so that a 1 ms timeline reads 0.2, 0.4, … and a 500 ms one 100, 200, ….
+fn linear_axis_labels(max: f64) -> impl Fn(&f64) -> String {
+    let step = max / 10.0;
+    let decimals = (-step.log10().floor()).clamp(0.0, 6.0) as usize;
+    move |x: &f64| format!("{x:.decimals$}")
 }
 
 /// The histogram: log-spaced bins, counts per resolution in the order of `lat.by_how`.
@@ -465,6 +472,15 @@ fn register_font() -> Result<()> {
         .map_err(|_| anyhow!("the embedded DejaVu Sans font could not be loaded"))
 }
 
+/// "1 fault", "2 faults".
+fn count_of(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// The line `plot` returns.
 fn summary(out: &Path, events: &Events, latency: Option<&Latency>) -> String {
     let latency = match latency {
@@ -477,10 +493,10 @@ fn summary(out: &Path, events: &Events, latency: Option<&Latency>) -> String {
         None => "no resolved faults (latency panels left empty)".to_string(),
     };
     format!(
-        "wrote {}: {} faults, {latency}; {} arrivals ({:.1} MiB placed) over {:.1} ms",
+        "wrote {}: {}, {latency}; {} ({:.1} MiB placed) over {:.1} ms",
         out.display(),
-        events.faults.len(),
-        events.arrivals.len(),
+        count_of(events.faults.len(), "fault"),
+        count_of(events.arrivals.len(), "arrival"),
         events.bytes_placed() as f64 / MIB,
         events.duration_ms()
     )
@@ -497,9 +513,9 @@ fn title(events: &Events, latency: Option<&Latency>) -> String {
         None => "no resolved faults".to_string(),
     };
     format!(
-        "{} faults, {} arrivals ({:.1} MiB) in {:.0} ms; {latency}",
-        events.faults.len(),
-        events.arrivals.len(),
+        "{}, {} ({:.1} MiB) in {:.1} ms; {latency}",
+        count_of(events.faults.len(), "fault"),
+        count_of(events.arrivals.len(), "arrival"),
         events.bytes_placed() as f64 / MIB,
         events.duration_ms()
     )
@@ -552,11 +568,24 @@ where
 type LatencyChart<'a, DB> =
     ChartContext<'a, DB, Cartesian2d<WithKeyPoints<LogCoord<f64>>, RangedCoordf64>>;
 
-/// Builds the frame shared by the histogram and the CDF: caption, axes, grid.
+/// Splits a latency panel under its caption into a band for the p50/p99 labels and the
+/// area of the chart.
+fn latency_panel<DB>(
+    area: &DrawingArea<DB, Shift>,
+    caption: &str,
+) -> Result<(DrawingArea<DB, Shift>, DrawingArea<DB, Shift>)>
+where
+    DB: DrawingBackend,
+    DB::ErrorType: 'static,
+{
+    let below = area.margin(10, 0, 0, 0).titled(caption, (FONT, 20))?;
+    Ok(below.split_vertically(LABEL_BAND_PX))
+}
+
+/// Builds the frame shared by the histogram and the CDF: axes and grid.
 fn latency_chart<'a, DB>(
     area: &'a DrawingArea<DB, Shift>,
     lat: &Latency,
-    caption: &str,
     y_max: f64,
     y_desc: &str,
     y_format: &dyn Fn(&f64) -> String,
@@ -567,8 +596,8 @@ where
 {
     let (lo, hi) = lat.axis_range();
     let mut chart = ChartBuilder::on(area)
-        .caption(caption, (FONT, 20))
         .margin(12)
+        .margin_top(4)
         .margin_right(30)
         .x_label_area_size(45)
         .y_label_area_size(70)
@@ -601,7 +630,9 @@ where
         lat.all.len(),
         BINS_PER_DECADE
     );
-    let mut chart = latency_chart(area, lat, &caption, y_max, "faults", &whole)?;
+    let (band, plot) = latency_panel(area, &caption)?;
+    let counts = linear_axis_labels(y_max);
+    let mut chart = latency_chart(&plot, lat, y_max, "faults", &counts)?;
     let bins = hist.edges.len() - 1;
     let mut base = vec![0u64; bins];
     for ((how, samples), counts) in lat.by_how.iter().zip(&hist.counts) {
@@ -620,7 +651,7 @@ where
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled()));
         base.iter_mut().zip(counts).for_each(|(b, c)| *b += c);
     }
-    draw_percentile_marks(&mut chart, lat, y_max)?;
+    draw_percentile_marks(&band, &mut chart, lat, y_max)?;
     draw_legend(&mut chart, SeriesLabelPosition::UpperRight)
 }
 
@@ -631,9 +662,11 @@ where
     DB::ErrorType: 'static,
 {
     let caption = "Fault latency CDF: fraction of faults resolved within x";
-    let mut chart = latency_chart(area, lat, caption, 1.0, "fraction of faults", &tenths)?;
+    let (band, plot) = latency_panel(area, caption)?;
+    let fractions = linear_axis_labels(1.0);
+    let mut chart = latency_chart(&plot, lat, 1.0, "fraction of faults", &fractions)?;
     // All faults first, wide and pale, so that the coloured curves stay visible on top.
-    let all = BLACK.mix(0.3).stroke_width(7);
+    let all = RGBColor(190, 190, 190).stroke_width(6);
     chart
         .draw_series(LineSeries::new(cdf_points(&lat.all), all))?
         .label(format!("all ({})", lat.all.len()))
@@ -645,8 +678,9 @@ where
             .label(format!("{} ({})", how.name(), samples.len()))
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2)));
     }
-    draw_percentile_marks(&mut chart, lat, 1.0)?;
-    draw_legend(&mut chart, SeriesLabelPosition::LowerRight)
+    draw_percentile_marks(&band, &mut chart, lat, 1.0)?;
+    // Every curve rises from the lower left to the upper right: the upper left stays empty.
+    draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 /// The steps of an empirical CDF of ascending `samples`: (x, fraction ≤ x).
@@ -660,8 +694,12 @@ fn cdf_points(samples: &[f64]) -> Vec<(f64, f64)> {
     points
 }
 
-/// Dashed vertical lines at p50 and p99 over the whole height, each with its value.
+/// Dashed vertical lines at p50 and p99 over the whole height of the plot. Their labels
+/// stand in `band`, the strip between the caption and the plot, where no bar, curve or
+/// legend can hide them: p50's ends at its line and p99's starts at its line, so the two
+/// never overlap.
 fn draw_percentile_marks<DB>(
+    band: &DrawingArea<DB, Shift>,
     chart: &mut LatencyChart<'_, DB>,
     lat: &Latency,
     y_top: f64,
@@ -670,16 +708,40 @@ where
     DB: DrawingBackend,
     DB::ErrorType: 'static,
 {
-    let marks = [("p50", lat.p50, 0), ("p99", lat.p99, 22)];
-    for (name, x, label_dy) in marks {
+    let marks = [("p50", lat.p50, HPos::Right), ("p99", lat.p99, HPos::Left)];
+    for (name, x, side) in marks {
         let line = DashedLineSeries::new([(x, 0.0), (x, y_top)], 6, 4, BLACK.stroke_width(2));
         chart.draw_series(line)?;
         let text = format!("{name} = {}", format_latency(x));
-        let style = TextStyle::from((FONT, 15).into_font()).pos(Pos::new(HPos::Left, VPos::Top));
-        let label = EmptyElement::at((x, y_top)) + Text::new(text, (5, 4 + label_dy), style);
-        chart.draw_series(std::iter::once(label))?;
+        let style = TextStyle::from((FONT, 16).into_font()).pos(Pos::new(side, VPos::Bottom));
+        let line_x = chart.backend_coord(&(x, y_top)).0 - band.get_base_pixel().0;
+        let at = label_position(band, line_x, side, &text, &style)?;
+        band.draw_text(&text, &style, at)?;
     }
     Ok(())
+}
+
+/// Where a percentile label goes in `band`: at its bottom, beside the line at `line_x` on
+/// the `side` of it, moved in if it would stick out of the band.
+fn label_position<DB>(
+    band: &DrawingArea<DB, Shift>,
+    line_x: i32,
+    side: HPos,
+    text: &str,
+    style: &TextStyle,
+) -> Result<(i32, i32)>
+where
+    DB: DrawingBackend,
+    DB::ErrorType: 'static,
+{
+    let (band_w, band_h) = band.dim_in_pixel();
+    let (text_w, _) = band.estimate_text_size(text, style)?;
+    let (band_w, band_h, text_w) = (band_w as i32, band_h as i32, text_w as i32);
+    let x = match side {
+        HPos::Right => (line_x - 4).max(text_w + 2),
+        _ => (line_x + 4).min(band_w - text_w - 2),
+    };
+    Ok((x, band_h - 2))
 }
 
 /// The legend box of a chart's labelled series.
@@ -710,7 +772,8 @@ where
     DB: DrawingBackend,
     DB::ErrorType: 'static,
 {
-    let (t_max, mib_max) = (events.duration_ms() * 1.02, events.image_mib());
+    // At least 1 ms, so that the axis of an empty trace has a length.
+    let (t_max, mib_max) = ((events.duration_ms() * 1.02).max(1.0), events.image_mib());
     let mut chart = ChartBuilder::on(area)
         .caption(
             "Timeline: pages arriving over the image (mark height = bytes placed)",
@@ -725,8 +788,8 @@ where
         .configure_mesh()
         .x_desc("time since the run started (ms)")
         .y_desc("image offset (MiB)")
-        .x_label_formatter(&whole)
-        .y_label_formatter(&whole)
+        .x_label_formatter(&linear_axis_labels(t_max))
+        .y_label_formatter(&linear_axis_labels(mib_max))
         .max_light_lines(1)
         .bold_line_style(RGBColor(215, 215, 215))
         .label_style((FONT, 14))
@@ -843,6 +906,8 @@ mod tests {
         assert!(format!("{err:?}").contains("offset"));
         assert!(parse_line("1.0,resolved,0,4096,3.5,sideways,urgent", &mut events).is_err());
         assert!(parse_line("1.0,fault,0,4096", &mut events).is_err());
+        assert!(parse_line("inf,fault,0,4096,,,", &mut events).is_err());
+        assert!(parse_line("1.0,resolved,0,4096,-2,urgent,urgent", &mut events).is_err());
         assert!(parse_line("1.0,arrival,0,4096,,zero,local", &mut events).is_ok());
     }
 

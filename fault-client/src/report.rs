@@ -113,7 +113,7 @@ impl Report {
             },
             verified,
             throughput_mib_s: if elapsed_s > 0.0 {
-                bytes_received as f64 / elapsed_s / (1 << 20) as f64
+                bytes_received as f64 / elapsed_s / f64::from(1u32 << 20)
             } else {
                 0.0
             },

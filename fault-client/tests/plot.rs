@@ -107,6 +107,7 @@ fn svg_has_the_panels_labels_and_percentiles() {
     ] {
         assert!(svg.contains(label), "the SVG lacks {label:?}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -130,6 +131,7 @@ fn png_is_a_png_of_plausible_size() {
     );
     // The IHDR chunk holds the width and height.
     assert_eq!(&png[16..24], &[0, 0, 4, 176, 0, 0, 5, 120]);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -163,6 +165,7 @@ fn a_trace_without_resolved_faults_still_draws_the_timeline() {
     let out = plot(&empty, &dir.join("empty.png"));
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("no resolved faults"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -185,6 +188,7 @@ fn a_malformed_line_exits_1_naming_the_line() {
     let out = plot(&trace, &dir.join("t.svg"));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -201,4 +205,5 @@ fn a_bad_extension_or_missing_trace_exits_1() {
     let out = plot(&dir.join("missing.csv"), &dir.join("t.svg"));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.csv"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

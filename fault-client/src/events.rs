@@ -1,0 +1,154 @@
+//! Non-cooperative events: what the application does to the region behind the pager's back.
+//!
+//! | event  | cause                         | what the pager does                                 |
+//! |--------|-------------------------------|-----------------------------------------------------|
+//! | REMOVE | `madvise(MADV_DONTNEED)`      | the pages are *discarded*: a later touch reads zero  |
+//! | UNMAP  | `munmap`, or the old range of an `mremap` | the pages are *gone*: never placed again |
+//! | REMAP  | `mremap` moved part of the region | later placements there go to the new address     |
+//! | FORK   | `fork(2)`                     | a child handler serves the child's faults           |
+//!
+//! **Discard semantics.** `MADV_DONTNEED` on private anonymous memory means "I no longer need
+//! this content": without userfaultfd the next touch reads zeros. The pager keeps that meaning:
+//! a discarded page is never fetched again; a fault on it is resolved locally with a zero page,
+//! and page data that was already on its way for it is placed as zeros. (This is what QEMU
+//! postcopy does for pages the guest's balloon discarded, and what CRIU lazy-pages does on
+//! REMOVE.) One limit: in the huge-page backings, data already gathered in an assembler's
+//! staging page when the discard happens is placed as it was.
+//!
+//! **Why a lock.** While an event is unread, every placement ioctl fails with EAGAIN and the
+//! thread that caused it sleeps in the kernel until the event is read. The fault handler reads
+//! events under the write side of [`Pager::events_lock`](crate::pager::Pager); receivers hold
+//! the read side from "is this page discarded?" to the placement ioctl. So no placement can
+//! slip in between the kernel's discard and the pager learning about it.
+
+use std::sync::Arc;
+
+use uffd_core::{Event, Userfaultfd};
+
+use crate::pager::Pager;
+
+/// A moved range: `len` bytes that were at `from` are now at `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Move {
+    /// Old start.
+    pub from: u64,
+    /// New start.
+    pub to: u64,
+    /// Length.
+    pub len: u64,
+}
+
+/// Applies one non-fault event. Called by the fault handler with the events lock held for
+/// writing. Returns an error for what the pager cannot honour.
+pub fn apply(pager: &Arc<Pager>, event: Event) -> Result<(), String> {
+    match event {
+        Event::Fault { .. } => Ok(()),
+        Event::Remove { start, end } => {
+            pager
+                .counters
+                .events_remove
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            for page in pager.pages_in(start, end) {
+                pager.received.clear(page as usize);
+                pager.discarded.set(page as usize);
+            }
+            Ok(())
+        }
+        Event::Unmap { start, end } => {
+            pager
+                .counters
+                .events_unmap
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            for page in pager.pages_in(start, end) {
+                pager.gone.set(page as usize);
+            }
+            pager.notify();
+            Ok(())
+        }
+        Event::Remap { from, to, len } => {
+            pager
+                .counters
+                .events_remap
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if pager.memory.unit() > pager.page && pager.memory.backing() != hugepage::Backing::Thp
+            {
+                return Err(
+                    "the application moved part of a hugetlbfs region with mremap: \
+                     not supported by this pager"
+                        .into(),
+                );
+            }
+            pager.add_move(Move { from, to, len });
+            Ok(())
+        }
+        Event::Fork { child } => {
+            pager
+                .counters
+                .events_fork
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p = Arc::clone(pager);
+            std::thread::Builder::new()
+                .name("child-handler".into())
+                .spawn(move || serve_child(&p, child))
+                .map(drop)
+                .map_err(|e| format!("cannot start a handler for the forked child: {e}"))
+        }
+    }
+}
+
+/// Serves the faults of a forked child. At fork time the child shares every present page
+/// with the parent; it faults only on pages that were still missing. Each is resolved with
+/// the parent's copy once that has arrived (fetched on demand if needed), which is the
+/// image's content as long as the parent has not written the page since it arrived.
+fn serve_child(pager: &Pager, child: Userfaultfd) {
+    let mut buffer = Userfaultfd::event_buffer(16);
+    let mut events = Vec::new();
+    let unit = if pager.memory.backing().hugetlb_size().is_some() {
+        pager.memory.unit()
+    } else {
+        pager.page
+    };
+    while !pager.stopping() {
+        match child.wait_readable(std::time::Duration::from_millis(100)) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => return,
+        }
+        events.clear();
+        if child.read_events(&mut buffer, &mut events).is_err() {
+            return;
+        }
+        for event in events.drain(..) {
+            // The child's own non-fault events only need to be read (it sleeps until then).
+            let Event::Fault { addr, .. } = event else {
+                continue;
+            };
+            let start = addr / unit * unit;
+            let Some(first) = pager.image_page(start) else {
+                continue;
+            };
+            let pages = unit / pager.page;
+            let wanted = first..(first + pages).min(pager.pages);
+            for page in wanted.clone() {
+                pager.request(page);
+            }
+            let ready = pager.wait_until(|| wanted.clone().all(|p| pager.received.get(p as usize)));
+            if ready.is_err() {
+                return;
+            }
+            // SAFETY: the parent's pages are present (checked above) and the pager never
+            // unmaps them while it runs; nothing writes them during the copy.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(pager.page_addr(first) as *const u8, unit as usize)
+            };
+            match uffd_core::place::copy(&child, start, bytes, true) {
+                Ok(uffd_core::Outcome::Gone) => return, // the child exited
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!("cannot resolve a fault of the forked child: {err}");
+                    return;
+                }
+            }
+        }
+    }
+}
