@@ -104,6 +104,9 @@ pub struct RunArgs {
     /// One JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// No live progress line (it is only drawn when stderr is a terminal).
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -127,6 +130,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config.seed = args.seed;
             config.trace = args.trace;
             config.backing = args.backing;
+            config.quiet = args.quiet;
             config.hugetlb = args.hugetlb_placement;
             config.reconnect_timeout = std::time::Duration::from_secs(args.reconnect_timeout);
             if let Some(path) = args.token_file {

@@ -72,6 +72,8 @@ pub struct RunConfig {
     pub backing: Backing,
     /// How hugetlbfs units are placed.
     pub hugetlb: HugetlbPlacement,
+    /// No progress line (it is shown only when stderr is a terminal anyway).
+    pub quiet: bool,
 }
 
 impl RunConfig {
@@ -91,6 +93,7 @@ impl RunConfig {
             reconnect_timeout: Duration::from_secs(30),
             backing: Backing::Anon,
             hugetlb: HugetlbPlacement::Copy,
+            quiet: false,
         }
     }
 }
@@ -285,6 +288,10 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
     let touches = (config.touch.clamp(0.0, 1.0) * pager.pages as f64).round() as u64;
     let threads = config.threads.max(1);
     let mut workers = Vec::new();
+    let live = Arc::new(std::sync::Mutex::new(Latency::new()));
+    let progress = (!config.quiet)
+        .then(|| crate::progress::Progress::start(&pager, &live, start))
+        .flatten();
     for t in 0..threads {
         let plan = workload::plan(
             config.workload,
@@ -295,10 +302,11 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
             config.seed,
         );
         let p = Arc::clone(&pager);
+        let live = Arc::clone(&live);
         let handle = std::thread::Builder::new()
             .name(format!("workload-{t}"))
             .spawn(move || {
-                let latency = workload::touch(p.memory.addr(), p.page, &plan, &p.received);
+                let latency = workload::touch(p.memory.addr(), p.page, &plan, &p.received, &live);
                 (latency, plan.len() as u64)
             })
             .map_err(ClientError::Spawn)?;
@@ -333,6 +341,9 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
         client.wait_complete()?;
     }
     let elapsed = start.elapsed();
+    if let Some(progress) = progress {
+        progress.finish();
+    }
     if config.backing == Backing::Thp && pager.complete() {
         // Units whose collapse failed while an urgent page was in flight: all present now.
         let _ = pager.memory.collapse_remaining();

@@ -13,6 +13,7 @@
 //! - [`link`]: the connections, their receivers, and recovery (reconnect and resume).
 //! - [`workload`]: the application threads (seq, random, zipf) and their fault latency.
 //! - [`client`]: one run from connect to report. [`report`]: table and JSON.
+//! - [`progress`]: the live progress line of long runs.
 //! - [`trace`]: `--trace`, a CSV line per fault and per arriving page; [`plot`] draws it.
 //! - [`demo`]: the one-command demo (a page-server child process).
 //! - [`cli`]: the command line; [`cli::run`] is what the binary calls.
@@ -25,6 +26,7 @@ pub mod events;
 pub mod link;
 pub mod pager;
 pub mod plot;
+pub mod progress;
 pub mod report;
 pub mod trace;
 pub mod workload;

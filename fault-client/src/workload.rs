@@ -4,6 +4,7 @@
 //! read, the read's duration is a fault latency sample: from the access, through the fault,
 //! the request, the answer and its placement, to the wake-up.
 
+use std::sync::Mutex;
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
@@ -76,8 +77,17 @@ pub fn plan(
 }
 
 /// Touches `plan`'s pages of the region at `base`; returns the fault latencies seen.
-pub fn touch(base: u64, page_size: u64, plan: &[u64], received: &PageBitmap) -> Latency {
+/// Touches `plan`'s pages of the region at `base`; returns the fault latencies seen. Every
+/// 64 samples they are also added to `live`, for the progress line.
+pub fn touch(
+    base: u64,
+    page_size: u64,
+    plan: &[u64],
+    received: &PageBitmap,
+    live: &Mutex<Latency>,
+) -> Latency {
     let mut latency = Latency::new();
+    let mut batch = Latency::new();
     for &page in plan {
         let was_present = received.get(page as usize);
         let addr = (base + page * page_size) as *const u8;
@@ -86,9 +96,16 @@ pub fn touch(base: u64, page_size: u64, plan: &[u64], received: &PageBitmap) -> 
         // missing page blocks this thread until the pager places it.
         unsafe { std::ptr::read_volatile(addr) };
         if !was_present {
-            latency.record(start.elapsed());
+            let took = start.elapsed();
+            latency.record(took);
+            batch.record(took);
+            if batch.count() >= 64 {
+                live.lock().unwrap_or_else(|e| e.into_inner()).merge(&batch);
+                batch = Latency::new();
+            }
         }
     }
+    live.lock().unwrap_or_else(|e| e.into_inner()).merge(&batch);
     latency
 }
 
