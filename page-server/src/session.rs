@@ -281,6 +281,69 @@ mod tests {
     }
 
     #[test]
+    fn background_pauses_for_urgent_work_unless_a_request_waits_for_its_unit() {
+        let s = Arc::new(session(2048, 512, true));
+        assert_eq!(s.claim_background(0), Some(vec![(0, 512)]));
+        // Urgent work elsewhere: the background waits at its next chunk boundary...
+        assert_eq!(s.claim_urgent(1000, 1001), vec![(1000, 1001)]);
+        let waiter = {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                let start = std::time::Instant::now();
+                assert!(s.yield_to_urgent());
+                start.elapsed()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !waiter.is_finished(),
+            "the background must pause while urgent work is pending"
+        );
+        // ...until a request lands in its half-sent unit: then it must finish the unit at once,
+        // however much other urgent work is pending (no starvation).
+        assert!(s.claim_urgent(10, 11).is_empty());
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !waiter.is_finished() {
+            if std::time::Instant::now() > deadline {
+                // Release the waiter so the test fails instead of hanging.
+                s.close();
+                panic!("the half-sent unit starved behind other urgent work");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let waited = waiter.join().expect("waiter");
+        assert!(waited >= Duration::from_millis(200), "{waited:?}");
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+        s.urgent_done();
+        s.urgent_done();
+        s.unit_done();
+    }
+
+    #[test]
+    fn without_preemption_urgent_waits_for_the_unit_boundary() {
+        let s = Arc::new(session(1024, 512, false));
+        s.claim_background(0).expect("unit");
+        let urgent = {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                assert_eq!(s.claim_urgent(600, 601), vec![(600, 601)]);
+                s.wait_unit_boundary();
+            })
+        };
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(
+            !urgent.is_finished(),
+            "urgent must wait for the unit on the wire"
+        );
+        assert!(
+            s.yield_to_urgent(),
+            "the background never pauses without preemption"
+        );
+        s.unit_done();
+        urgent.join().expect("urgent");
+    }
+
+    #[test]
     fn request_inside_current_unit_is_left_to_background() {
         let s = session(1024, 512, true);
         let claim = s.claim_background(0).expect("unit");
