@@ -139,7 +139,7 @@ fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
         if config.reconnect_timeout.is_zero() {
             return pager.fail(why);
         }
-        tracing::warn!("{why}; reconnecting");
+        tracing::info!("{why}; reconnecting");
         let started = Instant::now();
         let mut delay = Duration::from_millis(20);
         generation += 1;

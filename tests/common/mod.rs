@@ -25,20 +25,27 @@ impl TestServer {
     }
 
     pub fn start_with(image: Image, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        Self::try_start_with(Arc::new(image), tweak).expect("bind")
+    }
+
+    /// Like `start_with`, but a failure to bind is returned (e.g. the port is still taken).
+    pub fn try_start_with(
+        image: Arc<Image>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Result<TestServer, page_server::ServeError> {
         let mut config = Config::new("127.0.0.1:0".parse().expect("endpoint"));
         tweak(&mut config);
-        let image = Arc::new(image);
-        let server = Server::bind(config, Arc::clone(&image)).expect("bind");
+        let server = Server::bind(config, Arc::clone(&image))?;
         let endpoint = server.local_endpoint().expect("endpoint");
         let shutdown = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&shutdown);
         let thread = std::thread::spawn(move || server.serve(&flag).expect("serve"));
-        TestServer {
+        Ok(TestServer {
             endpoint,
             image,
             shutdown,
             thread: Some(thread),
-        }
+        })
     }
 
     /// Stops the server: every session's connections are shut down.
