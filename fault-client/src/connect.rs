@@ -162,7 +162,8 @@ fn connect_with(
     let limits = Limits::new(welcome.image_size, page);
     let checksums = if welcome.flags & proto::WELCOME_CHECKSUMS_FOLLOW != 0 {
         let pages = limits.pages();
-        let mut sums = Vec::with_capacity(usize::try_from(pages).unwrap_or(0));
+        // Grown as frames arrive: the welcome's size is not trusted with a big allocation.
+        let mut sums = Vec::new();
         while (sums.len() as u64) < pages {
             match reader.read_frame(&limits)? {
                 Some(frame @ Frame::Checksums { first_page, .. })

@@ -209,6 +209,43 @@ fn serve_connection(
     };
     session.track(tracked);
     let want_sums = hello.flags & proto::HELLO_WANT_CHECKSUMS != 0;
+    let welcomed = welcome(shared, writer, &session, want_sums);
+    let result = match hello.role {
+        Role::Urgent => {
+            let r = welcomed
+                .and_then(|()| crate::urgent::serve(&session, reader, writer, &shared.limits));
+            if let Err(err) = &r {
+                tracing::info!(session = session.id, "closing session: {err}");
+                tell(writer, err);
+                if let Ok(mut conn) = writer.get_ref().try_clone() {
+                    conn.linger_close(1 << 20, Duration::from_millis(200));
+                }
+            }
+            // The urgent connection carries the session: when it goes (even before its
+            // welcome was sent), the session ends.
+            end_session(shared, &session);
+            return Ok(());
+        }
+        Role::Background => {
+            let r = welcomed.and_then(|()| crate::background::stream(&session, writer));
+            session.detach_background();
+            r
+        }
+    };
+    if session.is_closed() {
+        // Errors after the session was closed are the shutdown itself.
+        return Ok(());
+    }
+    result
+}
+
+/// Sends the welcome, and the checksums if asked for.
+fn welcome(
+    shared: &Shared,
+    writer: &mut FrameWriter<Conn>,
+    session: &Session,
+    want_sums: bool,
+) -> Result<(), ServeError> {
     writer.send(&Frame::Welcome(Welcome {
         version: proto::VERSION,
         flags: if want_sums {
@@ -224,36 +261,21 @@ fn serve_connection(
     if want_sums {
         send_checksums(writer, &shared.image)?;
     }
-    let result = match hello.role {
-        Role::Urgent => {
-            let r = crate::urgent::serve(&session, reader, writer, &shared.limits);
-            if let Err(err) = &r {
-                tracing::info!(session = session.id, "closing session: {err}");
-                tell(writer, err);
-                if let Ok(mut conn) = writer.get_ref().try_clone() {
-                    conn.linger_close(1 << 20, Duration::from_millis(200));
-                }
-            }
-            // The urgent connection carries the session: when it goes, the session ends,
-            // unless a resumed session has replaced it already.
-            let mut sessions = shared.sessions();
-            if sessions
-                .get(&session.id)
-                .is_some_and(|s| Arc::ptr_eq(s, &session))
-            {
-                sessions.remove(&session.id);
-            }
-            drop(sessions);
-            session.close();
-            return Ok(());
-        }
-        Role::Background => crate::background::stream(&session, writer),
-    };
-    if session.is_closed() {
-        // Errors after the session was closed are the shutdown itself.
-        return Ok(());
+    Ok(())
+}
+
+/// Removes `session` from the registry (unless a resumed session has replaced it) and closes
+/// it, so that no session outlives its urgent connection.
+fn end_session(shared: &Shared, session: &Arc<Session>) {
+    let mut sessions = shared.sessions();
+    if sessions
+        .get(&session.id)
+        .is_some_and(|s| Arc::ptr_eq(s, session))
+    {
+        sessions.remove(&session.id);
     }
-    result
+    drop(sessions);
+    session.close();
 }
 
 /// A hello without borrowed fields, plus its token.

@@ -107,6 +107,11 @@ impl Session {
         !std::mem::replace(&mut state.background, true)
     }
 
+    /// The background connection is gone: another may attach.
+    pub fn detach_background(&self) {
+        self.lock().background = false;
+    }
+
     /// Ends the session: shuts down its connections, wakes its senders.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);

@@ -26,6 +26,8 @@ pub const MAX_CHUNK: usize = 2 << 20;
 pub const MAX_PAYLOAD: usize = MAX_CHUNK + 8;
 /// Largest range one request may ask for.
 pub const MAX_REQUEST: u64 = 1 << 30;
+/// Largest image a session may serve: 64 TiB (x86_64 user space is 128 TiB).
+pub const MAX_IMAGE: u64 = 1 << 46;
 /// Longest error message and token.
 pub const MAX_TEXT: usize = 1024;
 
@@ -254,7 +256,8 @@ impl Limits {
     /// Limits for an image of `image_size` bytes (rounded up to pages).
     pub fn new(image_size: u64, page_size: u64) -> Limits {
         Limits {
-            image_size: image_size.div_ceil(page_size) * page_size,
+            // Saturating: a hostile welcome may announce any size (it is refused later).
+            image_size: image_size.div_ceil(page_size).saturating_mul(page_size),
             page_size,
             max_payload: MAX_PAYLOAD,
         }
@@ -478,6 +481,9 @@ impl<'a> Frame<'a> {
                 let image_id = p.get_u64_le();
                 if !page_size.is_power_of_two() || page_size < 512 {
                     return Err(malformed(kind, "page size is not a power of two >= 512"));
+                }
+                if image_size == 0 || image_size > MAX_IMAGE {
+                    return Err(malformed(kind, "image size is 0 or above 64 TiB"));
                 }
                 Frame::Welcome(Welcome {
                     version,
