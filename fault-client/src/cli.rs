@@ -53,6 +53,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The standard comparison set in one run: local userfaultfd round trip and first-touch
+    /// fault, remote faults over loopback (anon, thp, hugetlb-2m; without the background
+    /// stream, with it, and with a --no-preempt server), whole-image transfers; one table
+    /// with ratios, or one JSON object.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Arguments of `fault-client run`.
@@ -107,6 +112,11 @@ pub struct RunArgs {
     /// No live progress line (it is only drawn when stderr is a terminal).
     #[arg(long)]
     pub quiet: bool,
+    /// Fail fast instead of waiting: negotiate UFFD_FEATURE_SIGBUS, so touching a page that
+    /// has not arrived yet raises SIGBUS in the workload at once (no requests are sent; only
+    /// the background stream fills the region). For workloads that prefer an error to a wait.
+    #[arg(long)]
+    pub fail_fast: bool,
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -131,6 +141,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config.trace = args.trace;
             config.backing = args.backing;
             config.quiet = args.quiet;
+            config.fail_fast = args.fail_fast;
             config.hugetlb = args.hugetlb_placement;
             config.reconnect_timeout = std::time::Duration::from_secs(args.reconnect_timeout);
             if let Some(path) = args.token_file {
@@ -173,6 +184,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bench(args) => crate::bench::run(&args),
     }
 }
 

@@ -74,6 +74,8 @@ pub struct RunConfig {
     pub hugetlb: HugetlbPlacement,
     /// No progress line (it is shown only when stderr is a terminal anyway).
     pub quiet: bool,
+    /// SIGBUS instead of waiting for pages (see [`ClientOptions::fail_fast`]).
+    pub fail_fast: bool,
 }
 
 impl RunConfig {
@@ -94,6 +96,7 @@ impl RunConfig {
             backing: Backing::Anon,
             hugetlb: HugetlbPlacement::Copy,
             quiet: false,
+            fail_fast: false,
         }
     }
 }
@@ -115,6 +118,10 @@ pub struct ClientOptions {
     pub backing: Backing,
     /// How hugetlbfs units are placed (COPY, or CONTINUE through an alias mapping).
     pub hugetlb: HugetlbPlacement,
+    /// Fail fast: negotiate UFFD_FEATURE_SIGBUS, so a touch of a page that has not arrived
+    /// raises SIGBUS in the touching thread at once instead of waiting for the network. Only
+    /// the background stream fills the region.
+    pub fail_fast: bool,
     /// Keep reconnecting this long after a connection is lost (zero: fail at once).
     pub reconnect_timeout: Duration,
 }
@@ -130,6 +137,7 @@ impl ClientOptions {
             trace: None,
             backing: Backing::Anon,
             hugetlb: HugetlbPlacement::Copy,
+            fail_fast: false,
             reconnect_timeout: Duration::from_secs(30),
         }
     }
@@ -183,6 +191,9 @@ impl Client {
         .unwrap_or(false)
         {
             events |= sys::feature::EVENT_FORK;
+        }
+        if options.fail_fast {
+            events |= sys::feature::SIGBUS;
         }
         let uffd = Arc::new(Userfaultfd::open(memory.uffd_features() | events)?);
         memory.register(&uffd)?;
@@ -280,6 +291,7 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
         reconnect_timeout: config.reconnect_timeout,
         backing: config.backing,
         hugetlb: config.hugetlb,
+        fail_fast: config.fail_fast,
     })?;
     let pager = Arc::clone(client.pager());
     let image_size = client.image_size();

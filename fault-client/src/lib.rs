@@ -16,8 +16,10 @@
 //! - [`progress`]: the live progress line of long runs.
 //! - [`trace`]: `--trace`, a CSV line per fault and per arriving page; [`plot`] draws it.
 //! - [`demo`]: the one-command demo (a page-server child process).
+//! - [`bench`](mod@bench): `fault-client bench`, the standard comparison set as one table.
 //! - [`cli`]: the command line; [`cli::run`] is what the binary calls.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod connect;

@@ -101,6 +101,9 @@ pub struct Pager {
     pub events_lock: std::sync::RwLock<()>,
     /// Ranges the application moved with mremap, oldest first.
     moves: Mutex<Vec<Move>>,
+    /// Set when the urgent connection placed pages directly inside huge-page units (THP): the
+    /// background assembler re-checks its units, which may be complete now.
+    pub recheck: AtomicBool,
     /// Counters.
     pub counters: Counters,
     /// Decoder limits for the server's frames.
@@ -144,6 +147,7 @@ impl Pager {
             gone: PageBitmap::new(slots),
             events_lock: std::sync::RwLock::new(()),
             moves: Mutex::new(Vec::new()),
+            recheck: AtomicBool::new(false),
             counters: Counters::default(),
             limits: Limits::new(image_size, page),
             image_size,
@@ -503,7 +507,30 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
                 Ok(a) => a,
                 Err(err) => return pager.fail(err),
             };
-            for (header, buf) in full_rx {
+            loop {
+                let (header, buf) = match full_rx.recv_timeout(Duration::from_millis(20)) {
+                    Ok(item) => item,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if let Err(why) = complete_ready(pager, &mut assembler) {
+                            return pager.fail(why);
+                        }
+                        continue;
+                    }
+                    // The stream ended: finish the units that only waited for pages coming
+                    // by the urgent connection, while this generation lasts.
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        while assembler.pending() > 0
+                            && !pager.stopping()
+                            && pager.generation.load(Ordering::Acquire) == generation
+                        {
+                            if let Err(why) = complete_ready(pager, &mut assembler) {
+                                return pager.fail(why);
+                            }
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        return;
+                    }
+                };
                 let frame = match uffd_core::Frame::parse(
                     header,
                     &buf[..header.len as usize],
@@ -517,6 +544,9 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
                     }
                 };
                 if let Err(why) = handle_frame(pager, &mut assembler, Channel::Background, frame) {
+                    return pager.fail(why);
+                }
+                if let Err(why) = complete_ready(pager, &mut assembler) {
                     return pager.fail(why);
                 }
                 if free_tx.send(buf).is_err() {
@@ -561,6 +591,32 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
         }
         drop(full_tx);
     });
+}
+
+/// THP: the urgent connection placed 4 KiB pages inside units this assembler may be holding
+/// complete but for those pages: place them now.
+fn complete_ready(pager: &Pager, placer: &mut Placer) -> Result<(), String> {
+    if !pager.recheck.swap(false, Ordering::AcqRel) {
+        return Ok(());
+    }
+    let Placer::Assemble(assembler) = placer else {
+        return Ok(());
+    };
+    let _guard = pager.events_lock.read().unwrap_or_else(|e| e.into_inner());
+    let progress = assembler
+        .complete_ready(&pager.received)
+        .map_err(|e| e.to_string())?;
+    if progress.stopped.is_some() {
+        pager.recheck.store(true, Ordering::Release); // try again on the next turn
+    }
+    pager
+        .counters
+        .pages_background
+        .fetch_add(progress.pages_placed, Ordering::Relaxed);
+    if progress.pages_placed > 0 && pager.complete() {
+        pager.notify();
+    }
+    Ok(())
 }
 
 fn handle_frame(
@@ -659,6 +715,14 @@ impl std::fmt::Debug for Placer {
 }
 
 impl Placer {
+    /// Units started but not placed yet (0 for direct placement).
+    pub fn pending(&self) -> usize {
+        match self {
+            Placer::Direct => 0,
+            Placer::Assemble(assembler) => assembler.pending(),
+        }
+    }
+
     /// The placer for `channel`'s receiver.
     pub fn new(pager: &Pager, channel: Channel) -> Result<Placer, String> {
         let backing = pager.memory.backing();
@@ -787,6 +851,9 @@ impl Placer {
                 pager
                     .received
                     .set_range(first as usize, (first + done) as usize);
+                if pager.memory.unit() > page {
+                    pager.recheck.store(true, Ordering::Release);
+                }
                 Ok(Progress {
                     pages_placed: filled.placed / page,
                     pages_present: filled.present / page,

@@ -84,3 +84,74 @@ fn probe_json_reports_features() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("userfaultfd"), "{text}");
 }
+
+#[test]
+fn fail_fast_raises_sigbus_instead_of_waiting() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let server_bin = std::path::Path::new(BIN)
+        .parent()
+        .expect("target dir")
+        .join("page-server");
+    assert!(
+        server_bin.is_file(),
+        "run the workspace's tests: page-server is built with them"
+    );
+    let mut server = Command::new(&server_bin)
+        .args(["--synthetic", "64MiB", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("address")
+        .to_string();
+    // Touching pages before the stream brought them: SIGBUS, not a wait.
+    let touched = Command::new(BIN)
+        .args([
+            "run",
+            "--server",
+            &addr,
+            "--fail-fast",
+            "--no-background",
+            "--touch",
+            "0.5",
+            "--quiet",
+        ])
+        .output()
+        .expect("run");
+    // Background only: nothing is touched before it arrives, the run completes and verifies.
+    let streamed = Command::new(BIN)
+        .args([
+            "run",
+            "--server",
+            &addr,
+            "--fail-fast",
+            "--workload",
+            "none",
+            "--verify",
+            "--quiet",
+        ])
+        .output()
+        .expect("run");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(
+        touched.status.signal(),
+        Some(libc::SIGBUS),
+        "{:?}",
+        touched.status
+    );
+    assert!(
+        streamed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&streamed.stderr)
+    );
+}

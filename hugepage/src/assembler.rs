@@ -201,6 +201,26 @@ impl Assembler {
         Ok(progress)
     }
 
+    /// Places every started unit that is complete now: one whose missing pages have since
+    /// become present in the region by another path (e.g. the last 4 KiB page of a THP unit
+    /// answered on the urgent connection after the unit's last chunk arrived here). Call it
+    /// when another connection placed pages, or the unit waits for a chunk that never comes.
+    pub fn complete_ready(&mut self, received: &PageBitmap) -> Result<Progress> {
+        let mut progress = Progress::default();
+        let mut ready = Vec::new();
+        for (&unit, slot) in self.slots.iter_mut() {
+            let first_page =
+                usize::try_from(unit).unwrap_or(usize::MAX) * self.mem.backing.pages_per_unit();
+            if slot.waiting || slot.have.complete(|i| received.get(first_page + i)) {
+                ready.push(unit);
+            }
+        }
+        for unit in ready {
+            self.place(unit, received, &mut progress)?;
+        }
+        Ok(progress)
+    }
+
     /// Units started but not placed yet.
     pub fn pending(&self) -> usize {
         self.slots.len()

@@ -42,6 +42,8 @@ struct State {
     conns: Vec<Conn>,
     /// A background connection is attached.
     background: bool,
+    /// Units the background has finished (so a waiter can tell one unit from the next).
+    units_done: u64,
 }
 
 /// One client's session.
@@ -156,7 +158,10 @@ impl Session {
     /// complete, as a single channel would.
     pub fn wait_unit_boundary(&self) {
         let mut state = self.lock();
-        while state.current.is_some() && !self.is_closed() {
+        // Wait for the unit on the wire now, not for a moment with no unit at all: the
+        // background starts the next one at once, and the answer would never get its turn.
+        let unit = state.units_done;
+        while state.current.is_some() && state.units_done == unit && !self.is_closed() {
             state = self.wait(state);
         }
     }
@@ -227,6 +232,7 @@ impl Session {
     pub fn unit_done(&self) {
         let mut state = self.lock();
         state.current = None;
+        state.units_done += 1;
         state.hurry = false;
         drop(state);
         self.changed.notify_all();
