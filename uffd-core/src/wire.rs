@@ -288,6 +288,11 @@ impl<R: Read> FrameReader<R> {
         &self.inner
     }
 
+    /// Unwraps the stream (frames already read are gone; nothing is buffered here).
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
     /// Reads the next frame. `Ok(None)` on a clean end of stream between frames; an end of
     /// stream inside a frame is [`WireError::TruncatedFrame`].
     pub fn read_frame(&mut self, limits: &Limits) -> Result<Option<Frame<'_>>> {
