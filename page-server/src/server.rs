@@ -208,6 +208,7 @@ fn serve_connection(
         }
     };
     session.track(tracked);
+    tune_socket(writer.get_ref(), hello.role);
     let want_sums = hello.flags & proto::HELLO_WANT_CHECKSUMS != 0;
     let welcomed = welcome(shared, writer, &session, want_sums);
     let result = match hello.role {
@@ -398,6 +399,60 @@ impl ServeError {
             ServeError::TooManySessions(_) => Some(ErrorCode::TooManySessions),
             ServeError::Unauthorized => Some(ErrorCode::Unauthorized),
             ServeError::ImageMismatch => Some(ErrorCode::ImageMismatch),
+        }
+    }
+}
+
+/// Socket options that keep urgent answers from queueing behind background bytes on a shared
+/// link (measured on the tbf lab, see BENCHMARKS.md):
+/// - `TCP_NOTSENT_LOWAT` on both connections: the background sender's "pause" at a chunk
+///   boundary is real only if megabytes of it are not already sitting unsent in the socket;
+///   likewise an urgent answer counts as sent only when it is nearly on the wire.
+/// - `IP_TOS` low-delay on the urgent connection, so a priority-aware queue sends it first.
+fn tune_socket(conn: &Conn, role: Role) {
+    use std::os::fd::AsRawFd;
+    let Conn::Tcp(stream) = conn else { return };
+    let fd = stream.as_raw_fd();
+    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int, what: &str| {
+        // SAFETY: `fd` is a live socket owned by `stream`; the option value is a c_int whose
+        // size is passed along, and the kernel only reads it.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(
+                what,
+                "setsockopt failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    };
+    match role {
+        Role::Background => set(
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            128 << 10,
+            "TCP_NOTSENT_LOWAT",
+        ),
+        Role::Urgent => {
+            set(
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                64 << 10,
+                "TCP_NOTSENT_LOWAT",
+            );
+            set(
+                libc::IPPROTO_IP,
+                libc::IP_TOS,
+                libc::c_int::from(libc::IPTOS_LOWDELAY),
+                "IP_TOS",
+            );
         }
     }
 }
