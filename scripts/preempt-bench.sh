@@ -31,7 +31,7 @@
 #   --out DIR          where runs and the summary go (default target/preempt-bench/<time>)
 #   --no-build         do not run cargo build
 # Binaries: $PAGE_SERVER / $FAULT_CLIENT, else target/release (built first).
-# Takes about 3.5 minutes with the defaults: 18 runs of ~11 s (1 GiB at 1 Gbit/s is ~9.5 s).
+# Takes about 3 minutes with the defaults: 18 runs of ~10 s (1 GiB at 1 Gbit/s is ~9 s).
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
