@@ -860,8 +860,9 @@ impl Placer {
                 let mut total = Progress::default();
                 let mut at = offset;
                 while at < offset + len {
+                    // place_run, not place: the events lock is held by our caller already.
                     let step =
-                        self.place(pager, at, Some(&ZEROS[..pager.page as usize]), pager.page)?;
+                        self.place_run(pager, at, Some(&ZEROS[..pager.page as usize]), pager.page)?;
                     total.merge(&step);
                     if step.stopped.is_some() {
                         break;
@@ -876,9 +877,10 @@ impl Placer {
                     Some(bytes) => uffd_core::Source::Bytes(bytes),
                     None => uffd_core::Source::Zero(len),
                 };
-                let filled =
-                    uffd_core::place::fill(&pager.uffd, pager.memory.addr() + offset, source, page)
-                        .map_err(|e| e.to_string())?;
+                // Where the page is now: the application may have moved it with mremap.
+                let dst = pager.page_addr(offset / page);
+                let filled = uffd_core::place::fill(&pager.uffd, dst, source, page)
+                    .map_err(|e| e.to_string())?;
                 // Every page up to the stop is present now, placed here or before.
                 let first = offset / page;
                 let done = (filled.placed + filled.present) / page;
