@@ -65,13 +65,13 @@ fn server_on(port: u16, seed: u64) -> TestServer {
     }
 }
 
-#[test]
-fn server_restart_with_the_same_image_is_survived() {
-    if !have_uffd() {
-        return;
-    }
+type Run = std::thread::JoinHandle<Result<fault_client::Report, ClientError>>;
+
+/// Starts an on-demand run against a server on a fixed port (image `seed`), then stops that
+/// server mid-run. Returns the port, for a "restarted" server, and the running client.
+fn run_then_stop_server(seed: u64) -> (u16, Run) {
     let port = free_port();
-    let mut first = server_on(port, 33);
+    let mut first = server_on(port, seed);
     let mut cfg = config(&first);
     cfg.workload = Workload::Seq;
     cfg.background = false;
@@ -80,7 +80,15 @@ fn server_restart_with_the_same_image_is_survived() {
     let run = std::thread::spawn(move || fault_client::client::run(&cfg));
     std::thread::sleep(Duration::from_millis(150));
     first.stop();
-    drop(first);
+    (port, run)
+}
+
+#[test]
+fn server_restart_with_the_same_image_is_survived() {
+    if !have_uffd() {
+        return;
+    }
+    let (port, run) = run_then_stop_server(33);
     std::thread::sleep(Duration::from_millis(300));
     let _second = server_on(port, 33);
     let r = run
@@ -96,17 +104,7 @@ fn server_restart_with_another_image_is_refused_clearly() {
     if !have_uffd() {
         return;
     }
-    let port = free_port();
-    let mut first = server_on(port, 44);
-    let mut cfg = config(&first);
-    cfg.workload = Workload::Seq;
-    cfg.background = false;
-    cfg.touch = 1.0;
-    cfg.threads = 2;
-    let run = std::thread::spawn(move || fault_client::client::run(&cfg));
-    std::thread::sleep(Duration::from_millis(150));
-    first.stop();
-    drop(first);
+    let (port, run) = run_then_stop_server(44);
     let _other = server_on(port, 45); // same size, different content
     match run.join().expect("client") {
         Err(ClientError::Transfer(why)) => {
