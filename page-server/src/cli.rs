@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{ArgGroup, Parser};
@@ -61,6 +62,25 @@ pub struct Args {
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_sessions: usize,
 
+    /// Connections that have not finished their hello (10 s at most each), at most; more are
+    /// refused at once with a "too many sessions" error frame, so a flood of idle
+    /// connections costs no threads.
+    #[arg(
+        long,
+        default_value_t = 128,
+        value_name = "N",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub max_pending: usize,
+
+    /// Close a connection that makes no progress for this long, and end its session: a
+    /// client that stopped reading (a write blocked this long), or an urgent connection
+    /// silent this long once every page of its session has been sent. A silent client whose
+    /// session still has pages to send is never cut (it may fault at any moment); a live
+    /// client that is cut reconnects and resumes. Seconds, or e.g. 500ms, 30s, 5m, 1h.
+    #[arg(long, default_value = "300s", value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
     /// Require clients to present the contents of this file as a token.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
@@ -69,6 +89,26 @@ pub struct Args {
 /// Parses a size such as `4096`, `64KiB`, `256MiB` or `1GiB`.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     parse_size::parse_size(s).map_err(|e| format!("`{s}` is not a size (e.g. 64KiB, 1GiB): {e}"))
+}
+
+/// Parses a duration: seconds (`300`), or a number with a unit: `500ms`, `30s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("`{s}` is not a duration (e.g. 300, 500ms, 30s, 5m, 1h)");
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let millis = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    }
+    .ok_or_else(bad)?;
+    if millis == 0 {
+        return Err(format!("`{s}`: the duration must be positive"));
+    }
+    Ok(Duration::from_millis(millis))
 }
 
 fn parse_chunk(s: &str) -> Result<u64, String> {
@@ -101,6 +141,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.policy.preempt = !args.no_preempt;
     config.policy.drop_every = args.drop_every;
     config.max_sessions = args.max_sessions;
+    config.max_pending = args.max_pending;
+    config.idle_timeout = args.idle_timeout;
     if let Some(path) = &args.token_file {
         let token = std::fs::read(path)
             .with_context(|| format!("cannot read token file {}", path.display()))?;
@@ -122,4 +164,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     stdout.flush()?;
     server.serve(&shutdown)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("300"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        for bad in [
+            "",
+            "s",
+            "0",
+            "0s",
+            "5x",
+            "1.5s",
+            "-3",
+            " 5s",
+            "5 s",
+            "99999999999999999h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
 }

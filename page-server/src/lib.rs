@@ -66,4 +66,8 @@ pub enum ServeError {
     /// The client expects another image.
     #[error("the client expects a different image")]
     ImageMismatch,
+    /// An established connection made no progress for the idle timeout: a write blocked
+    /// that long, or the urgent connection was silent that long with nothing left to send.
+    #[error("no progress for {0:?} (--idle-timeout)")]
+    Idle(std::time::Duration),
 }

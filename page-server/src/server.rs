@@ -3,12 +3,26 @@
 //! Each connection gets a thread. Its first frame must be a hello: an urgent hello with
 //! session 0 opens a session, a background hello joins one. Any bad frame is answered with an
 //! error frame and the connection is closed; other clients never notice.
+//!
+//! **Limits.** What one peer can hold on to is bounded (see [`Config`]):
+//! - connections that have not finished their hello: at most `max_pending` (more are refused
+//!   at once, without a thread), each for at most `handshake_timeout`;
+//! - sessions: at most `max_sessions`;
+//! - an established connection that makes no progress for `idle_timeout` is closed and its
+//!   session ended: a write that cannot proceed (the client stopped reading), or silence on
+//!   the urgent connection once the session has nothing left to send ([`Inbound`]);
+//! - TCP keepalive finds peers that vanished without a word ([`keep_alive`]).
+//!
+//! Frames are written with blocking writes and nothing is queued in memory, so a slow reader
+//! costs its socket buffers and its thread, never more.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use uffd_core::proto::{self, ErrorCode, Hello, Role, Welcome};
@@ -27,14 +41,25 @@ pub struct Config {
     pub policy: Policy,
     /// Sessions served at once; more are refused with an error frame.
     pub max_sessions: usize,
-    /// How long a new connection may take to send its hello.
+    /// How long a new connection may take to send its hello (all of it, and a resuming
+    /// client's have frames).
     pub handshake_timeout: Duration,
+    /// Connections that have not finished their hello, at most; more are refused at once
+    /// with an error frame (`TooManySessions`), before any thread is started for them.
+    pub max_pending: usize,
+    /// An established connection that makes no progress for this long is closed and its
+    /// session ended: a write blocked this long (the client stopped reading), or an urgent
+    /// connection silent this long while the session has nothing left to send. A silent
+    /// urgent connection whose session still has pages to send is never cut: its client may
+    /// fault at any moment.
+    pub idle_timeout: Duration,
     /// Shared secret clients must present (None: no authentication).
     pub token: Option<Vec<u8>>,
 }
 
 impl Config {
-    /// Defaults: 64 KiB chunks, preemption on, 64 sessions, 10 s handshake, no token.
+    /// Defaults: 64 KiB chunks, preemption on, 64 sessions, 10 s handshake, 128 pending
+    /// connections, 300 s idle timeout, no token.
     pub fn new(listen: Endpoint) -> Config {
         Config {
             listen,
@@ -45,6 +70,8 @@ impl Config {
             },
             max_sessions: 64,
             handshake_timeout: Duration::from_secs(10),
+            max_pending: 128,
+            idle_timeout: Duration::from_secs(300),
             token: None,
         }
     }
@@ -56,6 +83,10 @@ struct Shared {
     config: Config,
     limits: Limits,
     sessions: Mutex<HashMap<u64, Arc<Session>>>,
+    /// Connections accepted that have not finished their hello ([`PendingSlot`]).
+    pending: AtomicUsize,
+    /// Connection threads running.
+    connections: AtomicUsize,
 }
 
 impl Shared {
@@ -86,6 +117,8 @@ impl Server {
                 config,
                 limits,
                 sessions: Mutex::new(HashMap::new()),
+                pending: AtomicUsize::new(0),
+                connections: AtomicUsize::new(0),
             }),
         })
     }
@@ -100,8 +133,19 @@ impl Server {
         self.shared.sessions().len()
     }
 
+    /// Connections being served (one thread each), with or without their hello.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Acquire)
+    }
+
+    /// Connections that have not finished their hello yet (at most `max_pending`).
+    pub fn pending(&self) -> usize {
+        self.shared.pending.load(Ordering::Acquire)
+    }
+
     /// Serves until `shutdown` becomes true, then closes every session.
     pub fn serve(&self, shutdown: &AtomicBool) -> Result<(), ServeError> {
+        let mut refusals = Refusals::default();
         while !shutdown.load(Ordering::Acquire) {
             let mut fds = [PollFd::new(self.listener_fd(), PollFlags::POLLIN)];
             match nix::poll::poll(&mut fds, PollTimeout::from(100u8)) {
@@ -111,10 +155,16 @@ impl Server {
             }
             match self.listener.accept() {
                 Ok(conn) => {
+                    let Some(slot) = PendingSlot::take(&self.shared) else {
+                        refusals.count(self.shared.config.max_pending);
+                        refuse(conn, self.shared.config.max_pending);
+                        continue;
+                    };
+                    keep_alive(&conn);
                     let shared = Arc::clone(&self.shared);
                     let spawned = std::thread::Builder::new()
                         .name("conn".into())
-                        .spawn(move || handle(conn, &shared));
+                        .spawn(move || handle(conn, &shared, slot));
                     if let Err(err) = spawned {
                         tracing::warn!("cannot spawn a connection thread: {err}");
                     }
@@ -138,15 +188,260 @@ impl Server {
     }
 }
 
-fn handle(conn: Conn, shared: &Shared) {
+/// A connection that has not finished its hello: one of `Config::max_pending`, given back
+/// when dropped (after the hello, or when the connection ends before it).
+#[derive(Debug)]
+struct PendingSlot(Arc<Shared>);
+
+impl PendingSlot {
+    /// A slot, or None if `max_pending` connections are waiting for their hello already.
+    fn take(shared: &Arc<Shared>) -> Option<PendingSlot> {
+        let limit = shared.config.max_pending;
+        shared
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(PendingSlot(Arc::clone(shared)))
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Refused connections, told in the log at most once a second (a flood must not flood it).
+#[derive(Debug, Default)]
+struct Refusals {
+    since_last: u64,
+    last: Option<Instant>,
+}
+
+impl Refusals {
+    fn count(&mut self, max_pending: usize) {
+        self.since_last += 1;
+        if self
+            .last
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            tracing::warn!(
+                refused = self.since_last,
+                "refusing connections: {max_pending} have not finished their hello (--max-pending)"
+            );
+            self.since_last = 0;
+            self.last = Some(Instant::now());
+        }
+    }
+}
+
+/// Refuses a connection beyond `max_pending` from the accept loop itself: an error frame
+/// (`TooManySessions`: the server is at capacity, try again later), then the close. Nothing
+/// here may block: the socket is switched to non-blocking, and a frame that does not fit is
+/// simply not sent (the client sees the close).
+fn refuse(conn: Conn, max_pending: usize) {
+    let nonblocking = match &conn {
+        Conn::Tcp(s) => s.set_nonblocking(true),
+        Conn::Unix(s) => s.set_nonblocking(true),
+    };
+    if nonblocking.is_err() {
+        return;
+    }
+    let mut conn = conn;
+    let message = format!("too many connections waiting for their hello (limit {max_pending})");
+    let mut frame = bytes::BytesMut::new();
+    Frame::Error {
+        code: ErrorCode::TooManySessions,
+        message: &message,
+    }
+    .encode(&mut frame);
+    let _ = conn.write_all(&frame);
+    // What the client sent already (its hello, say) is read and dropped: closing a socket with
+    // unread input makes the kernel answer with a reset, which can destroy the error frame
+    // before the client reads it. Bounded, so a sender cannot keep this loop busy.
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        if !matches!(conn.read(&mut sink), Ok(n) if n > 0) {
+            break;
+        }
+    }
+}
+
+/// TCP keepalive on an accepted connection: a peer that vanished without a word (power cut,
+/// cable pulled) is found after about two minutes of silence, and its blocked reader fails
+/// instead of holding its thread (and session) for ever. Best effort, like `tune_socket`.
+fn keep_alive(conn: &Conn) {
+    let Conn::Tcp(stream) = conn else { return };
+    // First probe after 60 s of silence, then every 10 s; 6 unanswered probes end it.
+    set_int_option(
+        stream,
+        libc::SOL_SOCKET,
+        libc::SO_KEEPALIVE,
+        1,
+        "SO_KEEPALIVE",
+    );
+    set_int_option(
+        stream,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPIDLE,
+        60,
+        "TCP_KEEPIDLE",
+    );
+    set_int_option(
+        stream,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPINTVL,
+        10,
+        "TCP_KEEPINTVL",
+    );
+    set_int_option(
+        stream,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPCNT,
+        6,
+        "TCP_KEEPCNT",
+    );
+}
+
+/// `setsockopt` of an int option; a failure is only logged (at debug): these options tune,
+/// the connection works without them.
+fn set_int_option(
+    stream: &std::net::TcpStream,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+    what: &str,
+) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is a live socket owned by `stream`; the option value is a c_int
+    // whose size is passed along, and the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(what, "setsockopt failed: {}", io::Error::last_os_error());
+    }
+}
+
+/// What a connection's reads may wait for ([`Inbound`]).
+#[derive(Debug)]
+enum ReadLimit {
+    /// The handshake: everything must have arrived by this instant.
+    Handshake(Instant),
+    /// An urgent connection: silence is cut after `timeout` (SO_RCVTIMEO) once the session
+    /// has nothing left to send.
+    Idle {
+        /// The session the connection carries.
+        session: Arc<Session>,
+        /// `Config::idle_timeout`.
+        timeout: Duration,
+    },
+    /// No limit (a background connection is not read after its hello).
+    None,
+}
+
+/// The read side of a connection, with its time limit. The limit changes once the handshake is
+/// over, while the [`FrameReader`] owns this, hence the cell.
+#[derive(Debug)]
+struct Inbound {
+    conn: Conn,
+    limit: RefCell<ReadLimit>,
+}
+
+impl Inbound {
+    fn new(conn: Conn, handshake: Duration) -> Inbound {
+        Inbound {
+            conn,
+            limit: RefCell::new(ReadLimit::Handshake(Instant::now() + handshake)),
+        }
+    }
+
+    /// Replaces the limit (after the handshake).
+    fn set_limit(&self, limit: ReadLimit) -> io::Result<()> {
+        // Each read of an urgent connection waits at most the idle timeout, and then looks at
+        // the session (see `read`).
+        let timeout = match &limit {
+            ReadLimit::Idle { timeout, .. } => Some(*timeout),
+            ReadLimit::Handshake(_) | ReadLimit::None => None,
+        };
+        self.conn.set_read_timeout(timeout)?;
+        *self.limit.borrow_mut() = limit;
+        Ok(())
+    }
+}
+
+/// A read or write that gave up after SO_RCVTIMEO / SO_SNDTIMEO: EAGAIN on a blocking socket.
+/// (Not ETIMEDOUT, which is TCP itself giving up on the peer, e.g. keepalive.)
+fn timed_out(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::WouldBlock
+}
+
+impl Read for Inbound {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.limit.get_mut() {
+            ReadLimit::Handshake(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no complete hello within the handshake timeout",
+                    ));
+                }
+                self.conn.set_read_timeout(Some(left))?;
+                self.conn.read(buf)
+            }
+            ReadLimit::Idle { session, .. } => loop {
+                match self.conn.read(buf) {
+                    // The client may fault at any moment while pages are left to send (a
+                    // client without a background connection may rightly be silent for
+                    // hours): keep waiting. Nothing was consumed, so nothing is lost.
+                    Err(err) if timed_out(&err) && !nothing_left(session) => continue,
+                    other => return other,
+                }
+            },
+            ReadLimit::None => self.conn.read(buf),
+        }
+    }
+}
+
+/// Every page of the session has been claimed by a sender: the client needs nothing more.
+fn nothing_left(session: &Session) -> bool {
+    session.sent_pages() >= session.image.pages()
+}
+
+/// A socket timeout (an idle write, or an idle urgent read) becomes [`ServeError::Idle`].
+fn idle(err: ServeError, timeout: Duration) -> ServeError {
+    match &err {
+        ServeError::Io(e) | ServeError::Wire(uffd_core::WireError::Io(e)) if timed_out(e) => {
+            ServeError::Idle(timeout)
+        }
+        _ => err,
+    }
+}
+
+fn handle(conn: Conn, shared: &Shared, slot: PendingSlot) {
+    shared.connections.fetch_add(1, Ordering::AcqRel);
+    serve_and_close(conn, shared, slot);
+    shared.connections.fetch_sub(1, Ordering::AcqRel);
+}
+
+fn serve_and_close(conn: Conn, shared: &Shared, slot: PendingSlot) {
     let peer = conn.peer();
     let (read_half, tracked) = match (conn.try_clone(), conn.try_clone()) {
         (Ok(r), Ok(t)) => (r, t),
         _ => return,
     };
-    let mut reader = FrameReader::new(read_half);
+    let mut reader = FrameReader::new(Inbound::new(read_half, shared.config.handshake_timeout));
     let mut writer = FrameWriter::new(conn);
-    match serve_connection(shared, &mut reader, &mut writer, tracked) {
+    match serve_connection(shared, &mut reader, &mut writer, tracked, slot) {
         Ok(()) => tracing::debug!(%peer, "connection closed"),
         Err(err) => {
             tracing::info!(%peer, "closing connection: {err}");
@@ -171,18 +466,16 @@ fn tell(writer: &mut FrameWriter<Conn>, err: &ServeError) {
 
 fn serve_connection(
     shared: &Shared,
-    reader: &mut FrameReader<Conn>,
+    reader: &mut FrameReader<Inbound>,
     writer: &mut FrameWriter<Conn>,
     tracked: Conn,
+    slot: PendingSlot,
 ) -> Result<(), ServeError> {
-    let timeout = Some(shared.config.handshake_timeout);
-    reader.get_ref().set_read_timeout(timeout)?;
     let hello = match reader.read_frame(&shared.limits)? {
         Some(Frame::Hello(hello)) => owned_hello(hello),
         Some(other) => return Err(ServeError::HandshakeRequired(other.kind())),
         None => return Ok(()),
     };
-    reader.get_ref().set_read_timeout(None)?;
     check_token(shared, &hello.1)?;
     let hello = hello.0;
     if hello.image_id != 0 && hello.image_id != shared.image.id() {
@@ -209,13 +502,35 @@ fn serve_connection(
     };
     session.track(tracked);
     tune_socket(writer.get_ref(), hello.role);
+    // The handshake is over: from now on, no progress for the idle timeout ends the session.
+    // (No `?` from here on: the session is registered, and the code below unregisters it.)
+    drop(slot);
+    let idle_timeout = shared.config.idle_timeout;
+    let limit = match hello.role {
+        Role::Urgent => ReadLimit::Idle {
+            session: Arc::clone(&session),
+            timeout: idle_timeout,
+        },
+        Role::Background => ReadLimit::None,
+    };
     let want_sums = hello.flags & proto::HELLO_WANT_CHECKSUMS != 0;
-    let welcomed = welcome(shared, writer, &session, want_sums);
+    let welcomed = writer
+        .get_ref()
+        .set_write_timeout(Some(idle_timeout))
+        .and_then(|()| reader.get_ref().set_limit(limit))
+        .map_err(ServeError::from)
+        .and_then(|()| welcome(shared, writer, &session, want_sums));
     let result = match hello.role {
         Role::Urgent => {
             let r = welcomed
-                .and_then(|()| crate::urgent::serve(&session, reader, writer, &shared.limits));
-            if let Err(err) = &r {
+                .and_then(|()| crate::urgent::serve(&session, reader, writer, &shared.limits))
+                .map_err(|err| idle(err, idle_timeout));
+            if let Err(err @ ServeError::Idle(_)) = &r {
+                tracing::warn!(
+                    session = session.id,
+                    "ending the session: urgent connection: {err}"
+                );
+            } else if let Err(err) = &r {
                 tracing::info!(session = session.id, "closing session: {err}");
                 tell(writer, err);
                 if let Ok(mut conn) = writer.get_ref().try_clone() {
@@ -228,8 +543,19 @@ fn serve_connection(
             return Ok(());
         }
         Role::Background => {
-            let r = welcomed.and_then(|()| crate::background::stream(&session, writer));
+            let r = welcomed
+                .and_then(|()| crate::background::stream(&session, writer))
+                .map_err(|err| idle(err, idle_timeout));
             session.detach_background();
+            if let Err(err @ ServeError::Idle(_)) = &r {
+                // The client stopped reading its stream: end the whole session (a live
+                // client reconnects and resumes it).
+                tracing::warn!(
+                    session = session.id,
+                    "ending the session: background connection: {err}"
+                );
+                end_session(shared, &session);
+            }
             r
         }
     };
@@ -358,7 +684,7 @@ fn open_session(
 }
 
 /// Reads the have frames of a resuming client: its whole received bitmap, in order.
-fn read_have(reader: &mut FrameReader<Conn>, shared: &Shared) -> Result<Vec<u64>, ServeError> {
+fn read_have(reader: &mut FrameReader<Inbound>, shared: &Shared) -> Result<Vec<u64>, ServeError> {
     let words = usize::try_from(shared.image.pages().div_ceil(64)).unwrap_or(usize::MAX);
     let mut have = Vec::with_capacity(words);
     while have.len() < words {
@@ -391,6 +717,9 @@ impl ServeError {
         match self {
             ServeError::Wire(uffd_core::WireError::Proto(_)) => Some(ErrorCode::Protocol),
             ServeError::Wire(_) | ServeError::Io(_) | ServeError::Bind { .. } => None,
+            // The client is not reading, or an error frame would stop a client that only
+            // needs to reconnect: just close.
+            ServeError::Idle(_) => None,
             ServeError::HandshakeRequired(_) => Some(ErrorCode::HandshakeRequired),
             ServeError::Unexpected(_) => Some(ErrorCode::Protocol),
             ServeError::UnknownSession(_) | ServeError::BackgroundTaken => {

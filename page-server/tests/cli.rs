@@ -19,6 +19,8 @@ fn help_names_the_options() {
         "--zero-fraction",
         "--chunk",
         "--no-preempt",
+        "--max-pending",
+        "--idle-timeout",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}");
     }
@@ -33,6 +35,9 @@ fn bad_arguments_exit_2_with_a_message() {
         vec!["--synthetic", "1MiB", "--zero-fraction", "abc"],
         vec!["--synthetic", "1MiB", "--chunk", "1000"],
         vec!["--synthetic", "1MiB", "--image", "/tmp/x"],
+        vec!["--synthetic", "1MiB", "--idle-timeout", "5x"],
+        vec!["--synthetic", "1MiB", "--idle-timeout", "0"],
+        vec!["--synthetic", "1MiB", "--max-pending", "0"],
     ] {
         let out = Command::new(BIN).args(&args).output().expect("run");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
