@@ -1,19 +1,28 @@
 //! Malformed and hostile clients: each gets an error frame and is disconnected, and the
-//! server keeps serving everyone else.
+//! server keeps serving everyone else. And the server's limits: connections waiting for
+//! their hello are capped, and connections that make no progress are cut.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use common::{synthetic, TestServer, PAGE};
+use page_server::{Config, Image, Server};
 use uffd_core::proto::{self, ErrorCode, Frame, Hello, Limits, Role};
 use uffd_core::{Conn, Endpoint, FrameReader, FrameWriter};
 
 fn addr(server: &TestServer) -> String {
-    match &server.endpoint {
+    tcp(&server.endpoint)
+}
+
+fn tcp(endpoint: &Endpoint) -> String {
+    match endpoint {
         Endpoint::Tcp(a) => a.clone(),
         Endpoint::Unix(_) => unreachable!("tests use TCP"),
     }
@@ -37,13 +46,18 @@ fn hello(role: Role, session: u64) -> BytesMut {
 /// Sends `bytes` on a fresh connection; returns the error frame the server answers with,
 /// after checking that the server then closes the connection.
 fn error_for(server: &TestServer, bytes: &[u8]) -> (ErrorCode, String) {
-    let mut stream = TcpStream::connect(addr(server)).expect("connect");
+    error_at(&addr(server), server.image.len(), bytes)
+}
+
+/// [`error_for`] a server at `addr` serving `image_len` bytes.
+fn error_at(addr: &str, image_len: u64, bytes: &[u8]) -> (ErrorCode, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     stream.write_all(bytes).expect("write");
     let mut reader = FrameReader::new(Conn::Tcp(stream.try_clone().expect("clone")));
-    let limits = Limits::new(server.image.len(), PAGE);
+    let limits = Limits::new(image_len, PAGE);
     let mut answer = None;
     loop {
         match reader.read_frame(&limits) {
@@ -65,11 +79,17 @@ fn error_for(server: &TestServer, bytes: &[u8]) -> (ErrorCode, String) {
 
 /// A normal client still gets a full, verified image.
 fn others_still_served(server: &TestServer) {
-    let mut cfg = fault_client::RunConfig::new(server.endpoint.clone());
+    served_at(&server.endpoint);
+}
+
+fn served_at(endpoint: &Endpoint) -> fault_client::Report {
+    let mut cfg = fault_client::RunConfig::new(endpoint.clone());
     cfg.verify = true;
     cfg.threads = 2;
+    cfg.quiet = true;
     let report = fault_client::client::run(&cfg).expect("a well-behaved client is served");
     assert_eq!(report.verified, Some(true));
+    report
 }
 
 #[test]
@@ -237,4 +257,249 @@ fn session_limit_is_enforced() {
     });
     let (code, _) = error_for(&server, &hello(Role::Urgent, 0));
     assert_eq!(code, ErrorCode::TooManySessions);
+}
+
+/// A page server on a thread of the test, whose counters the test reads
+/// (`Server::sessions`, `connections`, `pending`); stopped on drop.
+struct Observed {
+    server: Arc<Server>,
+    endpoint: Endpoint,
+    shutdown: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Observed {
+    fn start(image: Image, tweak: impl FnOnce(&mut Config)) -> Observed {
+        let mut config = Config::new("127.0.0.1:0".parse().expect("endpoint"));
+        tweak(&mut config);
+        let server = Arc::new(Server::bind(config, Arc::new(image)).expect("bind"));
+        let endpoint = server.local_endpoint().expect("endpoint");
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (server, shutdown) = (Arc::clone(&server), Arc::clone(&shutdown));
+            std::thread::spawn(move || server.serve(&shutdown).expect("serve"))
+        };
+        Observed {
+            server,
+            endpoint,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    fn addr(&self) -> String {
+        tcp(&self.endpoint)
+    }
+
+    /// Waits up to 10 s until the server has no session and no connection thread left.
+    fn wait_idle(&self) {
+        eventually("no session and no connection left", || {
+            self.server.sessions() == 0 && self.server.connections() == 0
+        });
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Opens a session by hand: an urgent hello with no token, and its welcome. Returns the
+/// connection and the session id.
+fn raw_session(endpoint: &Endpoint) -> (FrameReader<Conn>, FrameWriter<Conn>, u64) {
+    let mut conn = Conn::connect(endpoint, Duration::from_secs(5)).expect("connect");
+    conn.write_all(&hello(Role::Urgent, 0)).expect("hello");
+    let writer = FrameWriter::new(conn.try_clone().expect("clone"));
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = FrameReader::new(conn);
+    let session = match reader.read_frame(&Limits::handshake(PAGE)) {
+        Ok(Some(Frame::Welcome(welcome))) => welcome.session,
+        other => panic!("expected a welcome, got {other:?}"),
+    };
+    (reader, writer, session)
+}
+
+/// Reads until the server closes the connection (EOF or a reset); returns how long it took.
+fn closed_within(reader: &mut FrameReader<Conn>, limits: &Limits) -> Duration {
+    let started = Instant::now();
+    loop {
+        match reader.read_frame(limits) {
+            Ok(Some(_)) => {}
+            Ok(None) => return started.elapsed(),
+            Err(uffd_core::WireError::Io(err)) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                panic!("the server did not close the connection within the read timeout")
+            }
+            Err(_) => return started.elapsed(), // reset
+        }
+    }
+}
+
+#[test]
+fn connections_beyond_max_pending_are_refused_at_once() {
+    if !common::have_uffd() {
+        return;
+    }
+    let image_len = 4 << 20;
+    let server = Observed::start(synthetic(image_len, 3, 0.1), |c| {
+        c.max_pending = 4;
+        c.handshake_timeout = Duration::from_secs(60);
+    });
+    // Four connections that never say hello take the four places...
+    let idle: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(server.addr()).expect("connect"))
+        .collect();
+    eventually("four pending connections", || server.server.pending() == 4);
+    // ...so each further one is refused at once: an error frame, the close, no thread.
+    let started = Instant::now();
+    for _ in 0..50 {
+        let (code, message) = error_at(&server.addr(), image_len, b"");
+        assert_eq!(code, ErrorCode::TooManySessions, "{message}");
+        assert!(message.contains("waiting for their hello"), "{message}");
+    }
+    let per_refusal = started.elapsed() / 50;
+    assert!(per_refusal < Duration::from_millis(200), "{per_refusal:?}");
+    assert_eq!(
+        server.server.connections(),
+        4,
+        "no thread for a refused connection"
+    );
+    // A real client is told why.
+    let mut cfg = fault_client::RunConfig::new(server.endpoint.clone());
+    cfg.quiet = true;
+    let err = fault_client::client::run(&cfg).expect_err("refused while the places are taken");
+    assert!(err.to_string().contains("waiting for their hello"), "{err}");
+    // Once the idle ones go, a real client is served, and nothing is left behind.
+    drop(idle);
+    eventually("the places freed", || server.server.pending() == 0);
+    served_at(&server.endpoint);
+    server.wait_idle();
+    eprintln!("refused 50 connections beyond --max-pending 4 in {per_refusal:?} each; 4 threads");
+}
+
+#[test]
+fn client_that_stops_reading_its_stream_is_cut_after_the_idle_timeout() {
+    if !common::have_uffd() {
+        return;
+    }
+    let idle_timeout = Duration::from_secs(1);
+    // Larger than the socket buffers on both sides, and no zero pages: the stream blocks.
+    let image_len = 64 << 20;
+    let server = Observed::start(synthetic(image_len, 5, 0.0), |c| {
+        c.idle_timeout = idle_timeout;
+    });
+    let (mut urgent, _urgent_tx, session) = raw_session(&server.endpoint);
+    // The background connection joins the session, and is never read.
+    let mut background = TcpStream::connect(server.addr()).expect("connect");
+    background
+        .write_all(&hello(Role::Background, session))
+        .expect("background hello");
+    // Another session is served meanwhile.
+    let other = {
+        let endpoint = server.endpoint.clone();
+        std::thread::spawn(move || served_at(&endpoint))
+    };
+    let cut_after = closed_within(&mut urgent, &Limits::new(image_len, PAGE));
+    assert!(
+        cut_after >= idle_timeout && cut_after < idle_timeout + Duration::from_secs(5),
+        "session cut after {cut_after:?}"
+    );
+    let report = other.join().expect("the other client");
+    drop(background);
+    server.wait_idle();
+    eprintln!(
+        "stalled session cut after {cut_after:?} (--idle-timeout {idle_timeout:?}); the other client verified ({} reconnects)",
+        report.reconnects
+    );
+}
+
+#[test]
+fn silent_urgent_connection_is_cut_only_when_nothing_is_left_to_send() {
+    let idle_timeout = Duration::from_millis(500);
+    let image_len = 1 << 20;
+    let server = Observed::start(synthetic(image_len, 6, 0.1), |c| {
+        c.idle_timeout = idle_timeout;
+    });
+    let limits = Limits::new(image_len, PAGE);
+    let (mut reader, mut writer, _) = raw_session(&server.endpoint);
+    // Silent for four idle timeouts with pages left to send (no background connection):
+    // kept, since the client may fault at any moment.
+    std::thread::sleep(idle_timeout * 4);
+    // Then it asks for every page, and gets them all.
+    writer
+        .send(&Frame::Request {
+            offset: 0,
+            len: image_len,
+        })
+        .expect("the connection is still open");
+    let mut pages = 0;
+    while pages < image_len / PAGE {
+        pages += match reader.read_frame(&limits).expect("read").expect("a frame") {
+            Frame::Data { bytes, .. } => bytes.len() as u64 / PAGE,
+            Frame::Zero { len, .. } => len / PAGE,
+            other => panic!("unexpected {other:?}"),
+        };
+    }
+    // Nothing is left to send now: silence is cut after the idle timeout.
+    let cut_after = closed_within(&mut reader, &limits);
+    assert!(
+        cut_after < idle_timeout + Duration::from_secs(3),
+        "cut after {cut_after:?}"
+    );
+    server.wait_idle();
+}
+
+#[test]
+fn fault_client_across_idle_timeouts() {
+    if !common::have_uffd() {
+        return;
+    }
+    use fault_client::client::{Client, ClientOptions};
+    let idle_timeout = Duration::from_millis(300);
+    let server = Observed::start(synthetic(8 << 20, 7, 0.1), |c| {
+        c.idle_timeout = idle_timeout;
+    });
+    let image = Image::synthetic(8 << 20, 7, 0.1, PAGE).expect("the same image");
+    let page = |client: &Client, p: u64| {
+        client.touch(p);
+        let addr = client.pager().page_addr(p) as *const u8;
+        // SAFETY: page `p` is present (just touched) in the client's region, which lives as
+        // long as the client; nothing writes it.
+        unsafe { std::slice::from_raw_parts(addr, PAGE as usize) == image.slice(p * PAGE, PAGE) }
+    };
+    // On demand only, silent for ten idle timeouts between two faults: never cut.
+    let mut options = ClientOptions::new(server.endpoint.clone());
+    options.background = false;
+    let client = Client::open(&options).expect("client");
+    assert!(page(&client, 1));
+    std::thread::sleep(idle_timeout * 10);
+    assert!(page(&client, 2000));
+    assert_eq!(
+        client.pager().counters.reconnects.load(Ordering::Relaxed),
+        0
+    );
+    client.close().expect("close");
+    // With the stream: once everything has arrived the session has nothing left to send and
+    // its silent urgent connection is cut; the client reconnects and resumes, no harm done.
+    let client = Client::open(&ClientOptions::new(server.endpoint.clone())).expect("client");
+    client.wait_complete().expect("the image arrives");
+    eventually("a reconnection", || {
+        client.pager().counters.reconnects.load(Ordering::Relaxed) > 0
+    });
+    assert_eq!(client.pager().fatal(), None);
+    assert!((0..client.pager().pages).all(|p| page(&client, p)));
+    client.close().expect("close");
+    server.wait_idle();
 }
