@@ -413,7 +413,7 @@ fn client_that_stops_reading_its_stream_is_cut_after_the_idle_timeout() {
     };
     let cut_after = closed_within(&mut urgent, &Limits::new(image_len, PAGE));
     assert!(
-        cut_after >= idle_timeout && cut_after < idle_timeout + Duration::from_secs(5),
+        cut_after >= idle_timeout && cut_after < idle_timeout * 3,
         "session cut after {cut_after:?}"
     );
     let report = other.join().expect("the other client");

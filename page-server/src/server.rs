@@ -9,8 +9,9 @@
 //!   at once, without a thread), each for at most `handshake_timeout`;
 //! - sessions: at most `max_sessions`;
 //! - an established connection that makes no progress for `idle_timeout` is closed and its
-//!   session ended: a write that cannot proceed (the client stopped reading), or silence on
-//!   the urgent connection once the session has nothing left to send ([`Inbound`]);
+//!   session ended: a write that cannot proceed (the client stopped reading, [`Outbound`]),
+//!   or silence on the urgent connection once the session has nothing left to send
+//!   ([`Inbound`]);
 //! - TCP keepalive finds peers that vanished without a word ([`keep_alive`]).
 //!
 //! Frames are written with blocking writes and nothing is queued in memory, so a slow reader
@@ -412,6 +413,52 @@ impl Read for Inbound {
     }
 }
 
+/// The write side of a connection. Its socket's SO_SNDTIMEO is the idle timeout: the kernel
+/// ends a write that waited that long for the client to read with EAGAIN or, if it could
+/// move a few bytes first, with a short count. Both mean the client read nothing for that
+/// long, and both are `WouldBlock` here ([`ServeError::Idle`] in the end).
+#[derive(Debug)]
+struct Outbound {
+    conn: Conn,
+    idle: Duration,
+}
+
+impl Outbound {
+    fn new(conn: Conn, idle: Duration) -> io::Result<Outbound> {
+        conn.set_write_timeout(Some(idle))?;
+        Ok(Outbound { conn, idle })
+    }
+
+    /// A write that returned only after the whole timeout made (almost) no progress.
+    fn check(&self, started: Instant, written: io::Result<usize>) -> io::Result<usize> {
+        match written {
+            Ok(_) if started.elapsed() >= self.idle => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the client read nothing for the idle timeout",
+            )),
+            other => other,
+        }
+    }
+}
+
+impl Write for Outbound {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let started = Instant::now();
+        let written = self.conn.write(buf);
+        self.check(started, written)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let started = Instant::now();
+        let written = self.conn.write_vectored(bufs);
+        self.check(started, written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Every page of the session has been claimed by a sender: the client needs nothing more.
 fn nothing_left(session: &Session) -> bool {
     session.sent_pages() >= session.image.pages()
@@ -440,7 +487,10 @@ fn serve_and_close(conn: Conn, shared: &Shared, slot: PendingSlot) {
         _ => return,
     };
     let mut reader = FrameReader::new(Inbound::new(read_half, shared.config.handshake_timeout));
-    let mut writer = FrameWriter::new(conn);
+    let Ok(outbound) = Outbound::new(conn, shared.config.idle_timeout) else {
+        return;
+    };
+    let mut writer = FrameWriter::new(outbound);
     match serve_connection(shared, &mut reader, &mut writer, tracked, slot) {
         Ok(()) => tracing::debug!(%peer, "connection closed"),
         Err(err) => {
@@ -448,13 +498,13 @@ fn serve_and_close(conn: Conn, shared: &Shared, slot: PendingSlot) {
             tell(&mut writer, &err);
         }
     }
-    if let Ok(mut conn) = writer.get_ref().try_clone() {
+    if let Ok(mut conn) = writer.get_ref().conn.try_clone() {
         conn.linger_close(1 << 20, Duration::from_millis(200));
     }
 }
 
 /// Sends the error frame for `err`, if the client should hear about it.
-fn tell(writer: &mut FrameWriter<Conn>, err: &ServeError) {
+fn tell(writer: &mut FrameWriter<Outbound>, err: &ServeError) {
     if let Some(code) = err.code() {
         let message = err.to_string();
         let _ = writer.send(&Frame::Error {
@@ -467,7 +517,7 @@ fn tell(writer: &mut FrameWriter<Conn>, err: &ServeError) {
 fn serve_connection(
     shared: &Shared,
     reader: &mut FrameReader<Inbound>,
-    writer: &mut FrameWriter<Conn>,
+    writer: &mut FrameWriter<Outbound>,
     tracked: Conn,
     slot: PendingSlot,
 ) -> Result<(), ServeError> {
@@ -501,7 +551,7 @@ fn serve_connection(
         }
     };
     session.track(tracked);
-    tune_socket(writer.get_ref(), hello.role);
+    tune_socket(&writer.get_ref().conn, hello.role);
     // The handshake is over: from now on, no progress for the idle timeout ends the session.
     // (No `?` from here on: the session is registered, and the code below unregisters it.)
     drop(slot);
@@ -514,10 +564,9 @@ fn serve_connection(
         Role::Background => ReadLimit::None,
     };
     let want_sums = hello.flags & proto::HELLO_WANT_CHECKSUMS != 0;
-    let welcomed = writer
+    let welcomed = reader
         .get_ref()
-        .set_write_timeout(Some(idle_timeout))
-        .and_then(|()| reader.get_ref().set_limit(limit))
+        .set_limit(limit)
         .map_err(ServeError::from)
         .and_then(|()| welcome(shared, writer, &session, want_sums));
     let result = match hello.role {
@@ -533,7 +582,7 @@ fn serve_connection(
             } else if let Err(err) = &r {
                 tracing::info!(session = session.id, "closing session: {err}");
                 tell(writer, err);
-                if let Ok(mut conn) = writer.get_ref().try_clone() {
+                if let Ok(mut conn) = writer.get_ref().conn.try_clone() {
                     conn.linger_close(1 << 20, Duration::from_millis(200));
                 }
             }
@@ -569,7 +618,7 @@ fn serve_connection(
 /// Sends the welcome, and the checksums if asked for.
 fn welcome(
     shared: &Shared,
-    writer: &mut FrameWriter<Conn>,
+    writer: &mut FrameWriter<Outbound>,
     session: &Session,
     want_sums: bool,
 ) -> Result<(), ServeError> {
@@ -699,7 +748,7 @@ fn read_have(reader: &mut FrameReader<Inbound>, shared: &Shared) -> Result<Vec<u
     Ok(have)
 }
 
-fn send_checksums(writer: &mut FrameWriter<Conn>, image: &Image) -> Result<(), ServeError> {
+fn send_checksums(writer: &mut FrameWriter<Outbound>, image: &Image) -> Result<(), ServeError> {
     let per_frame = (proto::MAX_PAYLOAD - 8) / 8;
     for (i, sums) in image.checksums().chunks(per_frame).enumerate() {
         let raw = proto::encode_u64s(sums.iter().copied());
