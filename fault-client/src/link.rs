@@ -34,6 +34,8 @@ pub struct LinkConfig {
     pub background: bool,
     /// Give up reconnecting after this long (zero: fail at the first loss).
     pub reconnect_timeout: Duration,
+    /// Cap on the background connection's receive window (`TCP_WINDOW_CLAMP`).
+    pub background_window: Option<u32>,
 }
 
 /// One generation of connections.
@@ -80,6 +82,12 @@ fn install(
     let mut receivers = Vec::new();
     let background = if config.background {
         let bg = connect::connect(&config.server, Role::Background, &config.params, false)?;
+        if let Some(bytes) = config.background_window {
+            bg.reader
+                .get_ref()
+                .clamp_receive_window(bytes)
+                .map_err(WireError::Io)?;
+        }
         conns.push(bg.writer.get_ref().try_clone().map_err(WireError::Io)?);
         Some(bg.reader)
     } else {
@@ -136,6 +144,9 @@ fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
         // to a server that no longer reads, holding the request path's lock.
         current.close();
         *pager.lock_urgent() = None;
+        // Forget this loss now, before the next generation starts: a loss that generation
+        // reports (its server may drop it at once) must stay reported, not be cleared after.
+        pager.clear_lost();
         if config.reconnect_timeout.is_zero() {
             return pager.fail(why);
         }
@@ -166,7 +177,6 @@ fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
             }
         };
         pager.counters.reconnects.fetch_add(1, Ordering::Relaxed);
-        pager.clear_lost();
         tracing::info!("reconnected after {:?}", started.elapsed());
         current = next;
     }
