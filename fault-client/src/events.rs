@@ -111,6 +111,9 @@ fn serve_child(pager: &Pager, child: Userfaultfd) {
     while !pager.stopping() {
         match child.wait_readable(std::time::Duration::from_millis(100)) {
             Ok(true) => {}
+            // Quiet: stop serving once the child has exited (this thread and the child's
+            // descriptor would otherwise live until the run ends).
+            Ok(false) if child.owner_exited(pager.memory.addr()) => return,
             Ok(false) => continue,
             Err(_) => return,
         }

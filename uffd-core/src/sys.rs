@@ -17,7 +17,9 @@ use userfaultfd_sys as uapi;
 /// The ioctl "type" byte of every userfaultfd ioctl.
 const UFFDIO: u8 = 0xAA;
 
-pub use uapi::{uffdio_api, uffdio_continue, uffdio_copy, uffdio_range, uffdio_zeropage};
+pub use uapi::{
+    uffdio_api, uffdio_continue, uffdio_copy, uffdio_range, uffdio_writeprotect, uffdio_zeropage,
+};
 
 /// `struct uffdio_move` (Linux 6.8). Not in the bindings generated from older headers.
 #[repr(C)]
@@ -192,6 +194,7 @@ mod ioctls {
     nix::ioctl_readwrite!(move_, UFFDIO, 0x05, uffdio_move);
     nix::ioctl_readwrite!(continue_, UFFDIO, 0x07, uffdio_continue);
     nix::ioctl_readwrite!(poison, UFFDIO, 0x08, uffdio_poison);
+    nix::ioctl_readwrite!(writeprotect, UFFDIO, 0x06, uffdio_writeprotect);
     // UFFDIO_WAKE is declared _IOR in the uapi header (0x8010AA02), although the kernel
     // only reads the range: the direction bits must match or the ioctl is EINVAL.
     nix::ioctl_read!(wake, UFFDIO, 0x02, uffdio_range);
@@ -308,6 +311,17 @@ pub fn poison(fd: RawFd, start: u64, len: u64, mode: u64) -> RangeAnswer {
         result,
         progress: arg.updated,
     }
+}
+
+/// UFFDIO_WRITEPROTECT: set (`mode` `UFFDIO_WRITEPROTECT_MODE_WP`) or clear (mode 0) write
+/// protection on a range registered for WP faults.
+pub fn writeprotect(fd: RawFd, start: u64, len: u64, mode: u64) -> Result<(), Errno> {
+    let mut arg = uffdio_writeprotect {
+        range: uffdio_range { start, len },
+        mode,
+    };
+    // SAFETY: `arg` is a valid `uffdio_writeprotect`; the kernel validates the range itself.
+    unsafe { ioctls::writeprotect(fd, &mut arg) }.map(drop)
 }
 
 /// UFFDIO_WAKE: wake the threads waiting on faults in a range.

@@ -318,6 +318,17 @@ impl Userfaultfd {
         result.map_err(UffdError::Read)
     }
 
+    /// True once the process whose memory this descriptor serves has exited (its address
+    /// space is gone). A userfaultfd has no end-of-file for this: reads just find nothing.
+    /// The probe is an UFFDIO_WRITEPROTECT that clears protection on one page at `addr`
+    /// (a no-op, or ENOENT where the range is not registered for WP) — every such ioctl
+    /// first takes a reference on the address space and answers ESRCH when there is none.
+    pub fn owner_exited(&self, addr: u64) -> bool {
+        let page = crate::region::page_size() as u64;
+        sys::writeprotect(self.raw_fd(), addr / page * page, page, 0)
+            == Err(nix::errno::Errno::ESRCH)
+    }
+
     /// The raw descriptor, for the ioctls in [`crate::sys`].
     pub fn raw_fd(&self) -> RawFd {
         self.uffd.as_raw_fd()
