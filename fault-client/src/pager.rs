@@ -22,7 +22,10 @@ use hugepage::{Assembler, Backing, Memory, Progress};
 
 use crate::events::Move;
 use uffd_core::place::Stop;
-use uffd_core::{Conn, Event, Frame, FrameReader, FrameWriter, Limits, PageBitmap, Userfaultfd};
+use uffd_core::{
+    BatchReader, Conn, Event, Frame, FrameBatch, FrameReader, FrameWriter, Limits, PageBitmap,
+    Userfaultfd,
+};
 
 /// Counters of a run (all monotonic).
 #[derive(Debug, Default)]
@@ -447,7 +450,7 @@ pub fn handle_faults(pager: &Arc<Pager>) {
 /// after reading the events.
 fn handle_fault(pager: &Pager, addr: u64, local: &mut Option<Placer>) -> Result<bool, String> {
     let Some(page) = pager.image_page(addr) else {
-        return Ok(true); // not ours (an old, moved-away range): nothing to do
+        return zero_outside_image(pager, addr);
     };
     let unit_pages = (pager.memory.request_unit() / pager.page).max(1);
     if let Some(trace) = &pager.trace {
@@ -486,37 +489,47 @@ fn handle_fault(pager: &Pager, addr: u64, local: &mut Option<Placer>) -> Result<
     Ok(true)
 }
 
+/// A fault in the registered range but outside the image: the part an `mremap` grew the
+/// region by (the kernel keeps the registration on the extension). Without userfaultfd that
+/// memory would read as zero, so it does here. Returns false to retry later (an event is
+/// pending).
+fn zero_outside_image(pager: &Pager, addr: u64) -> Result<bool, String> {
+    let backing = pager.memory.backing();
+    let huge = matches!(backing, Backing::Hugetlb2M | Backing::Hugetlb1G);
+    // hugetlbfs has no UFFDIO_ZEROPAGE: a whole huge page of zeros is copied instead.
+    let size = if huge { backing.unit() } else { pager.page };
+    let at = addr / size * size;
+    let zeros;
+    let source = if huge {
+        zeros = vec![0u8; size as usize];
+        uffd_core::Source::Bytes(&zeros)
+    } else {
+        uffd_core::Source::Zero(size)
+    };
+    let filled =
+        uffd_core::place::fill(&pager.uffd, at, source, size).map_err(|e| e.to_string())?;
+    Ok(filled.stopped != Some(Stop::Retry))
+}
+
 /// Batches in flight between the background reader and its placer.
 const PIPELINE_DEPTH: usize = 4;
-/// Bytes of frames per batch (plus room for one largest frame).
+/// Bytes read into a batch at most (it also holds at least one largest frame).
 const BATCH_BYTES: usize = 1 << 20;
-/// The socket is read through a buffer of this size: one `read(2)` brings many frames.
-const READ_BUFFER: usize = 1 << 20;
-
-/// A batch of frames read from the background connection: their headers and where each
-/// payload starts in the buffer.
-struct Batch {
-    frames: Vec<(uffd_core::proto::Header, usize)>,
-    buf: Vec<u8>,
-}
 
 /// The background receiver, as a two-stage pipeline: this thread reads frames while a placer
 /// thread places the previous ones, so that receiving (a copy out of the socket) and placing
 /// (page allocation and UFFDIO_COPY) run on two CPUs at once. Frames travel between the two
-/// in batches of up to 1 MiB: every hand-over may cost a cross-CPU wake-up, tens of
+/// in batches of up to 1 MiB, read from the socket straight into the batch (a
+/// [`uffd_core::BatchReader`]): every hand-over may cost a cross-CPU wake-up, tens of
 /// microseconds on a VM, so handing over each 64 KiB frame alone would cost more than the
-/// placement. A batch is handed over as soon as no further frame is already buffered, so a
+/// placement. A batch is handed over as soon as the socket has nothing more buffered, so a
 /// slow stream is never held back.
 pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u64) {
     use std::sync::mpsc;
-    let max = pager.limits.max_payload;
-    let (full_tx, full_rx) = mpsc::sync_channel::<Batch>(PIPELINE_DEPTH);
-    let (free_tx, free_rx) = mpsc::sync_channel::<Batch>(PIPELINE_DEPTH);
+    let (full_tx, full_rx) = mpsc::sync_channel::<FrameBatch>(PIPELINE_DEPTH);
+    let (free_tx, free_rx) = mpsc::sync_channel::<FrameBatch>(PIPELINE_DEPTH);
     for _ in 0..PIPELINE_DEPTH {
-        let _ = free_tx.send(Batch {
-            frames: Vec::new(),
-            buf: vec![0u8; BATCH_BYTES + max],
-        });
+        let _ = free_tx.send(FrameBatch::new(BATCH_BYTES, &pager.limits));
     }
     std::thread::scope(|s| {
         s.spawn(move || {
@@ -548,8 +561,7 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
                         return;
                     }
                 };
-                for &(header, at) in &batch.frames {
-                    let payload = &batch.buf[at..at + header.len as usize];
+                for (header, payload) in batch.frames() {
                     let frame = match uffd_core::Frame::parse(header, payload, &pager.limits) {
                         Ok(frame) => frame,
                         Err(err) => {
@@ -572,55 +584,41 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
                 }
             }
         });
-        let mut reader = FrameReader::new(std::io::BufReader::with_capacity(
-            READ_BUFFER,
-            reader.into_inner(),
-        ));
+        let mut reader = BatchReader::new(reader.into_inner());
         let mut last_bytes = 0;
         // The end frame may still be in the placer's queue when the server closes.
         let mut saw_end = false;
-        'batches: for mut batch in free_rx.iter() {
-            batch.frames.clear();
-            let mut at = 0;
-            loop {
-                let header = match reader.read_raw(&mut batch.buf[at..], &pager.limits) {
-                    Ok(Some(header)) => header,
-                    Ok(None) => {
-                        if !saw_end {
-                            pager.lost(
-                                generation,
-                                "the page server closed the background connection".into(),
-                            );
-                        }
-                        let _ = full_tx.send(batch);
-                        break 'batches;
-                    }
-                    Err(err) => {
-                        pager.lost(
-                            generation,
-                            format!("background connection to the page server failed: {err}"),
-                        );
-                        let _ = full_tx.send(batch);
-                        break 'batches;
-                    }
-                };
-                batch.frames.push((header, at));
-                at += header.len as usize;
-                saw_end |= header.kind == uffd_core::proto::Kind::End;
-                // Another frame is already here and fits: keep filling this batch.
-                let buffered = reader.get_ref().buffer().len();
-                if buffered < uffd_core::proto::HEADER_LEN || at + max > batch.buf.len() {
-                    break;
-                }
-            }
+        for mut batch in free_rx.iter() {
+            let result = reader.fill(&mut batch, &pager.limits);
+            saw_end |= batch
+                .frames()
+                .any(|(header, _)| header.kind == uffd_core::proto::Kind::End);
             let bytes = reader.bytes_read();
             pager
                 .counters
                 .bytes_received
                 .fetch_add(bytes - last_bytes, Ordering::Relaxed);
             last_bytes = bytes;
-            if full_tx.send(batch).is_err() {
-                break;
+            let lost = match result {
+                Ok(true) => None,
+                Ok(false) if saw_end => Some(None),
+                Ok(false) => Some(Some(
+                    "the page server closed the background connection".to_string(),
+                )),
+                Err(err) => Some(Some(format!(
+                    "background connection to the page server failed: {err}"
+                ))),
+            };
+            // Whole frames read before an error are placed all the same.
+            let sent = full_tx.send(batch).is_ok();
+            match lost {
+                Some(Some(why)) => {
+                    pager.lost(generation, why);
+                    break;
+                }
+                Some(None) => break,
+                None if !sent => break,
+                None => {}
             }
         }
         drop(full_tx);

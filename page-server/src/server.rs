@@ -274,61 +274,36 @@ fn refuse(conn: Conn, max_pending: usize) {
 /// cable pulled) is found after about two minutes of silence, and its blocked reader fails
 /// instead of holding its thread (and session) for ever. Best effort, like `tune_socket`.
 fn keep_alive(conn: &Conn) {
-    let Conn::Tcp(stream) = conn else { return };
     // First probe after 60 s of silence, then every 10 s; 6 unanswered probes end it.
-    set_int_option(
-        stream,
+    set_option(
+        conn,
         libc::SOL_SOCKET,
         libc::SO_KEEPALIVE,
         1,
         "SO_KEEPALIVE",
     );
-    set_int_option(
-        stream,
+    set_option(
+        conn,
         libc::IPPROTO_TCP,
         libc::TCP_KEEPIDLE,
         60,
         "TCP_KEEPIDLE",
     );
-    set_int_option(
-        stream,
+    set_option(
+        conn,
         libc::IPPROTO_TCP,
         libc::TCP_KEEPINTVL,
         10,
         "TCP_KEEPINTVL",
     );
-    set_int_option(
-        stream,
-        libc::IPPROTO_TCP,
-        libc::TCP_KEEPCNT,
-        6,
-        "TCP_KEEPCNT",
-    );
+    set_option(conn, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6, "TCP_KEEPCNT");
 }
 
-/// `setsockopt` of an int option; a failure is only logged (at debug): these options tune,
-/// the connection works without them.
-fn set_int_option(
-    stream: &std::net::TcpStream,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-    what: &str,
-) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the descriptor is a live socket owned by `stream`; the option value is a c_int
-    // whose size is passed along, and the kernel only reads it.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        tracing::debug!(what, "setsockopt failed: {}", io::Error::last_os_error());
+/// Sets an int socket option; a failure is only logged (at debug): these options tune, the
+/// connection works without them.
+fn set_option(conn: &Conn, level: libc::c_int, name: libc::c_int, value: libc::c_int, what: &str) {
+    if let Err(err) = conn.set_int_option(level, name, value) {
+        tracing::debug!(what, "setsockopt failed: {err}");
     }
 }
 
@@ -788,49 +763,13 @@ impl ServeError {
 ///   likewise an urgent answer counts as sent only when it is nearly on the wire.
 /// - `IP_TOS` low-delay on the urgent connection, so a priority-aware queue sends it first.
 fn tune_socket(conn: &Conn, role: Role) {
-    use std::os::fd::AsRawFd;
-    let Conn::Tcp(stream) = conn else { return };
-    let fd = stream.as_raw_fd();
-    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int, what: &str| {
-        // SAFETY: `fd` is a live socket owned by `stream`; the option value is a c_int whose
-        // size is passed along, and the kernel only reads it.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            tracing::debug!(
-                what,
-                "setsockopt failed: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    };
+    let (lowat, what) = (libc::TCP_NOTSENT_LOWAT, "TCP_NOTSENT_LOWAT");
     match role {
-        Role::Background => set(
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            128 << 10,
-            "TCP_NOTSENT_LOWAT",
-        ),
+        Role::Background => set_option(conn, libc::IPPROTO_TCP, lowat, 128 << 10, what),
         Role::Urgent => {
-            set(
-                libc::IPPROTO_TCP,
-                libc::TCP_NOTSENT_LOWAT,
-                64 << 10,
-                "TCP_NOTSENT_LOWAT",
-            );
-            set(
-                libc::IPPROTO_IP,
-                libc::IP_TOS,
-                libc::c_int::from(libc::IPTOS_LOWDELAY),
-                "IP_TOS",
-            );
+            set_option(conn, libc::IPPROTO_TCP, lowat, 64 << 10, what);
+            let lowdelay = libc::c_int::from(libc::IPTOS_LOWDELAY);
+            set_option(conn, libc::IPPROTO_IP, libc::IP_TOS, lowdelay, "IP_TOS");
         }
     }
 }

@@ -36,7 +36,9 @@ pub use proto::{Frame, Limits, ProtoError};
 pub use region::{page_size, Region};
 pub use stats::{Latency, Summary};
 pub use uffd::{Event, Modes, Userfaultfd};
-pub use wire::{Conn, Endpoint, FrameReader, FrameWriter, Listener, WireError};
+pub use wire::{
+    BatchReader, Conn, Endpoint, FrameBatch, FrameReader, FrameWriter, Listener, WireError,
+};
 
 /// Content checksum of one page, as the protocol carries it (xxh3-64).
 pub fn checksum(page: &[u8]) -> u64 {

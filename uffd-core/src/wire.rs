@@ -118,6 +118,50 @@ impl Conn {
         };
     }
 
+    /// Caps the receive window this end advertises, so the peer has at most about `bytes`
+    /// unacknowledged on this connection. On a bottleneck with one FIFO queue this bounds
+    /// what a bulk connection keeps queued there in front of other connections' packets;
+    /// below the path's bandwidth-delay product it costs throughput. Two options:
+    /// `SO_RCVBUF` (which also stops the kernel's receive-buffer autotuning — autotuning
+    /// would otherwise raise the clamp again as the connection speeds up) and
+    /// `TCP_WINDOW_CLAMP`. Unix sockets have no window: nothing to do.
+    pub fn clamp_receive_window(&self, bytes: u32) -> io::Result<()> {
+        let value = libc::c_int::try_from(bytes)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "window too large"))?;
+        self.set_int_option(libc::SOL_SOCKET, libc::SO_RCVBUF, value)?;
+        self.set_int_option(libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, value)
+    }
+
+    /// `setsockopt(2)` of an `int` option (`level`, `name`) on a TCP connection; Unix sockets
+    /// are left alone (the options used here are TCP and IP ones).
+    pub fn set_int_option(
+        &self,
+        level: libc::c_int,
+        name: libc::c_int,
+        value: libc::c_int,
+    ) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let Conn::Tcp(stream) = self else {
+            return Ok(());
+        };
+        // SAFETY: the fd is the live socket `stream` owns; `value` is a c_int, the length
+        // passed is its size, and the kernel only reads it.
+        let rc = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
     /// Closes after an error frame without losing it: stops writing, then reads and discards
     /// what the peer still sends (up to `limit`, for at most `timeout`), so that closing with
     /// unread input does not make the kernel answer with a reset that destroys the error frame
@@ -306,20 +350,6 @@ impl<R: Read> FrameReader<R> {
         self.bytes_read += (HEADER_LEN + payload.len()) as u64;
         Ok(Some(Frame::parse(header, payload, limits)?))
     }
-
-    /// Reads the next frame's header and payload into `payload` (which must be at least
-    /// `limits.max_payload` long) without parsing it, so another thread can parse and use it
-    /// ([`Frame::parse`] on `&payload[..header.len]`). `Ok(None)` on a clean end of stream.
-    pub fn read_raw(&mut self, payload: &mut [u8], limits: &Limits) -> Result<Option<Header>> {
-        let mut head = [0u8; HEADER_LEN];
-        if !read_full(&mut self.inner, &mut head, true)? {
-            return Ok(None);
-        }
-        let header = Header::parse(head, limits.max_payload.min(payload.len()))?;
-        read_full(&mut self.inner, &mut payload[..header.len as usize], false)?;
-        self.bytes_read += (HEADER_LEN + header.len as usize) as u64;
-        Ok(Some(header))
-    }
 }
 
 /// Fills `buf`. Returns false if the stream ended before the first byte and `eof_ok`.
@@ -335,6 +365,140 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8], eof_ok: bool) -> Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// Frames read in bulk, for a receiver that hands them to another thread: the raw bytes of
+/// whole frames in one buffer, and where each frame's payload starts.
+#[derive(Debug)]
+pub struct FrameBatch {
+    buf: Vec<u8>,
+    /// Bytes of `buf` holding whole frames.
+    len: usize,
+    frames: Vec<(Header, usize)>,
+}
+
+impl FrameBatch {
+    /// An empty batch that reads up to `bytes` at a time (raised to hold one largest frame).
+    pub fn new(bytes: usize, limits: &Limits) -> FrameBatch {
+        FrameBatch {
+            buf: vec![0; bytes.max(HEADER_LEN + limits.max_payload)],
+            len: 0,
+            frames: Vec::new(),
+        }
+    }
+
+    /// The frames, in order: each header with its (unparsed) payload, to give to
+    /// [`Frame::parse`].
+    pub fn frames(&self) -> impl Iterator<Item = (Header, &[u8])> + '_ {
+        self.frames
+            .iter()
+            .map(|&(header, at)| (header, &self.buf[at..at + header.len as usize]))
+    }
+
+    /// Number of frames.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// True when the batch holds no frame.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Bytes of the frames, headers included.
+    pub fn bytes(&self) -> usize {
+        self.len
+    }
+}
+
+/// Reads frames in bulk into [`FrameBatch`]es: each `read(2)` asks for as much as the batch
+/// can hold, straight into the batch's buffer, so a payload is copied once (out of the
+/// socket) and never again in user space. A frame cut by the end of a read is carried over
+/// to the next batch.
+#[derive(Debug)]
+pub struct BatchReader<R> {
+    inner: R,
+    /// The start of a frame read past the last whole frame of the previous batch.
+    carry: Vec<u8>,
+    bytes_read: u64,
+}
+
+impl<R: Read> BatchReader<R> {
+    /// Wraps a stream.
+    pub fn new(inner: R) -> Self {
+        BatchReader {
+            inner,
+            carry: Vec::new(),
+            bytes_read: 0,
+        }
+    }
+
+    /// Bytes of whole frames delivered so far (headers included).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
+    /// Refills `batch` with at least one whole frame, and with every further whole frame the
+    /// stream already has ready: it returns as soon as a read comes back short (the stream has
+    /// nothing more buffered), so a slow stream is never held back. `Ok(false)` on a clean end
+    /// of stream between frames, with the batch empty. On an error the batch still holds the
+    /// whole frames read before it.
+    pub fn fill(&mut self, batch: &mut FrameBatch, limits: &Limits) -> Result<bool> {
+        batch.frames.clear();
+        let mut filled = self.carry.len();
+        batch.buf[..filled].copy_from_slice(&self.carry);
+        self.carry.clear();
+        let mut parsed = 0;
+        let result = loop {
+            let room = batch.buf.len() - filled;
+            let n = match self.inner.read(&mut batch.buf[filled..]) {
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => break Err(err.into()),
+            };
+            if n == 0 {
+                break match (filled == parsed, batch.frames.is_empty()) {
+                    (true, true) => Ok(false),
+                    (true, false) => Ok(true),
+                    (false, _) => Err(WireError::TruncatedFrame),
+                };
+            }
+            filled += n;
+            match split_frames(&batch.buf[..filled], parsed, limits, &mut batch.frames) {
+                Ok(at) => parsed = at,
+                Err(err) => break Err(err.into()),
+            }
+            // A batch can always hold one whole frame, so a full buffer has at least one.
+            if !batch.frames.is_empty() && (n < room || filled == batch.buf.len()) {
+                break Ok(true);
+            }
+        };
+        batch.len = parsed;
+        self.bytes_read += parsed as u64;
+        self.carry.extend_from_slice(&batch.buf[parsed..filled]);
+        result
+    }
+}
+
+/// Lists the whole frames of `buf` from offset `from` in `frames`; returns where the first
+/// incomplete frame starts.
+fn split_frames(
+    buf: &[u8],
+    mut from: usize,
+    limits: &Limits,
+    frames: &mut Vec<(Header, usize)>,
+) -> std::result::Result<usize, ProtoError> {
+    while let Some(head) = buf.get(from..from + HEADER_LEN) {
+        let head: [u8; HEADER_LEN] = head.try_into().expect("a header's length");
+        let header = Header::parse(head, limits.max_payload)?;
+        let end = from + HEADER_LEN + header.len as usize;
+        if end > buf.len() {
+            break;
+        }
+        frames.push((header, from + HEADER_LEN));
+        from = end;
+    }
+    Ok(from)
 }
 
 /// Writes frames to a stream, each one completely before returning.
@@ -459,5 +623,124 @@ mod tests {
             reader.read_frame(&Limits::new(1 << 20, 4096)),
             Err(WireError::TruncatedFrame)
         ));
+    }
+
+    /// A stream that returns at most the next size in `pieces` per read (cycling).
+    struct Pieces {
+        data: Vec<u8>,
+        at: usize,
+        pieces: Vec<usize>,
+        turn: usize,
+    }
+
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let piece = self.pieces[self.turn % self.pieces.len()];
+            self.turn += 1;
+            let n = piece.min(buf.len()).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    fn encoded(frames: &[Frame<'_>]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        for frame in frames {
+            frame.encode(&mut out);
+        }
+        out.to_vec()
+    }
+
+    fn frames_of(reader: &mut BatchReader<Pieces>, batch_bytes: usize) -> Result<Vec<Vec<u8>>> {
+        let limits = Limits::new(1 << 20, 4096);
+        let mut batch = FrameBatch::new(batch_bytes, &limits);
+        let mut out = Vec::new();
+        while reader.fill(&mut batch, &limits)? {
+            assert!(!batch.is_empty(), "a filled batch holds a frame");
+            for (header, payload) in batch.frames() {
+                let frame = Frame::parse(header, payload, &limits)?;
+                out.push(encoded(&[frame]));
+            }
+        }
+        Ok(out)
+    }
+
+    proptest::proptest! {
+        /// Whatever sizes the reads come back in, batches deliver every frame once, whole
+        /// and in order, and count exactly their bytes.
+        #[test]
+        fn batches_deliver_every_frame(
+            sizes in proptest::collection::vec(0usize..40, 1..60),
+            pieces in proptest::collection::vec(1usize..70_000, 1..8),
+            batch_bytes in 1usize..300_000,
+        ) {
+            let pages: Vec<Vec<u8>> =
+                sizes.iter().enumerate().map(|(i, &n)| vec![i as u8; n * 4096]).collect();
+            let frames: Vec<Frame<'_>> = pages
+                .iter()
+                .enumerate()
+                .map(|(i, bytes)| {
+                    if bytes.is_empty() {
+                        Frame::Zero { offset: i as u64 * 4096, len: 4096 }
+                    } else {
+                        Frame::Data { offset: i as u64 * 4096, bytes }
+                    }
+                })
+                .collect();
+            let data = encoded(&frames);
+            let total = data.len() as u64;
+            let mut reader = BatchReader::new(Pieces { data, at: 0, pieces, turn: 0 });
+            let got = frames_of(&mut reader, batch_bytes).expect("frames");
+            let want: Vec<Vec<u8>> = frames.iter().map(|f| encoded(std::slice::from_ref(f))).collect();
+            proptest::prop_assert_eq!(got, want);
+            proptest::prop_assert_eq!(reader.bytes_read(), total);
+        }
+    }
+
+    #[test]
+    fn batch_reader_reports_truncation_and_bad_headers() {
+        let page = vec![7u8; 4096];
+        let mut data = encoded(&[
+            Frame::Data {
+                offset: 0,
+                bytes: &page,
+            },
+            Frame::End,
+        ]);
+        data.truncate(data.len() - 1);
+        let mut reader = BatchReader::new(Pieces {
+            data,
+            at: 0,
+            pieces: vec![1000],
+            turn: 0,
+        });
+        assert!(matches!(
+            frames_of(&mut reader, 1 << 20),
+            Err(WireError::TruncatedFrame)
+        ));
+
+        let mut data = encoded(&[Frame::Data {
+            offset: 0,
+            bytes: &page,
+        }]);
+        data.extend_from_slice(&[0xff; 64]);
+        let mut reader = BatchReader::new(Pieces {
+            data,
+            at: 0,
+            pieces: vec![1 << 20],
+            turn: 0,
+        });
+        let limits = Limits::new(1 << 20, 4096);
+        let mut batch = FrameBatch::new(1 << 20, &limits);
+        assert!(matches!(
+            reader.fill(&mut batch, &limits),
+            Err(WireError::Proto(_))
+        ));
+        assert_eq!(
+            batch.len(),
+            1,
+            "the whole frame before the bad header is kept"
+        );
     }
 }
