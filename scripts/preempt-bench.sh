@@ -23,6 +23,8 @@
 #                      ends before the background stream, so elapsed_s is the transfer time)
 #   --chunks "A B"     extra thp-preempt chunk sizes (default "16KiB 256KiB"; "" for none)
 #   --server-env "K=V ..."  environment for page-server (experiments)
+#   --client-args "ARGS"    more `fault-client run` arguments for every run
+#                      (e.g. --client-args "--background-window 128KiB")
 #   --nice N           run server and client at this niceness (default -5; 0 to disable):
 #                      on a small shared machine, other jobs' CPU use otherwise shows up
 #                      as scheduling delay in the fault latency
@@ -37,7 +39,7 @@ set -Eeuo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NETLAB="$ROOT/scripts/netlab.sh"
 ROUNDS=3 SIZE=1GiB RATE=1gbit LAB_ARGS="" THREADS=1 TOUCH=0.002 CHUNKS="16KiB 256KiB"
-SERVER_ENV="" NICE=-5 TIMEOUT=60 OUT="" BUILD=1
+SERVER_ENV="" CLIENT_ARGS="" NICE=-5 TIMEOUT=60 OUT="" BUILD=1
 while [ $# -gt 0 ]; do
   case $1 in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -48,6 +50,7 @@ while [ $# -gt 0 ]; do
     --touch) TOUCH=$2; shift 2 ;;
     --chunks) CHUNKS=$2; shift 2 ;;
     --server-env) SERVER_ENV=$2; shift 2 ;;
+    --client-args) CLIENT_ARGS=$2; shift 2 ;;
     --nice) NICE=$2; shift 2 ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
@@ -110,9 +113,10 @@ run() {
   grep -q '^listening on' "$log" || { echo "page-server did not start:" >&2; cat "$log" >&2; exit 1; }
   local d0 rc=0
   d0=$(drops)
+  # shellcheck disable=SC2086
   timeout -s KILL "$TIMEOUT" "${NICE_CMD[@]}" "$NETLAB" run-client run \
     --server "10.77.0.1:$PORT" --backing "$backing" --workload random \
-    --threads "$THREADS" --touch "$TOUCH" --seed 1 --json >"$json" 2>"$OUT/runs/$name.client.err" || rc=$?
+    --threads "$THREADS" --touch "$TOUCH" --seed 1 --json $CLIENT_ARGS >"$json" 2>"$OUT/runs/$name.client.err" || rc=$?
   local d1
   d1=$(drops)
   kill -TERM "$SERVER_PID" 2>/dev/null || true
@@ -147,7 +151,7 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$OUT" "$ROUNDS $SIZE threads=$THREADS touch=$TOUCH rate=$RATE lab='$LAB_ARGS' server-env='$SERVER_ENV'" <<'EOF' | tee "$OUT/summary.md"
+python3 - "$OUT" "$ROUNDS $SIZE threads=$THREADS touch=$TOUCH rate=$RATE lab='$LAB_ARGS' server-env='$SERVER_ENV' client-args='$CLIENT_ARGS'" <<'EOF' | tee "$OUT/summary.md"
 import json, os, sys, statistics as st
 out, conf = sys.argv[1], sys.argv[2]
 runs = {}

@@ -117,6 +117,21 @@ pub struct RunArgs {
     /// the background stream fills the region). For workloads that prefer an error to a wait.
     #[arg(long)]
     pub fail_fast: bool,
+    /// Cap the background connection's TCP receive window at SIZE (TCP_WINDOW_CLAMP): at
+    /// most SIZE of background data is in flight, so where the bottleneck is one FIFO queue
+    /// (a shaped link, a switch port) an urgent answer waits behind at most SIZE of it. Keep
+    /// SIZE above the link's bandwidth-delay product or the stream slows down. Default: the
+    /// kernel's autotuning.
+    #[arg(long, value_name = "SIZE", value_parser = parse_window)]
+    pub background_window: Option<u32>,
+}
+
+fn parse_window(s: &str) -> Result<u32, String> {
+    match parse_size::parse_size(s) {
+        Ok(n) if (4096..=1 << 30).contains(&n) => Ok(n as u32),
+        Ok(_) => Err(format!("`{s}`: the window must be between 4KiB and 1GiB")),
+        Err(e) => Err(format!("`{s}` is not a size (e.g. 256KiB): {e}")),
+    }
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -142,6 +157,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config.backing = args.backing;
             config.quiet = args.quiet;
             config.fail_fast = args.fail_fast;
+            config.background_window = args.background_window;
             config.hugetlb = args.hugetlb_placement;
             config.reconnect_timeout = std::time::Duration::from_secs(args.reconnect_timeout);
             if let Some(path) = args.token_file {

@@ -76,6 +76,9 @@ pub struct RunConfig {
     pub quiet: bool,
     /// SIGBUS instead of waiting for pages (see [`ClientOptions::fail_fast`]).
     pub fail_fast: bool,
+    /// Cap on the background connection's receive window (see
+    /// [`ClientOptions::background_window`]).
+    pub background_window: Option<u32>,
 }
 
 impl RunConfig {
@@ -97,6 +100,7 @@ impl RunConfig {
             hugetlb: HugetlbPlacement::Copy,
             quiet: false,
             fail_fast: false,
+            background_window: None,
         }
     }
 }
@@ -124,6 +128,11 @@ pub struct ClientOptions {
     pub fail_fast: bool,
     /// Keep reconnecting this long after a connection is lost (zero: fail at once).
     pub reconnect_timeout: Duration,
+    /// Cap the background connection's TCP receive window at this many bytes
+    /// (`TCP_WINDOW_CLAMP`): at most that much background data is in flight, so on a link
+    /// whose bottleneck is one FIFO queue an urgent answer waits behind at most that much.
+    /// None: the kernel's autotuning.
+    pub background_window: Option<u32>,
 }
 
 impl ClientOptions {
@@ -139,6 +148,7 @@ impl ClientOptions {
             hugetlb: HugetlbPlacement::Copy,
             fail_fast: false,
             reconnect_timeout: Duration::from_secs(30),
+            background_window: None,
         }
     }
 }
@@ -215,6 +225,7 @@ impl Client {
                 params,
                 background,
                 reconnect_timeout: options.reconnect_timeout,
+                background_window: options.background_window,
             },
             urgent,
         )?;
@@ -292,6 +303,7 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
         backing: config.backing,
         hugetlb: config.hugetlb,
         fail_fast: config.fail_fast,
+        background_window: config.background_window,
     })?;
     let pager = Arc::clone(client.pager());
     let image_size = client.image_size();
