@@ -223,6 +223,31 @@ fn transfer(c: &mut Criterion) {
             total
         })
     });
+    // Context, not a target: the same raw transfer, but into 1 GiB of memory the process has
+    // never touched, as the paged region is. On a VM, first touches of guest memory can cost
+    // more than the network copy itself (see BENCHMARKS.md).
+    group.bench_function("raw_tcp_into_fresh_memory", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let mut region = vec![0u8; GIB as usize]; // calloc: mapped, not yet touched
+                let start = Instant::now();
+                let mut stream = TcpStream::connect(sender.addr).expect("connect");
+                let mut got = 0usize;
+                while got < GIB as usize {
+                    let end = (got + (64 << 10)).min(GIB as usize);
+                    let n = stream.read(&mut region[got..end]).expect("read");
+                    assert!(n > 0, "sender closed early");
+                    got += n;
+                }
+                let took = start.elapsed();
+                record("raw_tcp_fresh", took);
+                total += took;
+                drop(region);
+            }
+            total
+        })
+    });
     group.finish();
 }
 
@@ -296,6 +321,15 @@ fn print_ratios() {
         json.insert("background_gb_s".into(), gbps(bg).into());
         json.insert("raw_tcp_gb_s".into(), gbps(raw).into());
         json.insert("transfer_ratio".into(), ratio.into());
+    }
+    if let (Some(bg), Some(fresh)) = (p50("background"), p50("raw_tcp_fresh")) {
+        let ratio = fresh.as_secs_f64() / bg.as_secs_f64();
+        println!(
+            "(c) context: raw TCP into never-touched memory {:.2} GB/s; stream / that {:.2}",
+            GIB as f64 / fresh.as_secs_f64() / 1e9,
+            ratio
+        );
+        json.insert("transfer_ratio_fresh_memory".into(), ratio.into());
     }
     let mut paired = PAIRED.lock().unwrap_or_else(|e| e.into_inner()).clone();
     if !paired.is_empty() {
