@@ -70,7 +70,7 @@ impl Drop for ServerChild {
     }
 }
 
-/// Finds a binary of this workspace next to the running one (target/<profile>/), else on PATH.
+/// Finds a binary of this workspace next to the running one (`target/<profile>/`), else on PATH.
 pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let mut dirs: Vec<PathBuf> = me.parent().map(|d| d.to_path_buf()).into_iter().collect();

@@ -9,10 +9,10 @@
 //!   at once, without a thread), each for at most `handshake_timeout`;
 //! - sessions: at most `max_sessions`;
 //! - an established connection that makes no progress for `idle_timeout` is closed and its
-//!   session ended: a write that cannot proceed (the client stopped reading, [`Outbound`]),
+//!   session ended: a write that cannot proceed (the client stopped reading, `Outbound`),
 //!   or silence on the urgent connection once the session has nothing left to send
-//!   ([`Inbound`]);
-//! - TCP keepalive finds peers that vanished without a word ([`keep_alive`]).
+//!   (`Inbound`);
+//! - TCP keepalive finds peers that vanished without a word (`keep_alive`).
 //!
 //! Frames are written with blocking writes and nothing is queued in memory, so a slow reader
 //! costs its socket buffers and its thread, never more.

@@ -17,7 +17,7 @@
 //! - [`wire`]: endpoints, connections, framed reading and writing.
 //! - [`bitmap`]: lock-free page bitmaps (received, requested, sent).
 //! - [`stats`]: latency histograms.
-//! - [`probe`]: what the kernel and the process allow.
+//! - [`probe`](mod@probe): what the kernel and the process allow.
 
 pub mod bitmap;
 pub mod place;

@@ -166,7 +166,7 @@ pub fn huge_pools() -> Vec<HugePool> {
     pools
 }
 
-/// The selected word of `/sys/kernel/mm/transparent_hugepage/<file>` ("always [madvise] never").
+/// The selected word of `/sys/kernel/mm/transparent_hugepage/<file>` (`always [madvise] never`).
 pub fn thp_mode(file: &str) -> Option<String> {
     let text = read_trimmed(format!("/sys/kernel/mm/transparent_hugepage/{file}"))?;
     let start = text.find('[')?;

@@ -1,5 +1,5 @@
 //! Frames over a byte stream: endpoints (`HOST:PORT` or `unix:PATH`), connections, and a
-//! blocking reader and writer of [`proto`](crate::proto) frames.
+//! blocking reader and writer of [`proto`](mod@crate::proto) frames.
 //!
 //! The reader keeps one payload buffer sized for the largest frame and reads each payload
 //! straight into it, so a data frame costs one copy from the socket and none in the decoder.
