@@ -231,19 +231,9 @@ fn transfer(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let mut region = vec![0u8; GIB as usize]; // calloc: mapped, not yet touched
-                let start = Instant::now();
-                let mut stream = TcpStream::connect(sender.addr).expect("connect");
-                let mut got = 0usize;
-                while got < GIB as usize {
-                    let end = (got + (64 << 10)).min(GIB as usize);
-                    let n = stream.read(&mut region[got..end]).expect("read");
-                    assert!(n > 0, "sender closed early");
-                    got += n;
-                }
-                let took = start.elapsed();
+                let took = raw_transfer_into(&sender, &mut region);
                 record("raw_tcp_fresh", took);
                 total += took;
-                drop(region);
             }
             total
         })
@@ -251,16 +241,25 @@ fn transfer(c: &mut Criterion) {
     group.finish();
 }
 
-/// Receives 1 GiB from `sender` in 64 KiB reads; returns how long it took.
+/// Receives 1 GiB from `sender` in 64 KiB reads into one reused buffer; returns how long it
+/// took.
 fn raw_transfer(sender: &BulkSender) -> Duration {
-    let mut buf = vec![0u8; 64 << 10];
+    raw_transfer_into(sender, &mut vec![0u8; 64 << 10])
+}
+
+/// Receives 1 GiB from `sender` in reads of at most 64 KiB into `buf`: over and over into its
+/// start when it is smaller than 1 GiB, else filling it in order. Returns how long it took.
+fn raw_transfer_into(sender: &BulkSender, buf: &mut [u8]) -> Duration {
+    let fill = buf.len() as u64 >= GIB;
     let start = Instant::now();
     let mut stream = TcpStream::connect(sender.addr).expect("connect");
-    let mut got = 0u64;
-    while got < GIB {
-        let n = stream.read(&mut buf).expect("read");
+    let mut got = 0usize;
+    while got < GIB as usize {
+        let at = if fill { got } else { 0 };
+        let end = (at + (64 << 10)).min(buf.len());
+        let n = stream.read(&mut buf[at..end]).expect("read");
         assert!(n > 0, "sender closed early");
-        got += n as u64;
+        got += n;
     }
     start.elapsed()
 }

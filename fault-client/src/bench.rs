@@ -71,6 +71,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use hugepage::Backing;
 use serde::Serialize;
+use uffd_core::cpu::{allowed_cpus, pin_current_thread};
 use uffd_core::place::{self, Outcome};
 use uffd_core::{page_size, Event, Latency, Modes, Region, Userfaultfd};
 
@@ -797,46 +798,12 @@ fn skip_reason(case: Case, plan: &Plan) -> Option<String> {
 // CPU pinning
 // ---------------------------------------------------------------------------------------------
 
-/// The CPUs the calling thread may run on.
-fn allowed_cpus() -> Result<Vec<usize>> {
-    // SAFETY: an all-zero cpu_set_t is a valid, empty bit array.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: pid 0 is the calling thread; `set` is a writable cpu_set_t of the size passed.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
-    }
-    let max = usize::try_from(libc::CPU_SETSIZE).unwrap_or(1024);
-    // SAFETY: CPU_ISSET only reads the bit array; `cpu` < CPU_SETSIZE keeps it in bounds.
-    Ok((0..max)
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect())
-}
-
 /// `(faulting CPU, handler CPU)`: the first two allowed CPUs, or None with only one.
 fn local_cpus() -> Result<Option<(usize, usize)>> {
     Ok(match allowed_cpus()?.as_slice() {
         [first, second, ..] => Some((*first, *second)),
         _ => None,
     })
-}
-
-/// Pins the calling thread to `cpu` for the rest of its life.
-fn pin(cpu: usize) -> Result<()> {
-    let max = usize::try_from(libc::CPU_SETSIZE).unwrap_or(1024);
-    ensure!(cpu < max, "CPU {cpu} is beyond CPU_SETSIZE ({max})");
-    // SAFETY: an all-zero cpu_set_t is a valid, empty bit array.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET writes one bit of `set`; `cpu` < CPU_SETSIZE keeps it in bounds.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size passed.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("pinning a thread to CPU {cpu}"));
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -858,7 +825,7 @@ fn first_touches(n: usize, cpu: Option<usize>) -> Result<Measured> {
     let region = &region;
     std::thread::scope(|s| {
         s.spawn(move || {
-            cpu.map_or(Ok(()), pin)?;
+            cpu.map_or(Ok(()), pin_current_thread)?;
             let mut latency = Latency::new();
             let start = Instant::now();
             for i in 0..n {
@@ -903,7 +870,7 @@ fn local_round_trips(n: usize, cpus: Option<(usize, usize)>) -> Result<Measured>
         let serving = s.spawn(move || handler.serve(cpus.map(|(_, h)| h)));
         let measured = s
             .spawn(move || -> Result<Measured> {
-                cpus.map_or(Ok(()), |(faulting, _)| pin(faulting))?;
+                cpus.map_or(Ok(()), |(faulting, _)| pin_current_thread(faulting))?;
                 fault_gated(region, handler, n)
             })
             .join();
@@ -1008,7 +975,7 @@ impl<'a> Handler<'a> {
 
     /// The handler thread: pinned to `cpu` if given, serves until the stop flag.
     fn serve(&self, cpu: Option<usize>) {
-        if let Err(err) = cpu.map_or(Ok(()), pin) {
+        if let Err(err) = cpu.map_or(Ok(()), pin_current_thread) {
             // Still serve, so the faulting thread is not left blocked; the run fails at the
             // end with this error.
             self.fail(format!("{err:#}"));

@@ -599,26 +599,22 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
                 .bytes_received
                 .fetch_add(bytes - last_bytes, Ordering::Relaxed);
             last_bytes = bytes;
-            let lost = match result {
-                Ok(true) => None,
-                Ok(false) if saw_end => Some(None),
-                Ok(false) => Some(Some(
-                    "the page server closed the background connection".to_string(),
-                )),
-                Err(err) => Some(Some(format!(
-                    "background connection to the page server failed: {err}"
-                ))),
-            };
             // Whole frames read before an error are placed all the same.
             let sent = full_tx.send(batch).is_ok();
-            match lost {
-                Some(Some(why)) => {
+            match result {
+                Ok(true) if sent => {}
+                Ok(true) => break,
+                Ok(false) if saw_end => break,
+                Ok(false) => {
+                    let why = "the page server closed the background connection";
+                    pager.lost(generation, why.into());
+                    break;
+                }
+                Err(err) => {
+                    let why = format!("background connection to the page server failed: {err}");
                     pager.lost(generation, why);
                     break;
                 }
-                Some(None) => break,
-                None if !sent => break,
-                None => {}
             }
         }
         drop(full_tx);

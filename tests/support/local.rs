@@ -65,46 +65,8 @@ const RETRIES: usize = 1000;
 // CPU pinning
 // ---------------------------------------------------------------------------------------------
 
-/// The CPUs the calling thread may run on (its affinity mask), in increasing order.
-pub fn allowed_cpus() -> Result<Vec<usize>> {
-    // SAFETY: an all-zero cpu_set_t is a valid, empty bit array.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: pid 0 is the calling thread; `set` is a writable cpu_set_t of the size passed.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
-    }
-    let max = usize::try_from(libc::CPU_SETSIZE).unwrap_or(1024);
-    // SAFETY: CPU_ISSET only reads the bit array; `cpu` < CPU_SETSIZE keeps it in bounds.
-    Ok((0..max)
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect())
-}
-
-fn set_affinity(cpus: &[usize]) -> Result<()> {
-    // SAFETY: an all-zero cpu_set_t is a valid, empty bit array.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let max = usize::try_from(libc::CPU_SETSIZE).unwrap_or(1024);
-    for &cpu in cpus {
-        ensure!(cpu < max, "CPU {cpu} is beyond CPU_SETSIZE ({max})");
-        // SAFETY: CPU_SET writes one bit of `set`; `cpu` < CPU_SETSIZE keeps it in bounds.
-        unsafe { libc::CPU_SET(cpu, &mut set) };
-    }
-    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size passed.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("sched_setaffinity to CPUs {cpus:?}"));
-    }
-    Ok(())
-}
-
-/// Pins the calling thread to `cpu` for good (`sched_setaffinity(0, …)`; threads it spawns
-/// later inherit the mask). See [`PinGuard`] for a pin that is undone.
-pub fn pin_current_thread(cpu: usize) -> Result<()> {
-    set_affinity(&[cpu])
-}
+use uffd_core::cpu::set_affinity;
+pub use uffd_core::cpu::{allowed_cpus, pin_current_thread};
 
 /// The CPU the calling thread runs on now (`sched_getcpu`), if the kernel says.
 pub fn current_cpu() -> Option<usize> {

@@ -18,8 +18,10 @@
 //! - [`bitmap`]: lock-free page bitmaps (received, requested, sent).
 //! - [`stats`]: latency histograms.
 //! - [`probe`](mod@probe): what the kernel and the process allow.
+//! - [`cpu`]: CPU affinity, for measurements.
 
 pub mod bitmap;
+pub mod cpu;
 pub mod place;
 pub mod probe;
 pub mod proto;
