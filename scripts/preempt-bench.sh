@@ -22,6 +22,8 @@
 #                      0.002: few enough faults that even without preemption the workload
 #                      ends before the background stream, so elapsed_s is the transfer time)
 #   --chunks "A B"     extra thp-preempt chunk sizes (default "16KiB 256KiB"; "" for none)
+#   --server-args "ARGS"    more `page-server` arguments for every run, both modes
+#                      (e.g. --server-args "--max-bandwidth 900mbit")
 #   --server-env "K=V ..."  environment for page-server (experiments)
 #   --client-args "ARGS"    more `fault-client run` arguments for every run
 #                      (e.g. --client-args "--background-window 128KiB")
@@ -39,7 +41,7 @@ set -Eeuo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NETLAB="$ROOT/scripts/netlab.sh"
 ROUNDS=3 SIZE=1GiB RATE=1gbit LAB_ARGS="" THREADS=1 TOUCH=0.002 CHUNKS="16KiB 256KiB"
-SERVER_ENV="" CLIENT_ARGS="" NICE=-5 TIMEOUT=60 OUT="" BUILD=1
+SERVER_ENV="" SERVER_ARGS="" CLIENT_ARGS="" NICE=-5 TIMEOUT=60 OUT="" BUILD=1
 while [ $# -gt 0 ]; do
   case $1 in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -49,6 +51,7 @@ while [ $# -gt 0 ]; do
     --threads) THREADS=$2; shift 2 ;;
     --touch) TOUCH=$2; shift 2 ;;
     --chunks) CHUNKS=$2; shift 2 ;;
+    --server-args) SERVER_ARGS=$2; shift 2 ;;
     --server-env) SERVER_ENV=$2; shift 2 ;;
     --client-args) CLIENT_ARGS=$2; shift 2 ;;
     --nice) NICE=$2; shift 2 ;;
@@ -102,7 +105,7 @@ run() {
   local log="$OUT/runs/$name.server.log" json="$OUT/runs/$name.json"
   # shellcheck disable=SC2086
   env $SERVER_ENV "${NICE_CMD[@]}" "$NETLAB" run-server --listen "10.77.0.1:$PORT" \
-    --synthetic "$SIZE" --zero-fraction 0 $sargs >"$log" 2>&1 &
+    --synthetic "$SIZE" --zero-fraction 0 $SERVER_ARGS $sargs >"$log" 2>&1 &
   SERVER_PID=$!
   local i
   for i in $(seq 1 200); do
@@ -151,7 +154,7 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$OUT" "$ROUNDS $SIZE threads=$THREADS touch=$TOUCH rate=$RATE lab='$LAB_ARGS' server-env='$SERVER_ENV' client-args='$CLIENT_ARGS'" <<'EOF' | tee "$OUT/summary.md"
+python3 - "$OUT" "$ROUNDS $SIZE threads=$THREADS touch=$TOUCH rate=$RATE lab='$LAB_ARGS' server-args='$SERVER_ARGS' server-env='$SERVER_ENV' client-args='$CLIENT_ARGS'" <<'EOF' | tee "$OUT/summary.md"
 import json, os, sys, statistics as st
 out, conf = sys.argv[1], sys.argv[2]
 runs = {}

@@ -197,3 +197,25 @@ fn unreachable_server_is_a_clear_error() {
         "{text}"
     );
 }
+
+#[test]
+fn max_bandwidth_paces_the_background_stream() {
+    if !have_uffd() {
+        return;
+    }
+    // 12 MiB of data at 8 MB/s (64 Mbit/s) cannot take less than 1.5 s; unpaced over
+    // loopback it takes milliseconds. (A lower bound only: pacing can never make it faster.)
+    let rate: u32 = 8_000_000;
+    let server = TestServer::start_with(synthetic(12 << 20, 5, 0.0), |c| {
+        c.max_bandwidth = Some(u64::from(rate));
+    });
+    let report =
+        fault_client::client::run(&config(&server, Workload::None, true)).expect("paced run");
+    assert_eq!(report.verified, Some(true));
+    let floor = f64::from(12u32 << 20) / f64::from(rate) * 0.8;
+    assert!(
+        report.elapsed_s >= floor,
+        "12 MiB paced at {rate} B/s arrived in {:.3} s (< {floor:.2} s): not paced",
+        report.elapsed_s
+    );
+}

@@ -84,6 +84,14 @@ pub struct Args {
     /// Require clients to present the contents of this file as a token.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// Pace each background stream at this rate at most (SO_MAX_PACING_RATE; urgent answers
+    /// are never paced), like QEMU's max-postcopy-bandwidth. On a link whose bottleneck is
+    /// one FIFO queue, a rate a little below the link's (e.g. 900mbit on 1 Gbit/s) keeps the
+    /// background from queueing there in front of urgent answers. Bits per second as tc
+    /// writes them (900mbit, 1gbit, 500kbit) or bytes per second (100MiB/s).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub max_bandwidth: Option<u64>,
 }
 
 /// Parses a size such as `4096`, `64KiB`, `256MiB` or `1GiB`.
@@ -109,6 +117,33 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}`: the duration must be positive"));
     }
     Ok(Duration::from_millis(millis))
+}
+
+/// Parses a rate into bytes per second: bits per second with tc's decimal units (`bit`,
+/// `kbit`, `mbit`, `gbit`: `900mbit` is 112 500 000 bytes/s), or a size per second
+/// (`100MiB/s`, `12MB/s`).
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let bad = |why: &str| format!("`{s}` is not a rate (e.g. 900mbit, 1gbit, 100MiB/s): {why}");
+    let lower = s.to_ascii_lowercase();
+    let bytes = if let Some(size) = s.strip_suffix("/s") {
+        parse_size::parse_size(size).map_err(|e| bad(&e.to_string()))?
+    } else {
+        let (number, scale) = [
+            ("gbit", 1_000_000_000),
+            ("mbit", 1_000_000),
+            ("kbit", 1_000),
+            ("bit", 1),
+        ]
+        .iter()
+        .find_map(|&(unit, scale)| lower.strip_suffix(unit).map(|n| (n, scale)))
+        .ok_or_else(|| bad("give a unit: bit, kbit, mbit, gbit, or a size per second"))?;
+        let n: u64 = number.parse().map_err(|_| bad("not a whole number"))?;
+        n.checked_mul(scale).ok_or_else(|| bad("too large"))? / 8
+    };
+    if bytes == 0 {
+        return Err(bad("the rate must be at least one byte per second"));
+    }
+    Ok(bytes)
 }
 
 fn parse_chunk(s: &str) -> Result<u64, String> {
@@ -143,6 +178,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.max_sessions = args.max_sessions;
     config.max_pending = args.max_pending;
     config.idle_timeout = args.idle_timeout;
+    config.max_bandwidth = args.max_bandwidth;
     if let Some(path) = &args.token_file {
         let token = std::fs::read(path)
             .with_context(|| format!("cannot read token file {}", path.display()))?;
@@ -169,6 +205,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(parse_rate("900mbit"), Ok(112_500_000));
+        assert_eq!(parse_rate("1gbit"), Ok(125_000_000));
+        assert_eq!(parse_rate("1Gbit"), Ok(125_000_000));
+        assert_eq!(parse_rate("500kbit"), Ok(62_500));
+        assert_eq!(parse_rate("8bit"), Ok(1));
+        assert_eq!(parse_rate("100MiB/s"), Ok(100 << 20));
+        assert_eq!(parse_rate("12MB/s"), Ok(12_000_000));
+        for bad in [
+            "",
+            "900",
+            "mbit",
+            "1.5gbit",
+            "0mbit",
+            "7bit",
+            "0/s",
+            "fast",
+            "-1gbit",
+            "99999999999999999999gbit",
+        ] {
+            assert!(parse_rate(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn durations_parse() {

@@ -56,11 +56,14 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Shared secret clients must present (None: no authentication).
     pub token: Option<Vec<u8>>,
+    /// Pace each background connection at this many bytes per second at most
+    /// (`SO_MAX_PACING_RATE`; None: as fast as TCP goes). Urgent connections are never paced.
+    pub max_bandwidth: Option<u64>,
 }
 
 impl Config {
     /// Defaults: 64 KiB chunks, preemption on, 64 sessions, 10 s handshake, 128 pending
-    /// connections, 300 s idle timeout, no token.
+    /// connections, 300 s idle timeout, no token, background not paced.
     pub fn new(listen: Endpoint) -> Config {
         Config {
             listen,
@@ -74,6 +77,7 @@ impl Config {
             max_pending: 128,
             idle_timeout: Duration::from_secs(300),
             token: None,
+            max_bandwidth: None,
         }
     }
 }
@@ -526,7 +530,11 @@ fn serve_connection(
         }
     };
     session.track(tracked);
-    tune_socket(&writer.get_ref().conn, hello.role);
+    tune_socket(
+        &writer.get_ref().conn,
+        hello.role,
+        shared.config.max_bandwidth,
+    );
     // The handshake is over: from now on, no progress for the idle timeout ends the session.
     // (No `?` from here on: the session is registered, and the code below unregisters it.)
     drop(slot);
@@ -762,10 +770,22 @@ impl ServeError {
 ///   boundary is real only if megabytes of it are not already sitting unsent in the socket;
 ///   likewise an urgent answer counts as sent only when it is nearly on the wire.
 /// - `IP_TOS` low-delay on the urgent connection, so a priority-aware queue sends it first.
-fn tune_socket(conn: &Conn, role: Role) {
+/// - With `--max-bandwidth`, `SO_MAX_PACING_RATE` on the background connection: on a FIFO
+///   bottleneck, only a sender slower than the bottleneck keeps no standing queue there for
+///   urgent answers to wait behind (no pause at a chunk boundary can take back bytes already
+///   queued at the bottleneck).
+fn tune_socket(conn: &Conn, role: Role, max_bandwidth: Option<u64>) {
     let (lowat, what) = (libc::TCP_NOTSENT_LOWAT, "TCP_NOTSENT_LOWAT");
     match role {
-        Role::Background => set_option(conn, libc::IPPROTO_TCP, lowat, 128 << 10, what),
+        Role::Background => {
+            set_option(conn, libc::IPPROTO_TCP, lowat, 128 << 10, what);
+            if let Some(rate) = max_bandwidth {
+                // Asked for explicitly: say so if it did not take.
+                if let Err(err) = conn.set_pacing_rate(rate) {
+                    tracing::warn!(rate, "SO_MAX_PACING_RATE failed: {err}");
+                }
+            }
+        }
         Role::Urgent => {
             set_option(conn, libc::IPPROTO_TCP, lowat, 64 << 10, what);
             let lowdelay = libc::c_int::from(libc::IPTOS_LOWDELAY);

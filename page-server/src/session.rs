@@ -299,11 +299,7 @@ mod tests {
         assert_eq!(s.claim_urgent(1000, 1001), vec![(1000, 1001)]);
         let waiter = {
             let s = Arc::clone(&s);
-            std::thread::spawn(move || {
-                let start = std::time::Instant::now();
-                assert!(s.yield_to_urgent());
-                start.elapsed()
-            })
+            std::thread::spawn(move || assert!(s.yield_to_urgent()))
         };
         std::thread::sleep(Duration::from_millis(200));
         assert!(
@@ -322,9 +318,9 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        let waited = waiter.join().expect("waiter");
-        assert!(waited >= Duration::from_millis(200), "{waited:?}");
-        assert!(waited < Duration::from_secs(2), "{waited:?}");
+        // (Not timed from the waiter's side: under load its thread may start late, so its own
+        // clock says nothing about the pause; `is_finished` above does.)
+        waiter.join().expect("waiter");
         s.urgent_done();
         s.urgent_done();
         s.unit_done();

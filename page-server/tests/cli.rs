@@ -21,6 +21,7 @@ fn help_names_the_options() {
         "--no-preempt",
         "--max-pending",
         "--idle-timeout",
+        "--max-bandwidth",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}");
     }
@@ -38,6 +39,8 @@ fn bad_arguments_exit_2_with_a_message() {
         vec!["--synthetic", "1MiB", "--idle-timeout", "5x"],
         vec!["--synthetic", "1MiB", "--idle-timeout", "0"],
         vec!["--synthetic", "1MiB", "--max-pending", "0"],
+        vec!["--synthetic", "1MiB", "--max-bandwidth", "900"],
+        vec!["--synthetic", "1MiB", "--max-bandwidth", "0mbit"],
     ] {
         let out = Command::new(BIN).args(&args).output().expect("run");
         assert_eq!(out.status.code(), Some(2), "{args:?}");

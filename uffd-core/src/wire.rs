@@ -132,6 +132,16 @@ impl Conn {
         self.set_int_option(libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, value)
     }
 
+    /// Caps the rate at which the kernel sends on this connection (`SO_MAX_PACING_RATE`,
+    /// bytes per second; TCP paces itself when the qdisc does not). On a bottleneck with one
+    /// FIFO queue, a bulk connection sent a little below the bottleneck's rate keeps no
+    /// standing queue there, so other connections' packets do not wait behind it (the idea
+    /// of QEMU's `max-postcopy-bandwidth`). Unix sockets: nothing to do.
+    pub fn set_pacing_rate(&self, bytes_per_second: u64) -> io::Result<()> {
+        // The kernel reads a 64-bit rate when given 8 bytes (an `int` caps it at 4 GB/s).
+        self.set_option(libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE, bytes_per_second)
+    }
+
     /// `setsockopt(2)` of an `int` option (`level`, `name`) on a TCP connection; Unix sockets
     /// are left alone (the options used here are TCP and IP ones).
     pub fn set_int_option(
@@ -140,19 +150,31 @@ impl Conn {
         name: libc::c_int,
         value: libc::c_int,
     ) -> io::Result<()> {
+        self.set_option(level, name, value)
+    }
+
+    /// `setsockopt(2)` of a plain value on a TCP connection (Unix sockets are left alone).
+    fn set_option<T: Copy>(
+        &self,
+        level: libc::c_int,
+        name: libc::c_int,
+        value: T,
+    ) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         let Conn::Tcp(stream) = self else {
             return Ok(());
         };
-        // SAFETY: the fd is the live socket `stream` owns; `value` is a c_int, the length
-        // passed is its size, and the kernel only reads it.
+        let len = libc::socklen_t::try_from(std::mem::size_of::<T>())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "option too large"))?;
+        // SAFETY: the fd is the live socket `stream` owns; `value` is a plain value of the
+        // length passed, which the kernel only reads.
         let rc = unsafe {
             libc::setsockopt(
                 stream.as_raw_fd(),
                 level,
                 name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                (&value as *const T).cast(),
+                len,
             )
         };
         if rc == 0 {
