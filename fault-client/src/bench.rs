@@ -34,9 +34,9 @@
 //! round, so a burst of other load on this shared machine spreads over all cases instead of
 //! spoiling one; each column of a remote row is the median over the runs (`faults` per run,
 //! `samples` summed). Each run has its own thread and a timeout (10 s plus 1 s per 32 MiB):
-//! a run whose workload thread stays blocked on a fault nothing resolves is reported as hung
-//! (`hung`, a `HUNG` note with the commands that reproduce it, exit status 1) instead of
-//! hanging the bench, and its case is not run again.
+//! a run that does not return in time is reported as hung (`hung`, a `HUNG` note with the
+//! commands that reproduce it, the kernel stacks of the client's and the server's threads on
+//! stderr, exit status 1) instead of hanging the bench, and its case is not run again.
 //!
 //! A latency sample is a touch of a page whose `received` bit was clear just before (see
 //! [`crate::workload::touch`]). With huge units a touch can land in a unit already mapped but
@@ -589,11 +589,13 @@ fn run_rounds(cases: &[Case], plan: &Plan) -> Result<Vec<Row>> {
                 RunEnd::Skipped(why) => skipped[i] = Some(why),
                 RunEnd::Hung => {
                     eprintln!(
-                        "bench: {} did not finish within {:?}: a fault was never resolved; \
-                         its threads stay blocked until the bench exits, and the case is not \
-                         run again",
+                        "bench: {} did not finish within {:?}; its threads stay blocked until \
+                         the bench exits, and the case is not run again. Where each thread of \
+                         the client and of the server waits:\n{}{}",
                         case.id(),
-                        plan.run_timeout()
+                        plan.run_timeout(),
+                        thread_stacks("client (this process)", std::process::id()),
+                        thread_stacks("page-server", servers.for_case(case).pid()),
                     );
                     hung[i] += 1;
                 }
@@ -648,9 +650,9 @@ fn hung_notes(cases: &[Case], rows: &[Row], plan: &Plan) -> Vec<String> {
             let row = rows.iter().find(|r| r.case == case.id())?;
             (row.hung > 0).then(|| {
                 format!(
-                    "HUNG: {} of {} runs of {} never finished within {:?} (a workload thread \
-                     blocked on a fault nothing resolved; the case was not run again); \
-                     reproduce: `{}`",
+                    "HUNG: {} of {} runs of {} never finished within {:?} (the case was not \
+                     run again; the kernel stacks of the client's and the server's threads \
+                     are on stderr); reproduce: `{}`",
                     row.hung,
                     row.hung + row.runs,
                     row.case,
@@ -764,6 +766,32 @@ fn run_remote(case: Case, plan: &Plan, server: &ServerChild) -> Result<RunEnd> {
             bail!("bench case {}: the run thread panicked", case.id())
         }
     }
+}
+
+/// The threads of process `pid` with their name, the kernel function each sleeps in
+/// (`wchan`) and its kernel stack (root only): tells a fault nobody resolved
+/// (`handle_userfault`) from a thread waiting for the network or for a lock.
+fn thread_stacks(what: &str, pid: u32) -> String {
+    let mut out = format!("  {what}, pid {pid}:\n");
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        let _ = writeln!(out, "    (cannot read /proc/{pid}/task)");
+        return out;
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "    {} {} in {}",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("wchan").trim()
+        );
+        for frame in read("stack").lines().take(12) {
+            let _ = writeln!(out, "        {frame}");
+        }
+    }
+    out
 }
 
 fn remote_config(case: Case, plan: &Plan, server: &ServerChild) -> RunConfig {
@@ -1154,6 +1182,22 @@ fn size_name(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thread_stacks_name_every_thread() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let parked = std::thread::Builder::new()
+            .name("stack-probe".into())
+            .spawn(move || rx.recv())
+            .expect("thread");
+        let dump = thread_stacks("test", std::process::id());
+        drop(tx);
+        let _ = parked.join();
+        assert!(dump.contains("stack-probe in "), "{dump}");
+        assert!(dump.starts_with("  test, pid "), "{dump}");
+        let none = thread_stacks("gone", u32::MAX);
+        assert!(none.contains("cannot read"), "{none}");
+    }
 
     #[test]
     fn case_names_are_unique_and_in_order() {

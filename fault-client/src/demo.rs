@@ -22,6 +22,11 @@ pub struct ServerChild {
 }
 
 impl ServerChild {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts `page-server` with `args` (plus `--listen 127.0.0.1:0`) and waits for its
     /// `listening on ADDR` line.
     pub fn start(args: &[&str]) -> anyhow::Result<ServerChild> {
