@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{have_uffd, synthetic, TestServer, PAGE};
+use common::{have_uffd, pool_has, synthetic, TestServer, PAGE};
 use fault_client::client::{Client, ClientOptions};
-use hugepage::Backing;
+use hugepage::{Backing, HugetlbPlacement};
 use page_server::Image;
 
 const MIB: u64 = 1 << 20;
@@ -35,6 +35,16 @@ fn begin(test: &'static str, limit: Duration) -> Option<(MutexGuard<'static, ()>
         return None;
     }
     Some((serial, Watchdog::arm(test, limit)))
+}
+
+/// [`begin`], for a test that needs `pages` free 2 MiB hugetlb pages (None: skipped).
+fn begin_hugetlb(
+    test: &'static str,
+    limit: Duration,
+    pages: u64,
+) -> Option<(MutexGuard<'static, ()>, Watchdog)> {
+    let running = begin(test, limit)?;
+    pool_has(2 * MIB, pages).then_some(running)
 }
 
 /// Aborts the test process if the test is still running after `limit`: a lost wake-up leaves
@@ -68,10 +78,7 @@ impl Drop for Watchdog {
 }
 
 fn open(server: &TestServer, backing: Backing, background: bool) -> Client {
-    let mut options = ClientOptions::new(server.endpoint.clone());
-    options.backing = backing;
-    options.background = background;
-    Client::open(&options).unwrap_or_else(|e| panic!("client ({backing}): {e}"))
+    open_with(server, backing, HugetlbPlacement::Copy, background)
 }
 
 /// The bytes of page `p` where the page is now (it is faulted in if missing).
@@ -139,6 +146,12 @@ fn reserve(len: u64, align: u64) -> u64 {
 
 /// Moves `len` bytes at `from` to `to` (a reserved range), as an application would.
 fn move_range(from: u64, len: u64, to: u64) {
+    let moved = try_move_range(from, len, to);
+    assert_eq!(moved.as_ref().ok(), Some(&to), "mremap: {moved:?}");
+}
+
+/// `mremap(MREMAP_MAYMOVE | MREMAP_FIXED)`: the new address, or the kernel's refusal.
+fn try_move_range(from: u64, len: u64, to: u64) -> std::io::Result<u64> {
     // SAFETY: `from..from+len` is (part of) the client's region, which the pager follows when
     // it learns of the move (REMAP); `to` is a reservation of ours. No Rust reference points
     // into either range.
@@ -151,7 +164,10 @@ fn move_range(from: u64, len: u64, to: u64) {
             to as *mut libc::c_void,
         )
     };
-    assert_eq!(moved as u64, to, "mremap: {}", errno());
+    if moved == libc::MAP_FAILED {
+        return Err(errno());
+    }
+    Ok(moved as u64)
 }
 
 fn unmap(addr: u64, len: u64) {
@@ -283,43 +299,125 @@ fn remap_part_and_whole_region_thp() {
     remap_case(Backing::Thp, 8 * MIB, 0, 2048);
 }
 
-/// A client with the stream on (64 MiB image) whose second half moved while the stream was
-/// three eighths through.
-struct MovedWhileStreaming {
-    server: TestServer,
-    client: Client,
-    /// Where the second half went, and its length.
-    to: u64,
-    len: u64,
-    /// Pages present when the move happened (fewer than all: the stream was running).
-    present_at_move: usize,
+/// A move made while the background stream runs: image pages `first..end` go to a fresh
+/// 2 MiB-aligned reservation, plus `skew` bytes (so not 2 MiB-aligned when `skew` > 0), once
+/// the stream is one eighth through.
+#[derive(Debug, Clone, Copy)]
+struct StreamMove {
+    first: u64,
+    end: u64,
+    skew: u64,
 }
 
-fn move_half_while_streaming(backing: Backing) -> MovedWhileStreaming {
-    let server = TestServer::start(synthetic(64 * MIB, 43, 0.1));
-    let client = open(&server, backing, true);
+/// What a [`StreamMove`] run saw (every page was verified before this is returned).
+#[derive(Debug)]
+struct Moved {
+    /// Pages present when the move happened (fewer than all: the stream was running).
+    present_at_move: usize,
+    /// Units (of the backing) with all their pages inside the moved range, and how many of
+    /// them still had a page missing just after the move: those were placed at the new
+    /// address.
+    units_moved: u64,
+    units_missing_after_move: u64,
+    /// After the run: units mapped huge in the whole region and in the moved range
+    /// (PAGEMAP_SCAN), and units the pager counted as placed but not mapped huge.
+    huge: u64,
+    huge_in_moved_range: u64,
+    not_huge: u64,
+}
+
+fn open_with(
+    server: &TestServer,
+    backing: Backing,
+    placement: HugetlbPlacement,
+    background: bool,
+) -> Client {
+    let mut options = ClientOptions::new(server.endpoint.clone());
+    options.backing = backing;
+    options.hugetlb = placement;
+    options.background = background;
+    Client::open(&options).unwrap_or_else(|e| panic!("client ({backing} {placement}): {e}"))
+}
+
+/// Runs a client with the stream on over a `image_len` image, makes the move `m` while the
+/// stream places pages (one page of the moved range touched before the move, one after it),
+/// waits for the whole image, and checks every page where it is now; then unmaps the moved
+/// range, which must mark exactly its pages gone.
+fn move_while_streaming(
+    backing: Backing,
+    placement: HugetlbPlacement,
+    image_len: u64,
+    m: StreamMove,
+) -> Moved {
+    let server = TestServer::start(synthetic(image_len, 43, 0.1));
+    let client = open_with(&server, backing, placement, true);
     let pager = Arc::clone(client.pager());
-    let half = pager.pages / 2;
-    client.touch(half);
-    // Move while the stream is on its way through the first half.
+    let unit_pages = pager.memory.unit() / PAGE;
+    client.touch(m.first);
+    // Well ahead of the moved ranges below (which start at half the image or at 0), so that
+    // the stream still has units of them to place after the move.
     eventually("the stream under way", || {
-        pager.received.count() as u64 >= pager.pages * 3 / 8
+        pager.received.count() as u64 >= pager.pages / 8
     });
-    let len = (pager.pages - half) * PAGE;
-    let to = reserve(len, 2 * MIB);
-    move_range(pager.page_addr(half), len, to);
+    let len = (m.end - m.first) * PAGE;
+    let to = reserve(len + m.skew, 2 * MIB) + m.skew;
+    move_range(pager.page_addr(m.first), len, to);
+    // The kernel lets the mremap return once the REMAP event is read; the pager applies it
+    // just after.
+    eventually("the REMAP event", || pager.page_addr(m.first) == to);
     let present_at_move = pager.received.count();
+    let whole_units = m.first.div_ceil(unit_pages)..m.end / unit_pages;
+    let units_missing_after_move = whole_units
+        .clone()
+        .filter(|u| !pager.unit_present(u * unit_pages, unit_pages))
+        .count() as u64;
     assert!(
         present_at_move < pager.pages as usize,
         "the stream was still running at the move"
     );
-    MovedWhileStreaming {
-        server,
-        client,
-        to,
-        len,
+    // A fault at the new address, most likely before the stream gets there. On a thread: if
+    // the pager fails, the fault is never resolved, and the failure must show at once.
+    let late = m.end - 3;
+    let late_addr = pager.page_addr(late) as usize;
+    // SAFETY: the page lies in the client's region at its new address; the thread waits in
+    // the fault until the page is placed.
+    let fault =
+        std::thread::spawn(move || unsafe { std::ptr::read_volatile(late_addr as *const u8) });
+
+    client.wait_complete().expect("the whole image arrives");
+    fault.join().expect("the fault at the new address");
+    assert!(is_image_page(&client, &server.image, late), "page {late}");
+    assert_eq!(pager.fatal(), None);
+    // What the end of `fault-client run` does for THP (units with urgent pages).
+    let huge = pager.memory.collapse_remaining().expect("collapse");
+    let wrong = wrong_pages(&client, &server.image);
+    assert!(wrong.is_empty(), "{backing} {m:?}: pages differ: {wrong:?}");
+    let exact = pager.memory.huge_pages_mapped_exact().expect("pagemap");
+    // Two counts of the same thing: the collapse pass (THP) or smaps (hugetlb) against
+    // PAGEMAP_SCAN, both over where the region is now.
+    assert_eq!(huge, exact, "{backing} {m:?}: huge units");
+    let in_moved = hugepage::pagemap::Pagemap::open()
+        .and_then(|p| p.huge_bytes(to, len))
+        .expect("pagemap")
+        / pager.memory.unit();
+    let moved = Moved {
         present_at_move,
-    }
+        units_moved: whole_units.count() as u64,
+        units_missing_after_move,
+        huge: exact,
+        huge_in_moved_range: in_moved,
+        not_huge: counter(&pager.counters.huge_pages_not_collapsed),
+    };
+
+    unmap(to, len);
+    eventually("the UNMAP event", || {
+        pager.gone.count() as u64 == m.end - m.first
+    });
+    assert!((m.first..m.end).all(|p| pager.gone.get(p as usize)));
+    drop(pager);
+    client.close().expect("close");
+    eprintln!("{backing} {placement} {m:?}: {moved:?}, all pages verified");
+    moved
 }
 
 #[test]
@@ -330,41 +428,138 @@ fn remap_while_the_background_stream_runs() {
     ) else {
         return;
     };
-    let run = move_half_while_streaming(Backing::Anon);
-    let pager = Arc::clone(run.client.pager());
-    eventually("the REMAP event", || {
-        pager.page_addr(pager.pages - 1) == run.to + run.len - PAGE
-    });
-    run.client.wait_complete().expect("the whole image arrives");
-    let wrong = wrong_pages(&run.client, &run.server.image);
-    assert!(wrong.is_empty(), "pages differ: {wrong:?}");
-    unmap(run.to, run.len);
-    eventually("the UNMAP event", || {
-        pager.gone.count() as u64 == run.len / PAGE
-    });
-    drop(pager);
-    run.client.close().expect("close");
+    let pages = 64 * MIB / PAGE;
+    let r = move_while_streaming(
+        Backing::Anon,
+        HugetlbPlacement::Copy,
+        64 * MIB,
+        StreamMove {
+            first: pages / 2,
+            end: pages,
+            skew: 0,
+        },
+    );
     eprintln!(
-        "the second half moved when {} of {} pages were present; all verified",
-        run.present_at_move,
-        run.len / PAGE * 2
+        "the second half moved when {} of {pages} pages were present; all verified",
+        r.present_at_move
     );
 }
 
-/// THP with the stream on: the background receiver gathers whole huge pages in a staging
-/// page and moves them into place, which cannot follow a move; the run stops with a clear
-/// error instead of placing anything at the old address.
+/// THP with the stream on: the background assembler places each unit where it is now. A
+/// unit moved whole to a 2 MiB-aligned address still arrives as one THP (UFFDIO_MOVE of the
+/// staging page, or COPY runs and a collapse); a unit cut by the move, or moved to an
+/// address not 2 MiB-aligned, cannot be mapped by one PMD: it is copied 4 KiB-wise to where
+/// each page is and counted as not huge.
 #[test]
-fn remap_thp_while_the_stream_runs_stops_with_a_clear_error() {
-    let Some(_running) = begin("remap_thp_while_the_stream_runs", Duration::from_secs(60)) else {
+fn remap_part_and_whole_thp_region_while_the_stream_runs() {
+    let Some(_running) = begin(
+        "remap_part_and_whole_thp_region_while_the_stream_runs",
+        Duration::from_secs(120),
+    ) else {
         return;
     };
-    let run = move_half_while_streaming(Backing::Thp);
-    let err = run.client.wait_complete().expect_err("the move is refused");
-    assert!(err.to_string().contains("mremap"), "{err}");
-    assert!(run.client.close().is_err());
-    // The userfaultfd is closed now: unmapping queues no event.
-    unmap(run.to, run.len);
+    let pages = 64 * MIB / PAGE;
+    let units = pages / 512;
+    // The third quarter, to an aligned address: every unit stays whole.
+    let aligned = StreamMove {
+        first: pages / 2,
+        end: pages * 3 / 4,
+        skew: 0,
+    };
+    let r = move_while_streaming(Backing::Thp, HugetlbPlacement::Copy, 64 * MIB, aligned);
+    assert_eq!(r.units_moved, units / 4);
+    assert!(r.units_missing_after_move > 0, "{r:?}");
+    assert!(r.huge * 4 >= units * 3, "most units must end huge: {r:?}");
+    assert!(r.huge_in_moved_range * 4 >= r.units_moved * 3, "{r:?}");
+    // The same range, to an address 4 KiB past a 2 MiB boundary; and a range that starts
+    // 100 pages into a unit (the unit is cut in two; every later unit is misaligned too).
+    for m in [
+        StreamMove {
+            skew: PAGE,
+            ..aligned
+        },
+        StreamMove {
+            first: pages / 2 + 100,
+            ..aligned
+        },
+    ] {
+        let r = move_while_streaming(Backing::Thp, HugetlbPlacement::Copy, 64 * MIB, m);
+        assert!(r.units_missing_after_move > 0, "{r:?}");
+        assert_eq!(r.huge_in_moved_range, 0, "no PMD fits there: {r:?}");
+        assert!(
+            r.not_huge >= r.units_missing_after_move,
+            "each unit placed after the move counts as not huge: {r:?}"
+        );
+        assert!(r.huge <= units - r.units_moved, "{r:?}");
+    }
+    // The whole region: the unit the stream is assembling at the move moves with the rest.
+    let whole = StreamMove {
+        first: 0,
+        end: pages,
+        skew: 0,
+    };
+    let r = move_while_streaming(Backing::Thp, HugetlbPlacement::Copy, 64 * MIB, whole);
+    assert!(r.units_missing_after_move > 0, "{r:?}");
+    assert!(
+        r.huge * 4 >= r.units_moved * 3,
+        "most units must end huge: {r:?}"
+    );
+}
+
+/// A move of a hugetlb range to an address that is not huge-page-aligned is refused by the
+/// kernel (EINVAL to the application): no event, and the run goes on as if nothing happened.
+fn misaligned_move_of_hugetlb_is_refused() {
+    let server = TestServer::start(synthetic(8 * MIB, 44, 0.1));
+    let client = open_with(&server, Backing::Hugetlb2M, HugetlbPlacement::Copy, true);
+    let pager = Arc::clone(client.pager());
+    let to = reserve(4 * MIB + PAGE, 2 * MIB) + PAGE;
+    let refused = try_move_range(pager.page_addr(512), 4 * MIB, to);
+    assert_eq!(
+        refused.map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EINVAL))
+    );
+    client.wait_complete().expect("the whole image arrives");
+    assert_eq!(counter(&pager.counters.events_remap), 0);
+    let wrong = wrong_pages(&client, &server.image);
+    assert!(wrong.is_empty(), "pages differ: {wrong:?}");
+    drop(pager);
+    client.close().expect("close");
+}
+
+/// hugetlbfs with the stream on, both placement ways: the kernel moves a registered hugetlb
+/// range (REMAP, then UNMAP of the old range) when addresses and length are huge-page-aligned;
+/// COPY and CONTINUE go to the new address. For CONTINUE the content is written through the
+/// alias mapping at the unit's page-cache offset, which the move does not change.
+#[test]
+fn remap_hugetlb_2m_while_the_stream_runs() {
+    let Some(_running) = begin_hugetlb(
+        "remap_hugetlb_2m_while_the_stream_runs",
+        Duration::from_secs(120),
+        16,
+    ) else {
+        return;
+    };
+    misaligned_move_of_hugetlb_is_refused();
+    let pages = 32 * MIB / PAGE;
+    for placement in [HugetlbPlacement::Copy, HugetlbPlacement::Continue] {
+        for m in [
+            StreamMove {
+                first: pages / 2,
+                end: pages * 3 / 4,
+                skew: 0,
+            },
+            StreamMove {
+                first: 0,
+                end: pages,
+                skew: 0,
+            },
+        ] {
+            let r = move_while_streaming(Backing::Hugetlb2M, placement, 32 * MIB, m);
+            assert!(r.units_missing_after_move > 0, "{r:?}");
+            assert_eq!(r.huge, 16, "every unit is one huge page: {r:?}");
+            assert_eq!(r.huge_in_moved_range, r.units_moved, "{r:?}");
+        }
+    }
 }
 
 /// One page the forked child checks: its address and the image bytes it must hold.

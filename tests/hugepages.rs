@@ -6,23 +6,9 @@
 
 mod common;
 
-use common::{have_uffd, synthetic, TestServer};
+use common::{have_uffd, pool_has, synthetic, TestServer};
 use fault_client::{RunConfig, Workload};
 use hugepage::{Backing, HugetlbPlacement};
-
-fn pool_has(size: u64, pages: u64) -> bool {
-    let have = uffd_core::probe::huge_pools()
-        .iter()
-        .find(|p| p.size == size)
-        .map_or(0, |p| p.available());
-    if have < pages {
-        uffd_core::testing::skip(&format!(
-            "{pages} huge pages of {size} bytes needed, {have} available: run scripts/setup.sh as root"
-        ));
-        return false;
-    }
-    true
-}
 
 fn run(
     server: &TestServer,

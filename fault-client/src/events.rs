@@ -28,15 +28,7 @@ use uffd_core::{Event, Userfaultfd};
 use crate::pager::Pager;
 
 /// A moved range: `len` bytes that were at `from` are now at `to`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Move {
-    /// Old start.
-    pub from: u64,
-    /// New start.
-    pub to: u64,
-    /// Length.
-    pub len: u64,
-}
+pub use hugepage::Move;
 
 /// Applies one non-fault event. Called by the fault handler with the events lock held for
 /// writing. Returns an error for what the pager cannot honour.
@@ -70,15 +62,9 @@ pub fn apply(pager: &Arc<Pager>, event: Event) -> Result<(), String> {
                 .counters
                 .events_remap
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if pager.memory.unit() > pager.page && pager.memory.backing() != hugepage::Backing::Thp
-            {
-                return Err(
-                    "the application moved part of a hugetlbfs region with mremap: \
-                     not supported by this pager"
-                        .into(),
-                );
-            }
-            pager.add_move(Move { from, to, len });
+            // Every later placement (direct, or of a whole unit by an assembler) asks the
+            // memory where its pages are now.
+            pager.memory.add_move(Move { from, to, len });
             Ok(())
         }
         Event::Fork { child } => {

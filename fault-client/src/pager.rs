@@ -20,7 +20,6 @@ use std::time::Duration;
 use crate::trace::Resolution;
 use hugepage::{Assembler, Backing, Memory, Progress};
 
-use crate::events::Move;
 use uffd_core::place::Stop;
 use uffd_core::{
     BatchReader, Conn, Event, Frame, FrameBatch, FrameReader, FrameWriter, Limits, PageBitmap,
@@ -102,8 +101,6 @@ pub struct Pager {
     /// Held for writing while the fault handler reads and applies events; for reading by a
     /// receiver from "is this page discarded?" to its placement ioctl (see [`crate::events`]).
     pub events_lock: std::sync::RwLock<()>,
-    /// Ranges the application moved with mremap, oldest first.
-    moves: Mutex<Vec<Move>>,
     /// Set when the urgent connection placed pages directly inside huge-page units (THP): the
     /// background assembler re-checks its units, which may be complete now.
     pub recheck: AtomicBool,
@@ -149,7 +146,6 @@ impl Pager {
             discarded: PageBitmap::new(slots),
             gone: PageBitmap::new(slots),
             events_lock: std::sync::RwLock::new(()),
-            moves: Mutex::new(Vec::new()),
             recheck: AtomicBool::new(false),
             counters: Counters::default(),
             limits: Limits::new(image_size, page),
@@ -289,31 +285,13 @@ impl Pager {
 
     /// Address of page `index` (where it is now, if the application moved it).
     pub fn page_addr(&self, index: u64) -> u64 {
-        let addr = self.memory.addr() + index * self.page;
-        let moves = self.moves.lock().unwrap_or_else(|e| e.into_inner());
-        moves.iter().fold(addr, |addr, m| {
-            if addr >= m.from && addr < m.from + m.len {
-                m.to + (addr - m.from)
-            } else {
-                addr
-            }
-        })
+        self.memory.page_addr(index)
     }
 
-    /// The image page at `addr`, following moves; None outside the region.
+    /// The image page at `addr`, following moves; None outside the region (and at the old
+    /// place of a moved range).
     pub fn image_page(&self, addr: u64) -> Option<u64> {
-        let moves = self.moves.lock().unwrap_or_else(|e| e.into_inner());
-        let mut addr = addr;
-        for m in moves.iter().rev() {
-            if addr >= m.to && addr < m.to + m.len {
-                addr = m.from + (addr - m.to);
-            } else if addr >= m.from && addr < m.from + m.len {
-                return None; // the old place of a moved range
-            }
-        }
-        drop(moves);
-        let page = addr.checked_sub(self.memory.addr())? / self.page;
-        (page < self.received.len() as u64).then_some(page)
+        self.memory.region_page(addr)
     }
 
     /// The image pages of `start..end`.
@@ -321,19 +299,6 @@ impl Pager {
         (start / self.page..end.div_ceil(self.page))
             .filter_map(|p| self.image_page(p * self.page))
             .collect()
-    }
-
-    /// Records an mremap of part of the region.
-    pub fn add_move(&self, m: Move) {
-        self.moves.lock().unwrap_or_else(|e| e.into_inner()).push(m);
-    }
-
-    fn moved(&self) -> bool {
-        !self
-            .moves
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
     }
 
     /// True when every page is present, discarded or unmapped: nothing more will come.
@@ -389,9 +354,10 @@ impl Drop for Pager {
         // registered range queues an UNMAP event and sleeps until someone reads it, and the
         // fault handler is gone by now. (Dropping the pager means no thread can still be
         // blocked on a fault of the region: each such thread holds the pager.)
-        let _ = self
-            .uffd
-            .unregister(self.memory.addr(), self.memory.len() as u64);
+        // Where the region is now: a part the application moved stays registered there.
+        for (start, len) in self.memory.ranges() {
+            let _ = self.uffd.unregister(start, len);
+        }
     }
 }
 
@@ -641,6 +607,10 @@ fn complete_ready(pager: &Pager, placer: &mut Placer) -> Result<(), String> {
         .counters
         .pages_background
         .fetch_add(progress.pages_placed, Ordering::Relaxed);
+    pager
+        .counters
+        .huge_pages_not_collapsed
+        .fetch_add(progress.units_not_huge, Ordering::Relaxed);
     if progress.pages_placed > 0 && pager.complete() {
         pager.notify();
     }
@@ -785,12 +755,10 @@ impl Placer {
     ) -> Result<Progress, String> {
         let _guard = pager.events_lock.read().unwrap_or_else(|e| e.into_inner());
         let ps = pager.page;
-        let plain = pager.discarded.count() == 0 && pager.gone.count() == 0 && !pager.moved();
+        let moved = pager.memory.moved();
+        let plain = pager.discarded.count() == 0 && pager.gone.count() == 0 && !moved;
         if plain {
             return self.place_run(pager, offset, bytes, len);
-        }
-        if pager.moved() && matches!(self, Placer::Assemble(_)) {
-            return Err("the application moved part of a huge-page region with mremap: not supported by this pager".into());
         }
         let class = |p: u64| {
             if pager.gone.get(p as usize) {
@@ -802,13 +770,14 @@ impl Placer {
             }
         };
         let (first, n) = (offset / ps, len / ps);
-        let direct_moved = pager.moved();
+        // Direct placement fills a contiguous range; a moved range is not contiguous in
+        // memory any more, so it goes page by page. The assembler follows moves itself.
+        let direct_moved = moved && matches!(self, Placer::Direct);
         let mut total = Progress::default();
         let mut i = 0;
         while i < n {
             let c = class(first + i);
             let mut j = i + 1;
-            // Moved ranges are not contiguous in memory: place them page by page.
             while j < n && class(first + j) == c && !direct_moved {
                 j += 1;
             }

@@ -24,8 +24,8 @@ use crate::backing::{Backing, HugetlbPlacement, PAGE};
 use crate::chunks::{pieces, Piece};
 use crate::gathered::Gathered;
 use crate::hugetlb;
-use crate::memory::Inner;
-use crate::runs::{place_runs, Placed};
+use crate::memory::{Dst, Inner};
+use crate::runs::{place_runs, run_at, Placed};
 use crate::thp::{self, ThpError, ThpStage};
 
 /// Errors of this module.
@@ -66,6 +66,17 @@ pub enum AssembleError {
     /// A staging buffer could not be mapped.
     #[error("mapping a staging buffer failed: {0}")]
     Staging(#[from] RegionError),
+    /// A hugetlb unit is no longer one aligned huge page in the region. The kernel moves
+    /// hugetlb ranges only whole and aligned (mremap answers EINVAL otherwise), so this
+    /// would be a pager bug, not something an application can do.
+    #[error(
+        "hugetlb unit {unit} is not one aligned huge page in the region any more \
+         (after the application's mremap)"
+    )]
+    NotWhole {
+        /// The unit.
+        unit: u64,
+    },
 }
 
 /// Result alias of this module.
@@ -253,21 +264,19 @@ impl Assembler {
         received: &PageBitmap,
     ) -> Result<Progress> {
         let first_page = (offset / PAGE) as usize;
-        let dst = self.mem.region.addr() + offset;
+        // Where the pages are now (a move of the region may have cut the range).
+        let dst = self.mem.dst(offset, len);
         let mut all = Gathered::full((len / PAGE) as usize);
         let uffd = &self.uffd;
         let placed = place_runs(received, first_page, &mut all, |i, n| {
-            let at = i as u64 * PAGE;
-            let run = n as u64 * PAGE;
-            match bytes {
-                Some(bytes) => place::copy(
-                    uffd,
-                    dst + at,
-                    &bytes[at as usize..(at + run) as usize],
-                    true,
-                ),
-                None => place::zeropage(uffd, dst + at, run, true),
-            }
+            run_at(&dst, i, n, |addr, first, pages| {
+                let at = first * PAGE as usize;
+                let run = pages * PAGE as usize;
+                match bytes {
+                    Some(bytes) => place::copy(uffd, addr, &bytes[at..at + run], true),
+                    None => place::zeropage(uffd, addr, run as u64, true),
+                }
+            })
         })?;
         let mut progress = Progress::default();
         progress.absorb(&placed);
@@ -391,27 +400,31 @@ impl Assembler {
             return Ok(());
         };
         let first_page = unit as usize * self.mem.backing.pages_per_unit();
-        let dst = self.mem.unit_addr(unit);
+        // Where the unit is now: the application may have moved it (see crate::moves).
+        let dst = self.mem.unit_dst(unit);
         let unit_len = self.mem.backing.unit();
         let placed = match &mut slot.stage {
             Stage::Thp(stage) => thp::place(
                 &self.uffd,
                 &self.mem.pagemap,
-                dst,
+                &dst,
                 stage,
                 &mut slot.have,
                 received,
                 first_page,
             )?,
             Stage::Buffer(region) => {
+                let dst = whole(&dst, unit_len, unit)?;
                 // SAFETY: the staging buffer is mapped for its whole length, owned by this
                 // slot and not written while the slice lives (this call only reads it).
                 let src = unsafe { std::slice::from_raw_parts(region.as_ptr(), unit_len as usize) };
                 hugetlb::copy_unit(&self.uffd, dst, src, &mut slot.have, received, first_page)?
             }
+            // The alias is written at the unit's page-cache offset, which a move of the
+            // region does not change; only the registered mapping's address moves.
             Stage::Alias => hugetlb::continue_unit(
                 &self.uffd,
-                dst,
+                whole(&dst, unit_len, unit)?,
                 unit_len,
                 &mut slot.have,
                 received,
@@ -447,8 +460,8 @@ impl Assembler {
     ) -> Result<()> {
         let pages = self.mem.backing.pages_per_unit();
         let first_page = unit as usize * pages;
-        let dst = self.mem.unit_addr(unit);
         let unit_len = self.mem.backing.unit();
+        let dst = whole(&self.mem.unit_dst(unit), unit_len, unit)?;
         let mut have = Gathered::full(pages);
         let placed = match (&self.mem.zero, &self.mem.alias) {
             (Some(zero), _) => {
@@ -490,6 +503,11 @@ impl Assembler {
         }
         self.spare.push(stage);
     }
+}
+
+/// The address of hugetlb unit `unit` (of `unit_len` bytes), which can only be placed whole.
+fn whole(dst: &Dst, unit_len: u64, unit: u64) -> Result<u64> {
+    dst.huge(unit_len).ok_or(AssembleError::NotWhole { unit })
 }
 
 #[cfg(test)]

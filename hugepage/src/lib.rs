@@ -10,6 +10,7 @@
 //! - [`backing`]: anon, thp, hugetlb-2m, hugetlb-1g; placement unit and fault request unit;
 //!   the hugetlb placement ways (copy, continue).
 //! - [`memory`]: the registered region and what each backing needs beside it.
+//! - `moves` (private): where the region's pages are now, after the application's `mremap`s.
 //! - [`assembler`]: one per connection: slots of units in progress, completion, [`Progress`].
 //! - [`thp`]: staging THPs moved into place with UFFDIO_MOVE, collapse after urgent pages.
 //! - [`hugetlb`]: whole-huge-page COPY, or alias mapping + UFFDIO_CONTINUE.
@@ -60,6 +61,7 @@ pub mod cli;
 mod gathered;
 pub mod hugetlb;
 pub mod memory;
+mod moves;
 pub mod pagemap;
 pub mod pattern;
 pub mod pool;
@@ -73,4 +75,5 @@ pub use backing::{Backing, HugetlbPlacement, PAGE};
 pub use bench::{BenchConfig, BenchReport};
 pub use chunks::{Chunk, Order};
 pub use memory::{Memory, MemoryError};
+pub use moves::Move;
 pub use pattern::Pattern;

@@ -19,6 +19,7 @@ use uffd_core::{Modes, Userfaultfd};
 
 use crate::assembler::Assembler;
 use crate::backing::{Backing, HugetlbPlacement, PAGE};
+use crate::moves::{Move, Moves};
 use crate::pagemap::{Pagemap, PagemapError};
 use crate::pool::{self, PoolError};
 use crate::smaps::{self, SmapsError};
@@ -87,12 +88,73 @@ pub(crate) struct Inner {
     /// Copy way: a unit-sized mapping never written, read as zeros.
     pub(crate) zero: Option<Region>,
     pub(crate) pagemap: Pagemap,
+    /// Where the region's pages are now (the application may move them with mremap).
+    pub(crate) moves: Moves,
+}
+
+/// Where a range of the region's pages is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Dst {
+    /// Contiguous, starting at this address.
+    At(u64),
+    /// Cut by a move: the address of each 4 KiB page.
+    Pages(Vec<u64>),
+}
+
+impl Dst {
+    /// Address of page `i` of the range.
+    pub(crate) fn page(&self, i: usize) -> u64 {
+        match self {
+            Dst::At(addr) => addr + i as u64 * PAGE,
+            Dst::Pages(addrs) => addrs[i],
+        }
+    }
+
+    /// The start, when the range can take one huge page of `unit` bytes: contiguous and
+    /// aligned to `unit`. A range moved in part, or to an address not aligned to the unit,
+    /// cannot be mapped by one PMD.
+    pub(crate) fn huge(&self, unit: u64) -> Option<u64> {
+        match self {
+            Dst::At(addr) if addr.is_multiple_of(unit) => Some(*addr),
+            _ => None,
+        }
+    }
+
+    /// Pages `i..i+n` of the range cut where their addresses stop being contiguous:
+    /// `(address, first page, pages)` pieces, in order.
+    pub(crate) fn pieces(&self, i: usize, n: usize) -> Vec<(u64, usize, usize)> {
+        if let Dst::At(addr) = self {
+            return vec![(addr + i as u64 * PAGE, i, n)];
+        }
+        let mut out: Vec<(u64, usize, usize)> = Vec::new();
+        for p in i..i + n {
+            let at = self.page(p);
+            match out.last_mut() {
+                Some((start, _, count)) if *start + *count as u64 * PAGE == at => *count += 1,
+                _ => out.push((at, p, 1)),
+            }
+        }
+        out
+    }
 }
 
 impl Inner {
-    /// Start address of unit `index` in the region.
-    pub(crate) fn unit_addr(&self, index: u64) -> u64 {
-        self.region.addr() + index * self.backing.unit()
+    /// Where image bytes `offset..offset+len` (4 KiB-aligned) are now.
+    pub(crate) fn dst(&self, offset: u64, len: u64) -> Dst {
+        match self.moves.range(offset, len) {
+            Some(addr) => Dst::At(addr),
+            None => Dst::Pages(
+                (0..len / PAGE)
+                    .map(|i| self.moves.addr(offset + i * PAGE))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Where unit `index` is now.
+    pub(crate) fn unit_dst(&self, index: u64) -> Dst {
+        let unit = self.backing.unit();
+        self.dst(index * unit, unit)
     }
 }
 
@@ -140,10 +202,12 @@ impl Memory {
                 }
             }
         };
+        let moves = Moves::new(region.addr(), len as u64);
         Ok(Memory {
             inner: Arc::new(Inner {
                 backing,
                 placement: hugetlb,
+                moves,
                 region,
                 alias,
                 _memfd: memfd,
@@ -236,13 +300,46 @@ impl Memory {
         Ok(Assembler::new(self.inner.clone(), uffd))
     }
 
+    /// Where 4 KiB page `page` of the region is now (it moves when the application moves it
+    /// with mremap; see [`Memory::add_move`]).
+    pub fn page_addr(&self, page: u64) -> u64 {
+        self.inner.moves.addr(page * PAGE)
+    }
+
+    /// The 4 KiB page of the region mapped at `addr` now; None where no part of the region is
+    /// (outside it, or the old place of a moved range).
+    pub fn region_page(&self, addr: u64) -> Option<u64> {
+        self.inner.moves.offset(addr).map(|offset| offset / PAGE)
+    }
+
+    /// Records that the application moved `m.len` bytes at `m.from` to `m.to` (an mremap, as
+    /// UFFD_EVENT_REMAP reports it): later placements of those pages go to the new address.
+    /// Call it with no placement in flight (the pager's events lock held for writing).
+    pub fn add_move(&self, m: Move) {
+        self.inner.moves.apply(m);
+    }
+
+    /// True once any part of the region was moved.
+    pub fn moved(&self) -> bool {
+        self.inner.moves.moved()
+    }
+
+    /// The address ranges `(start, len)` the region occupies now (one until it is moved).
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        self.inner.moves.ranges()
+    }
+
     /// Huge pages mapped as huge pages in the region now, from `/proc/self/smaps`:
     /// `AnonHugePages` for THP, `Private_Hugetlb + Shared_Hugetlb` for hugetlb, summed over the
-    /// VMAs that overlap the region (0 for anon).
+    /// VMAs that overlap the region where it is now (0 for anon).
     pub fn huge_pages_mapped(&self) -> Result<u64> {
-        let (start, end) = (self.addr(), self.addr() + self.len() as u64);
+        let ranges = self.ranges();
         let vmas = smaps::read_self()?;
-        let overlapping = vmas.iter().filter(|v| v.overlaps(start, end));
+        let overlapping = vmas.iter().filter(|v| {
+            ranges
+                .iter()
+                .any(|&(start, len)| v.overlaps(start, start + len))
+        });
         let kb: u64 = match self.inner.backing {
             Backing::Anon => 0,
             Backing::Thp => overlapping.map(|v| v.anon_huge_kb).sum(),
@@ -251,10 +348,11 @@ impl Memory {
         Ok(kb * 1024 / self.unit().max(HUGE_2M as u64))
     }
 
-    /// THP: collapses again every unit of `units` (indices) that is not mapped as a huge
-    /// page. A collapse at placement time fails with EBUSY while any page of the unit is still
-    /// missing (an urgent page in flight); once the whole image is present it succeeds.
-    /// Returns how many units are huge afterwards.
+    /// THP: collapses again every unit that is not mapped as a huge page. A collapse at
+    /// placement time fails with EBUSY while any page of the unit is still missing (an urgent
+    /// page in flight); once the whole image is present it succeeds. A unit the application
+    /// moved in part, or to an address not 2 MiB-aligned, cannot be one huge page and is left
+    /// as it is. Returns how many units are huge afterwards.
     pub fn collapse_remaining(&self) -> Result<u64> {
         if self.inner.backing != Backing::Thp {
             return self.huge_pages_mapped();
@@ -262,7 +360,9 @@ impl Memory {
         let unit = self.unit();
         let mut huge = 0;
         for i in 0..self.units() {
-            let start = self.addr() + i * unit;
+            let Some(start) = self.inner.unit_dst(i).huge(unit) else {
+                continue;
+            };
             let is_huge = self.inner.pagemap.is_huge(start, unit).unwrap_or(false);
             let collapsed = if is_huge {
                 Ok(())
@@ -279,16 +379,16 @@ impl Memory {
         Ok(huge)
     }
 
-    /// Huge pages mapped in exactly the region's range, from `PAGEMAP_SCAN` (a cross-check of
-    /// [`Memory::huge_pages_mapped`] that cannot count a neighbouring mapping).
+    /// Huge pages mapped in exactly the region's ranges, from `PAGEMAP_SCAN` (a cross-check
+    /// of [`Memory::huge_pages_mapped`] that cannot count a neighbouring mapping).
     pub fn huge_pages_mapped_exact(&self) -> Result<u64> {
         if self.inner.backing == Backing::Anon {
             return Ok(0);
         }
-        let bytes = self
-            .inner
-            .pagemap
-            .huge_bytes(self.addr(), self.len() as u64)?;
+        let mut bytes = 0;
+        for (start, len) in self.ranges() {
+            bytes += self.inner.pagemap.huge_bytes(start, len)?;
+        }
         Ok(bytes / self.unit())
     }
 

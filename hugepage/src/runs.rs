@@ -15,6 +15,7 @@ use uffd_core::PageBitmap;
 
 use crate::backing::PAGE;
 use crate::gathered::Gathered;
+use crate::memory::Dst;
 
 /// What placing a unit's runs did, in 4 KiB pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -91,6 +92,33 @@ pub(crate) fn place_runs(
     Ok(out)
 }
 
+/// Places pages `i..i+n` of a range at `dst` as one run, with one `op(address, first page,
+/// pages)` call per piece that is contiguous in memory (a move of the region may have cut the
+/// run). The pieces' outcomes are combined as one ioctl's would be: the pages placed from
+/// the start of the run up to the first piece that stopped short; if the very first piece
+/// placed nothing, its own outcome. So [`place_runs`] meets the stopping page next time.
+pub(crate) fn run_at(
+    dst: &Dst,
+    i: usize,
+    n: usize,
+    mut op: impl FnMut(u64, usize, usize) -> place::Result<Outcome>,
+) -> place::Result<Outcome> {
+    let mut done = 0;
+    for (at, first, pages) in dst.pieces(i, n) {
+        match op(at, first, pages)? {
+            Outcome::Placed(bytes) => {
+                done += bytes;
+                if bytes < pages as u64 * PAGE {
+                    break;
+                }
+            }
+            other if done == 0 => return Ok(other),
+            _ => break,
+        }
+    }
+    Ok(Outcome::Placed(done))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +165,40 @@ mod tests {
         .expect("no error");
         assert_eq!((placed.placed, placed.present), (3, 1));
         assert!(received.get(0) && !received.get(2) && received.get(3));
+    }
+
+    #[test]
+    fn a_run_cut_by_a_move_is_placed_in_pieces() {
+        // Pages 0..4 of a range: 0 and 1 at 0x10000, 2 moved to 0x50000, 3 right after it.
+        let dst = Dst::Pages(vec![0x10000, 0x11000, 0x50000, 0x51000]);
+        let mut calls = Vec::new();
+        let outcome = run_at(&dst, 1, 3, |at, first, pages| {
+            calls.push((at, first, pages));
+            Ok(Outcome::Placed(pages as u64 * PAGE))
+        })
+        .expect("no error");
+        assert_eq!(outcome, Outcome::Placed(3 * PAGE));
+        assert_eq!(calls, vec![(0x11000, 1, 1), (0x50000, 2, 2)]);
+        // The second piece finds its first page present: the run reports the first piece
+        // only, and the next round meets the present page (EEXIST).
+        let mut answers = vec![Outcome::AlreadyPresent, Outcome::Placed(PAGE)];
+        let outcome = run_at(&dst, 1, 3, |_, _, _| {
+            Ok(answers.pop().unwrap_or(Outcome::Retry))
+        })
+        .expect("no error");
+        assert_eq!(outcome, Outcome::Placed(PAGE));
+        // A first piece that cannot start says so itself.
+        let outcome = run_at(&dst, 0, 4, |_, _, _| Ok(Outcome::Retry)).expect("no error");
+        assert_eq!(outcome, Outcome::Retry);
+        // Contiguous: one call.
+        let mut calls = 0;
+        run_at(&Dst::At(0x20000), 2, 5, |at, first, pages| {
+            calls += 1;
+            assert_eq!((at, first, pages), (0x22000, 2, 5));
+            Ok(Outcome::Placed(5 * PAGE))
+        })
+        .expect("no error");
+        assert_eq!(calls, 1);
     }
 
     #[test]

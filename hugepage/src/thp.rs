@@ -43,8 +43,9 @@ use uffd_core::{PageBitmap, Userfaultfd};
 
 use crate::backing::PAGE;
 use crate::gathered::Gathered;
+use crate::memory::Dst;
 use crate::pagemap::Pagemap;
-use crate::runs::{place_runs, Placed};
+use crate::runs::{place_runs, run_at, Placed};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -141,21 +142,27 @@ pub(crate) fn collapse(addr: u64, len: u64) -> std::result::Result<(), Errno> {
     Errno::result(ret).map(drop)
 }
 
-/// Places one complete unit at `dst` from `stage`. `have` holds the gathered pages (the
-/// others are present already); `first_page` is the unit's first bit in `received`.
+/// Places one complete unit at `dst` (where its pages are now) from `stage`. `have` holds
+/// the gathered pages (the others are present already); `first_page` is the unit's first bit
+/// in `received`.
+///
+/// A unit the application moved in part, or to an address not 2 MiB-aligned (mremap of
+/// anonymous memory allows any page-aligned destination), cannot be mapped by one PMD: its
+/// pages are copied 4 KiB-wise to where each is, and it counts as not huge.
 pub(crate) fn place(
     uffd: &Userfaultfd,
     pagemap: &Pagemap,
-    dst: u64,
+    dst: &Dst,
     stage: &mut ThpStage,
     have: &mut Gathered,
     received: &PageBitmap,
     first_page: usize,
 ) -> Result<Placed> {
     let mut out = Placed::default();
+    let huge = dst.huge(UNIT);
     let whole = have.count() == PAGES && (0..PAGES).all(|i| !received.get(first_page + i));
     let mut moved = 0;
-    if whole {
+    if let (Some(dst), true) = (huge, whole) {
         // SAFETY: the staging page belongs to this unit's slot; no Rust reference points into
         // it (chunks are written through raw pointers), so its pages may leave.
         match unsafe { place::move_(uffd, dst, stage.addr(), UNIT, true) }? {
@@ -181,20 +188,24 @@ pub(crate) fn place(
         }
     }
     if have.count() > 0 {
-        // Some pages are present already, so the unit cannot arrive as one THP: COPY the
-        // others around them. MOVE would do too, but it splits the staging THP, which must
-        // then be allocated (and zeroed) again; the collapse below allocates the unit's THP
-        // anyway, and the staging THP stays for the next unit.
+        // Some pages are present already (or the unit is not where a PMD can take it), so the
+        // unit cannot arrive as one THP: COPY the others around them. MOVE would do too, but
+        // it splits the staging THP, which must then be allocated (and zeroed) again; the
+        // collapse below allocates the unit's THP anyway, and the staging THP stays for the
+        // next unit.
         let base = stage.as_ptr();
         let runs = place_runs(received, first_page, have, |i, n| {
-            let offset = i * PAGE as usize;
-            // SAFETY: `offset + n` pages lie inside the 2 MiB staging page (i + n <= 512),
-            // which nothing writes while this slice lives.
-            let bytes = unsafe { std::slice::from_raw_parts(base.add(offset), n * PAGE as usize) };
-            // Each run wakes the threads waiting on its own pages: they see complete 4 KiB
-            // pages. (One UFFDIO_WAKE of the unit at the end would be nicer, but uffd-core's
-            // WAKE is encoded _IOW where the kernel has _IOR, and fails EINVAL.)
-            place::copy(uffd, dst + offset as u64, bytes, true)
+            run_at(dst, i, n, |addr, first, pages| {
+                let offset = first * PAGE as usize;
+                // SAFETY: `first + pages` <= 512, so the range lies inside the 2 MiB staging
+                // page, which nothing writes while this slice lives.
+                let bytes =
+                    unsafe { std::slice::from_raw_parts(base.add(offset), pages * PAGE as usize) };
+                // Each run wakes the threads waiting on its own pages: they see complete 4 KiB
+                // pages. (One UFFDIO_WAKE of the unit at the end would be nicer, but uffd-core's
+                // WAKE is encoded _IOW where the kernel has _IOR, and fails EINVAL.)
+                place::copy(uffd, addr, bytes, true)
+            })
         })?;
         out.placed += runs.placed;
         out.present += runs.present;
@@ -210,11 +221,17 @@ pub(crate) fn place(
     } else if moved > 0 {
         stage.discard()?;
     }
-    if !pagemap.is_huge(dst, UNIT).unwrap_or(false) {
-        if let Err(errno) = collapse(dst, UNIT) {
-            tracing::debug!(dst, %errno, "MADV_COLLAPSE failed: the unit stays 4K-mapped");
-            out.not_huge = true;
+    match huge {
+        Some(dst) if !pagemap.is_huge(dst, UNIT).unwrap_or(false) => {
+            if let Err(errno) = collapse(dst, UNIT) {
+                tracing::debug!(dst, %errno, "MADV_COLLAPSE failed: the unit stays 4K-mapped");
+                out.not_huge = true;
+            }
         }
+        Some(_) => {}
+        // A collapse would take the aligned 2 MiB around the pages, which hold other units'
+        // pages or none of the region's.
+        None => out.not_huge = true,
     }
     Ok(out)
 }

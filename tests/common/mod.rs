@@ -80,6 +80,22 @@ pub fn have_uffd() -> bool {
     }
 }
 
+/// True if the hugetlb pool of `size`-byte pages has `pages` available; otherwise prints why
+/// the test is skipped (and fails under CI). `scripts/setup.sh` reserves the pools.
+pub fn pool_has(size: u64, pages: u64) -> bool {
+    let have = uffd_core::probe::huge_pools()
+        .iter()
+        .find(|p| p.size == size)
+        .map_or(0, |p| p.available());
+    if have < pages {
+        uffd_core::testing::skip(&format!(
+            "{pages} huge pages of {size} bytes needed, {have} available: run scripts/setup.sh as root"
+        ));
+        return false;
+    }
+    true
+}
+
 /// A binary of this workspace (built by `cargo test --workspace`), from target/<profile>/.
 pub fn binary(name: &str) -> PathBuf {
     let me = std::env::current_exe().expect("current exe");
