@@ -22,6 +22,9 @@ const MIB: u64 = 1 << 20;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// The watchdog limit of the longest tests (1 GiB images).
+const LONG: Duration = Duration::from_secs(180);
+
 /// One test at a time (see the module doc).
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
@@ -352,15 +355,22 @@ fn move_while_streaming(
     let server = TestServer::start(synthetic(image_len, 43, 0.1));
     let client = open_with(&server, backing, placement, true);
     let pager = Arc::clone(client.pager());
-    let unit_pages = pager.memory.unit() / PAGE;
-    client.touch(m.first);
+    let unit = pager.memory.unit();
+    let unit_pages = unit / PAGE;
+    // Not when that unit is the whole moved range (a 1 GiB page): the stream would finish it
+    // for the fault before the move.
+    if m.end - m.first > unit_pages {
+        client.touch(m.first);
+    }
     // Well ahead of the moved ranges below (which start at half the image or at 0), so that
-    // the stream still has units of them to place after the move.
+    // the stream still has units of them to place after the move. In bytes received, not
+    // pages present: a 1 GiB unit is present all at once.
     eventually("the stream under way", || {
-        pager.received.count() as u64 >= pager.pages / 8
+        counter(&pager.counters.bytes_received) >= image_len / 8
     });
     let len = (m.end - m.first) * PAGE;
-    let to = reserve(len + m.skew, 2 * MIB) + m.skew;
+    // hugetlb moves only to addresses aligned to its huge pages.
+    let to = reserve(len + m.skew, unit.max(2 * MIB)) + m.skew;
     move_range(pager.page_addr(m.first), len, to);
     // The kernel lets the mremap return once the REMAP event is read; the pager applies it
     // just after.
@@ -504,6 +514,31 @@ fn remap_part_and_whole_thp_region_while_the_stream_runs() {
         r.huge * 4 >= r.units_moved * 3,
         "most units must end huge: {r:?}"
     );
+}
+
+/// hugetlb-1g, continue way, the whole region (one 1 GiB page) moved while the stream is
+/// writing it through the alias: the CONTINUE of the complete page goes to the new address.
+#[test]
+fn remap_hugetlb_1g_while_the_stream_runs() {
+    let Some(_running) = begin("remap_hugetlb_1g_while_the_stream_runs", LONG) else {
+        return;
+    };
+    if !pool_has(1 << 30, 1) {
+        return;
+    }
+    let whole = StreamMove {
+        first: 0,
+        end: (1 << 30) / PAGE,
+        skew: 0,
+    };
+    let r = move_while_streaming(
+        Backing::Hugetlb1G,
+        HugetlbPlacement::Continue,
+        1 << 30,
+        whole,
+    );
+    assert_eq!(r.units_missing_after_move, 1, "{r:?}");
+    assert_eq!((r.huge, r.huge_in_moved_range), (1, 1), "{r:?}");
 }
 
 /// A move of a hugetlb range to an address that is not huge-page-aligned is refused by the
