@@ -7,6 +7,15 @@
 //! | REMAP  | `mremap` moved part of the region | later placements there go to the new address     |
 //! | FORK   | `fork(2)`                     | a child handler serves the child's faults           |
 //!
+//! **Moves, per backing** (the map of where each page is now: `hugepage::Memory::add_move`,
+//! `page_addr`; tested in `tests/events.rs`):
+//!
+//! | backing | what the kernel allows | later placements |
+//! |---------|------------------------|------------------|
+//! | anon    | any page-aligned range and destination | COPY / ZEROPAGE of each page at its address |
+//! | thp     | the same                | a unit still contiguous and 2 MiB-aligned: as one THP (MOVE of the staging page, or COPY runs + collapse); a unit cut by the move or moved to an address not 2 MiB-aligned: COPY of 4 KiB pieces to where each page is, counted not huge; urgent 4 KiB pages at their address |
+//! | hugetlb-2m/1g | only huge-page-aligned addresses (EINVAL otherwise; the length is rounded up to whole huge pages, and so is the REMAP event's) | COPY or CONTINUE of the whole huge page at its new address; the continue way still writes the alias at the unit's page-cache offset, which a move does not change |
+//!
 //! **Discard semantics.** `MADV_DONTNEED` on private anonymous memory means "I no longer need
 //! this content": without userfaultfd the next touch reads zeros. The pager keeps that meaning:
 //! a discarded page is never fetched again; a fault on it is resolved locally with a zero page,

@@ -32,6 +32,9 @@
 //!   connection, or use the copy way, if the guest may have changed the page since.
 //! - Placement stops with `Stop::Retry` while a non-cooperative event is unread: read the
 //!   events, then call [`Assembler::retry`].
+//! - A region the application moved with `mremap` ([`Memory::add_move`]): each unit is placed
+//!   where it is now; a THP unit cut by the move, or moved to an address not 2 MiB-aligned,
+//!   arrives as 4 KiB pages (no PMD can map it) and counts in `units_not_huge`.
 //!
 //! # Example
 //! ```no_run
