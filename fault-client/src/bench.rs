@@ -1186,10 +1186,16 @@ mod tests {
     #[test]
     fn thread_stacks_name_every_thread() {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
         let parked = std::thread::Builder::new()
             .name("stack-probe".into())
-            .spawn(move || rx.recv())
+            .spawn(move || {
+                // The thread names itself when it starts: dump only once it runs.
+                let _ = ready_tx.send(());
+                rx.recv()
+            })
             .expect("thread");
+        ready_rx.recv().expect("probe thread started");
         let dump = thread_stacks("test", std::process::id());
         drop(tx);
         let _ = parked.join();
