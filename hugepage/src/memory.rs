@@ -10,6 +10,7 @@
 //! A [`Memory`] is shared by every connection: each gets its own [`Assembler`] (with its own
 //! staging pages) from [`Memory::assembler`].
 
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 use uffd_core::region::{Memfd, Region, RegionError, HUGE_2M};
@@ -79,8 +80,9 @@ pub type Result<T> = std::result::Result<T, MemoryError>;
 pub(crate) struct Inner {
     pub(crate) backing: Backing,
     pub(crate) placement: HugetlbPlacement,
-    /// The registered region.
-    pub(crate) region: Region,
+    /// The registered region. Unmapped by `Inner`'s drop: where it is now, if the application
+    /// moved parts of it.
+    pub(crate) region: ManuallyDrop<Region>,
     /// Continue way: the second mapping of the memfd, where chunks are written.
     pub(crate) alias: Option<Region>,
     /// Continue way: the memfd itself (kept for its lifetime's sake and for hole punching).
@@ -135,6 +137,18 @@ impl Dst {
             }
         }
         out
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // SAFETY: `region` is taken once, here, and not used after: `self` is being dropped.
+        let region = unsafe { ManuallyDrop::take(&mut self.region) };
+        if self.moves.moved() {
+            // The application moved parts with mremap: unmap them where they are now, and
+            // leave the holes they left alone (another mapping may live there by now).
+            region.unmap_moved(&self.moves.ranges());
+        }
     }
 }
 
@@ -208,7 +222,7 @@ impl Memory {
                 backing,
                 placement: hugetlb,
                 moves,
-                region,
+                region: ManuallyDrop::new(region),
                 alias,
                 _memfd: memfd,
                 zero,

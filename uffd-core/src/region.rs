@@ -324,10 +324,40 @@ impl Memfd {
     }
 }
 
+impl Region {
+    /// Unmaps the region after the application moved parts of it with `mremap`: the slack of
+    /// the mapping around the usable range, and each range where the region's pages are now
+    /// (`now`: start and length, from the caller's map of the moves), but not the holes the
+    /// moves left behind — another `mmap` may have taken them since, and plain drop would
+    /// unmap that mapping.
+    pub fn unmap_moved(self, now: &[(u64, u64)]) {
+        let this = std::mem::ManuallyDrop::new(self);
+        let map_start = this.map_start.as_ptr() as u64;
+        let map_end = map_start + this.map_len as u64;
+        let (start, end) = (this.addr(), this.addr() + this.len as u64);
+        let slack = [(map_start, start - map_start), (end, map_end - end)];
+        for &(addr, len) in slack.iter().chain(now).filter(|&&(_, len)| len > 0) {
+            let (Some(ptr), Ok(len)) = (
+                NonNull::new(addr as *mut libc::c_void),
+                usize::try_from(len),
+            ) else {
+                continue;
+            };
+            // SAFETY: the slack was mapped by this Region and never handed out; each range of
+            // `now` holds this region's own pages (moved, not shared), and the Region is given
+            // up here, so nothing refers to them any more.
+            if let Err(errno) = unsafe { mman::munmap(ptr, len) } {
+                tracing::warn!(addr, len, "munmap failed: {errno}");
+            }
+        }
+    }
+}
+
 impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: `map_start..map_start+map_len` is exactly the mapping this Region created
-        // and nothing else unmaps it.
+        // and nothing else unmaps it. (Where the application may have moved parts of it with
+        // mremap, its owner gives it up with `unmap_moved` instead.)
         let result = unsafe { mman::munmap(self.map_start, self.map_len) };
         if let Err(errno) = result {
             tracing::warn!("munmap failed: {errno}");
@@ -370,6 +400,62 @@ mod tests {
         unsafe { a.as_ptr().add(4096).write(42) };
         // SAFETY: as above.
         assert_eq!(unsafe { b.as_ptr().add(4096).read() }, 42);
+    }
+
+    /// True if `addr` is mapped (msync answers ENOMEM for an unmapped page).
+    fn mapped(addr: u64) -> bool {
+        // SAFETY: msync only inspects the mapping of the page; MS_ASYNC writes nothing back.
+        unsafe { libc::msync(addr as *mut libc::c_void, page_size(), libc::MS_ASYNC) == 0 }
+    }
+
+    #[test]
+    fn unmap_moved_spares_the_holes_the_moves_left() {
+        let page = page_size() as u64;
+        let region = Region::anonymous(4 * page as usize).expect("mmap");
+        let base = region.addr();
+        // The application moves page 1 elsewhere (to an address it got from mmap)...
+        let target = Region::anonymous(page as usize).expect("target");
+        let to = target.addr();
+        std::mem::forget(target); // the mremap below replaces it
+                                  // SAFETY: page 1 of `region` and the page at `to` are mappings of this test only.
+        let moved = unsafe {
+            libc::mremap(
+                (base + page) as *mut libc::c_void,
+                page as usize,
+                page as usize,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                to as *mut libc::c_void,
+            )
+        };
+        assert_eq!(
+            moved as u64,
+            to,
+            "mremap: {}",
+            std::io::Error::last_os_error()
+        );
+        // ...and maps something new in the hole.
+        // SAFETY: MAP_FIXED_NOREPLACE only takes the address if nothing is mapped there.
+        let other = unsafe {
+            libc::mmap(
+                (base + page) as *mut libc::c_void,
+                page as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        assert_eq!(other as u64, base + page);
+        region.unmap_moved(&[(base, page), (to, page), (base + 2 * page, 2 * page)]);
+        assert!(
+            mapped(base + page),
+            "the other mapping in the hole was unmapped"
+        );
+        for addr in [base, to, base + 2 * page, base + 3 * page] {
+            assert!(!mapped(addr), "{addr:#x} still mapped");
+        }
+        // SAFETY: the test's own mapping in the hole.
+        unsafe { libc::munmap(other, page as usize) };
     }
 
     #[test]
