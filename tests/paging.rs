@@ -219,3 +219,74 @@ fn max_bandwidth_paces_the_background_stream() {
         report.elapsed_s
     );
 }
+
+#[test]
+fn trace_has_every_stage_of_each_urgent_fault() {
+    if !have_uffd() {
+        return;
+    }
+    let server = TestServer::start(synthetic(8 << 20, 6, 0.2));
+    let dir = std::env::temp_dir().join(format!("uffd-lab-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("trace.csv");
+    let mut run = config(&server, Workload::Random, false);
+    run.trace = Some(path.clone());
+    let report = fault_client::client::run(&run).expect("traced run");
+    assert_eq!(report.verified, Some(true));
+
+    let text = std::fs::read_to_string(&path).expect("trace");
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("t_us,event,offset,len,latency_us,resolution,channel")
+    );
+    // Per requested offset: when the request went out and when its answer was read.
+    let mut requests = std::collections::HashMap::new();
+    let mut answers = std::collections::HashMap::new();
+    let (mut faults, mut resolved) = (0u64, 0u64);
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f.len(), 7, "{line}");
+        let t: f64 = f[0].parse().expect("t_us");
+        let offset: u64 = f[2].parse().expect("offset");
+        match f[1] {
+            "request" => assert!(
+                requests.insert(offset, t).is_none(),
+                "requested twice: {line}"
+            ),
+            "answer" => {
+                answers.entry(offset).or_insert(t);
+            }
+            "fault" => faults += 1,
+            "resolved" => resolved += 1,
+            "arrival" => {}
+            other => panic!("unknown event {other}: {line}"),
+        }
+    }
+    assert_eq!(requests.len() as u64, report.requests, "{report:?}");
+    assert!(faults >= report.requests && resolved >= report.requests);
+    for (offset, sent) in &requests {
+        let read = answers
+            .get(offset)
+            .unwrap_or_else(|| panic!("no answer for {offset}"));
+        assert!(
+            read >= sent,
+            "answer for {offset} read before its request was sent"
+        );
+    }
+    // Every request was answered on the urgent connection (no stream): each is measured.
+    let stages = fault_client::stages::stages(&path).expect("stages");
+    assert_eq!(stages.requests as u64, report.requests);
+    assert_eq!(stages.measured, stages.requests, "{stages:?}");
+    assert_eq!(stages.handler.len(), stages.measured, "{stages:?}");
+    for (stage, values) in [
+        ("round trip", &stages.round_trip),
+        ("placement", &stages.placement),
+    ] {
+        assert!(values.iter().all(|&v| v >= 0.0), "{stage}: {values:?}");
+    }
+    // The plot reads the new events too.
+    let out = dir.join("trace.svg");
+    fault_client::plot::plot(&path, &out).expect("plot the trace");
+    let _ = std::fs::remove_dir_all(&dir);
+}

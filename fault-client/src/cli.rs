@@ -53,6 +53,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Split each urgent fault of a trace (from `run --trace`) into its stages: the fault
+    /// handler (fault -> request), the round trip (request -> answer: network and server), and
+    /// the placement (answer -> placed); p50/p90/p99/max of each.
+    Stages {
+        /// The trace file.
+        trace: PathBuf,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// The standard comparison set in one run: local userfaultfd round trip and first-touch
     /// fault, remote faults over loopback (anon, thp, hugetlb-2m; without the background
     /// stream, with it, and with a --no-preempt server), whole-image transfers; one table
@@ -185,6 +195,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plot { trace, out } => {
             let summary = crate::plot::plot(&trace, &out)?;
             println!("{summary}");
+            Ok(())
+        }
+        Command::Stages { trace, json } => {
+            let stages = crate::stages::stages(&trace)?;
+            if json {
+                println!("{}", stages.to_json());
+            } else {
+                print!("{}", stages.to_table());
+            }
             Ok(())
         }
         Command::Demo {

@@ -14,7 +14,8 @@
 //! - [`workload`]: the application threads (seq, random, zipf) and their fault latency.
 //! - [`client`]: one run from connect to report. [`report`]: table and JSON.
 //! - [`progress`]: the live progress line of long runs.
-//! - [`trace`]: `--trace`, a CSV line per fault and per arriving page; [`plot`] draws it.
+//! - [`trace`]: `--trace`, a CSV line per fault, per urgent request and answer, and per arriving
+//!   page; [`plot`] draws it, [`stages`] splits each urgent fault into its stages.
 //! - [`demo`]: the one-command demo (a page-server child process).
 //! - [`bench`](mod@bench): `fault-client bench`, the standard comparison set as one table.
 //! - [`cli`]: the command line; [`cli::run`] is what the binary calls.
@@ -30,6 +31,7 @@ pub mod pager;
 pub mod plot;
 pub mod progress;
 pub mod report;
+pub mod stages;
 pub mod trace;
 pub mod workload;
 

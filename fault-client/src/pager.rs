@@ -333,9 +333,13 @@ impl Pager {
         let generation = self.generation.load(Ordering::Acquire);
         let mut tx = self.lock_urgent();
         if let Some(writer) = tx.as_mut() {
+            let at = std::time::Instant::now();
             match writer.send(&request) {
                 Ok(()) => {
                     self.counters.requests.fetch_add(1, Ordering::Relaxed);
+                    if let Some(trace) = &self.trace {
+                        trace.request(at, first * self.page, len);
+                    }
                 }
                 Err(err) => {
                     *tx = None;
@@ -681,6 +685,13 @@ pub fn receive(pager: &Pager, channel: Channel, mut reader: FrameReader<Conn>, g
                 return;
             }
         };
+        if let (Some(trace), Channel::Urgent) = (&pager.trace, channel) {
+            match &frame {
+                Frame::Data { offset, bytes } => trace.answer(*offset, bytes.len() as u64),
+                Frame::Zero { offset, len } => trace.answer(*offset, *len),
+                _ => {}
+            }
+        }
         let result = handle_frame(pager, &mut assembler, channel, frame);
         let bytes = reader.bytes_read();
         pager

@@ -227,7 +227,11 @@ fn parse_line(line: &str, events: &mut Events) -> Result<()> {
             len,
             how: How::parse(resolution)?,
         }),
-        _ => bail!("unknown event {event:?} (expected fault, resolved or arrival)"),
+        // The urgent connection's own stages: not drawn (yet), but part of the format.
+        "request" | "answer" => {}
+        _ => {
+            bail!("unknown event {event:?} (expected fault, resolved, arrival, request or answer)")
+        }
     }
     Ok(())
 }

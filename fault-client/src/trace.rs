@@ -13,7 +13,11 @@
 //! - `t_us`: microseconds since the run started.
 //! - `event`: `fault` (the handler read a fault message for the page at `offset`),
 //!   `resolved` (that fault's page became present: `latency_us` is from the fault message to
-//!   the placement that woke the thread), or `arrival` (a frame's pages were placed).
+//!   the placement that woke the thread), `arrival` (a frame's pages were placed), `request`
+//!   (a request for `offset..offset+len` is being written to the urgent connection) or `answer`
+//!   (the urgent receiver has read a whole data or zero frame and is about to place it).
+//!   Together they split a fault's latency into stages: fault → request (the handler),
+//!   request → answer (the network both ways and the server), answer → arrival (placement).
 //! - `offset`, `len`: the range in the image, in bytes.
 //! - `resolution`: how the page got there: `urgent`, `background`, `zero`, or
 //!   `already_present` (the fault raced with a placement and was only woken); for arrivals,
@@ -80,6 +84,13 @@ enum Record {
         how: Resolution,
         channel: &'static str,
     },
+    /// `request` or `answer`, on the urgent connection.
+    Urgent {
+        at: Instant,
+        event: &'static str,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// A trace being written.
@@ -132,6 +143,12 @@ impl Trace {
                             us(at),
                             how.name()
                         )?,
+                        Record::Urgent {
+                            at,
+                            event,
+                            offset,
+                            len,
+                        } => writeln!(out, "{:.1},{event},{offset},{len},,,urgent", us(at))?,
                     }
                 }
                 out.flush()
@@ -160,6 +177,27 @@ impl Trace {
             .or_default()
             .push(at);
         self.send(Record::Fault { at, offset, len });
+    }
+
+    /// A request for `offset..offset+len` was written to the urgent connection, starting at
+    /// `at` (taken before the write: the answer can be read before the write returns).
+    pub fn request(&self, at: Instant, offset: u64, len: u64) {
+        self.send(Record::Urgent {
+            at,
+            event: "request",
+            offset,
+            len,
+        });
+    }
+
+    /// The urgent receiver read a frame for `offset..offset+len` and will place it now.
+    pub fn answer(&self, offset: u64, len: u64) {
+        self.send(Record::Urgent {
+            at: Instant::now(),
+            event: "answer",
+            offset,
+            len,
+        });
     }
 
     /// The fault on `offset` found its page already present.

@@ -1,0 +1,215 @@
+//! `fault-client stages TRACE`: where the time of each urgent fault goes, from a `--trace`
+//! file.
+//!
+//! Each `request` of the trace is matched with the fault that caused it (the last `fault`
+//! inside the requested range read at or before the request), the answer that came back (the
+//! first `answer` at the same offset after it) and the answer's placement (the first urgent
+//! `arrival` at that offset after it). That splits a fault into three stages:
+//!
+//! | stage | from → to | what it is |
+//! |-------|-----------|------------|
+//! | handler | `fault` → `request` | the fault handler: read the message, decide, write the request |
+//! | round trip | `request` → `answer` | the network both ways, and the server (claim and write) |
+//! | placement | `answer` → `arrival` | UFFDIO_COPY / ZEROPAGE (or the assembler), which wakes the thread |
+//!
+//! An answer of several frames (a huge page) is timed to its first frame: the round trip ends
+//! when the first bytes are in, and the rest of the transfer counts as placement. A request
+//! the server does not answer on the urgent connection (it had sent the page on the background
+//! connection already, or is sending the huge page that holds it and finishes that instead)
+//! has no urgent answer and is counted apart. The trace's clock is the client's, so the
+//! server's share of the round trip cannot be told from the network's here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+/// The stages of the urgent faults of one trace, in microseconds.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Stages {
+    /// Requests in the trace.
+    pub requests: usize,
+    /// Requests answered on the urgent connection (the ones measured).
+    pub measured: usize,
+    /// fault → request.
+    pub handler: Vec<f64>,
+    /// request → answer.
+    pub round_trip: Vec<f64>,
+    /// answer → placed.
+    pub placement: Vec<f64>,
+    /// fault → placed.
+    pub total: Vec<f64>,
+}
+
+/// Reads the trace at `path` and matches its requests.
+pub fn stages(path: &Path) -> Result<Stages> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    // Page offset → times its faults were read; offset → times answers / arrivals came.
+    let mut faults: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+    let mut answers: HashMap<u64, Vec<f64>> = HashMap::new();
+    let mut arrivals: HashMap<u64, Vec<f64>> = HashMap::new();
+    let mut requests = Vec::new();
+    for (index, line) in text.lines().enumerate().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let [t_us, event, offset, len, _, _, channel] = fields[..] else {
+            bail!(
+                "{} line {}: expected 7 fields: {line:?}",
+                path.display(),
+                index + 1
+            );
+        };
+        let number = |name: &str, text: &str| -> Result<f64> {
+            text.parse::<f64>().with_context(|| {
+                format!("{} line {}: bad {name} {text:?}", path.display(), index + 1)
+            })
+        };
+        let t = number("t_us", t_us)?;
+        let offset = number("offset", offset)? as u64;
+        match (event, channel) {
+            ("fault", _) => faults.entry(offset).or_default().push(t),
+            ("request", _) => requests.push((t, offset, number("len", len)? as u64)),
+            ("answer", _) => answers.entry(offset).or_default().push(t),
+            ("arrival", "urgent") => arrivals.entry(offset).or_default().push(t),
+            _ => {}
+        }
+    }
+    let first_after = |times: Option<&Vec<f64>>, t: f64| {
+        times.and_then(|v| v.iter().copied().filter(|&x| x >= t).reduce(f64::min))
+    };
+    let mut out = Stages {
+        requests: requests.len(),
+        ..Stages::default()
+    };
+    for (t_request, offset, len) in requests {
+        let fault = faults
+            .range(offset..offset + len.max(1))
+            .flat_map(|(_, times)| times.iter().copied())
+            .filter(|&t| t <= t_request)
+            .reduce(f64::max);
+        let Some(answer) = first_after(answers.get(&offset), t_request) else {
+            continue;
+        };
+        let Some(placed) = first_after(arrivals.get(&offset), answer) else {
+            continue;
+        };
+        out.measured += 1;
+        out.round_trip.push(answer - t_request);
+        out.placement.push(placed - answer);
+        if let Some(fault) = fault {
+            out.handler.push(t_request - fault);
+            out.total.push(placed - fault);
+        }
+    }
+    Ok(out)
+}
+
+/// `p` (0..=1) of `values`, by the nearest rank; 0 for none.
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+impl Stages {
+    fn rows(&self) -> [(&'static str, &[f64]); 4] {
+        [
+            ("handler (fault -> request)", &self.handler),
+            ("round trip (request -> answer)", &self.round_trip),
+            ("placement (answer -> placed)", &self.placement),
+            ("whole (fault -> placed)", &self.total),
+        ]
+    }
+
+    /// A readable table.
+    pub fn to_table(&self) -> String {
+        let mut out = format!(
+            "{} requests, {} answered on the urgent connection (measured)\n\
+             {:<32} {:>9} {:>9} {:>9} {:>9}\n",
+            self.requests, self.measured, "stage (us)", "p50", "p90", "p99", "max"
+        );
+        for (name, values) in self.rows() {
+            out += &format!(
+                "{name:<32} {:>9.1} {:>9.1} {:>9.1} {:>9.1}\n",
+                percentile(values, 0.5),
+                percentile(values, 0.9),
+                percentile(values, 0.99),
+                percentile(values, 1.0)
+            );
+        }
+        out
+    }
+
+    /// One JSON object: `requests`, `measured`, and per stage (`handler`, `round_trip`,
+    /// `placement`, `total`) its `p50`, `p90`, `p99`, `max` in microseconds.
+    pub fn to_json(&self) -> String {
+        let stage = |values: &[f64]| {
+            serde_json::json!({
+                "p50": percentile(values, 0.5),
+                "p90": percentile(values, 0.9),
+                "p99": percentile(values, 0.99),
+                "max": percentile(values, 1.0),
+            })
+        };
+        serde_json::json!({
+            "requests": self.requests,
+            "measured": self.measured,
+            "handler": stage(&self.handler),
+            "round_trip": stage(&self.round_trip),
+            "placement": stage(&self.placement),
+            "total": stage(&self.total),
+        })
+        .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_matched_with_their_fault_answer_and_placement() {
+        let dir = std::env::temp_dir().join(format!("stages-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("t.csv");
+        std::fs::write(
+            &path,
+            "t_us,event,offset,len,latency_us,resolution,channel\n\
+             10.0,fault,8192,4096,,,\n\
+             12.0,request,8192,4096,,,urgent\n\
+             15.0,arrival,0,65536,,background,background\n\
+             52.0,answer,8192,4096,,,urgent\n\
+             55.5,arrival,8192,4096,,urgent,urgent\n\
+             55.5,resolved,8192,4096,45.5,urgent,urgent\n\
+             60.0,fault,4194304,4096,,,\n\
+             61.0,request,2097152,2097152,,,urgent\n\
+             70.0,arrival,2097152,2097152,,background,background\n",
+        )
+        .expect("write");
+        let stages = stages(&path).expect("stages");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(stages.requests, 2);
+        // The second request's page came by the background connection: not measured.
+        assert_eq!(stages.measured, 1);
+        assert_eq!(stages.handler, vec![2.0]);
+        assert_eq!(stages.round_trip, vec![40.0]);
+        assert_eq!(stages.placement, vec![3.5]);
+        assert_eq!(stages.total, vec![45.5]);
+        assert!(stages.to_table().contains("round trip (request -> answer)"));
+        let json: serde_json::Value = serde_json::from_str(&stages.to_json()).expect("json");
+        assert_eq!(json["round_trip"]["p50"], 40.0);
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&v, 1.0), 100.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+}
