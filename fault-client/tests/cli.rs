@@ -9,7 +9,7 @@ fn help_lists_the_commands_and_run_flags() {
     let out = Command::new(BIN).arg("--help").output().expect("run");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["run", "probe", "demo"] {
+    for cmd in ["run", "probe", "demo", "plot", "stages", "bench"] {
         assert!(text.contains(cmd), "--help lacks {cmd}");
     }
     let out = Command::new(BIN)
@@ -43,6 +43,30 @@ fn bad_arguments_exit_2() {
         let out = Command::new(BIN).args(&args).output().expect("run");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
+}
+
+#[test]
+fn stages_of_a_missing_or_malformed_trace_is_a_clear_error() {
+    let out = Command::new(BIN)
+        .args(["stages", "/nonexistent/trace.csv"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/trace.csv"));
+    let path = std::env::temp_dir().join(format!("bad-trace-{}.csv", std::process::id()));
+    std::fs::write(
+        &path,
+        "t_us,event,offset,len,latency_us,resolution,channel\n1,fault\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .arg("stages")
+        .arg(&path)
+        .output()
+        .expect("run");
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
 }
 
 #[test]
