@@ -381,7 +381,7 @@ impl Memory {
             let collapsed = if is_huge {
                 Ok(())
             } else {
-                crate::thp::collapse(start, unit)
+                crate::thp::collapse_placed(&self.inner.pagemap, start, unit)
             };
             if let Err(errno) = collapsed {
                 tracing::debug!(unit = i, %errno, "final MADV_COLLAPSE failed");

@@ -63,6 +63,7 @@ struct PmScanArg {
 const _: () = assert!(std::mem::size_of::<PmScanArg>() == 96);
 
 const PAGE_IS_PRESENT: u64 = 1 << 3;
+const PAGE_IS_PFNZERO: u64 = 1 << 5;
 const PAGE_IS_HUGE: u64 = 1 << 6;
 
 nix::ioctl_readwrite!(pagemap_scan, b'f', 16, PmScanArg);
@@ -83,10 +84,43 @@ impl Pagemap {
 
     /// Bytes of `start..start+len` that are present and mapped as huge pages.
     pub fn huge_bytes(&self, start: u64, len: u64) -> Result<u64> {
+        let mut huge = 0;
+        self.scan(
+            start,
+            len,
+            PAGE_IS_PRESENT,
+            PAGE_IS_PRESENT | PAGE_IS_HUGE,
+            |r| {
+                if r.categories & PAGE_IS_HUGE != 0 {
+                    huge += r.end - r.start;
+                }
+            },
+        )?;
+        Ok(huge)
+    }
+
+    /// The runs (start, length) of `start..start+len` that map the shared zero page.
+    pub fn zero_page_runs(&self, start: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+        let mut runs = Vec::new();
+        self.scan(start, len, PAGE_IS_PFNZERO, PAGE_IS_PFNZERO, |r| {
+            runs.push((r.start, r.end - r.start));
+        })?;
+        Ok(runs)
+    }
+
+    /// PAGEMAP_SCAN of `start..start+len` for the pages in every category of
+    /// `category_mask`: calls `each` with every run found.
+    fn scan(
+        &self,
+        start: u64,
+        len: u64,
+        category_mask: u64,
+        return_mask: u64,
+        mut each: impl FnMut(&PageRegion),
+    ) -> Result<()> {
         let end = start + len;
         let mut regions = [PageRegion::default(); 32];
         let mut at = start;
-        let mut huge = 0;
         while at < end {
             let mut arg = PmScanArg {
                 size: std::mem::size_of::<PmScanArg>() as u64,
@@ -94,8 +128,8 @@ impl Pagemap {
                 end,
                 vec: regions.as_mut_ptr() as u64,
                 vec_len: regions.len() as u64,
-                category_mask: PAGE_IS_PRESENT,
-                return_mask: PAGE_IS_PRESENT | PAGE_IS_HUGE,
+                category_mask,
+                return_mask,
                 ..PmScanArg::default()
             };
             // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points to `regions`, writable
@@ -110,17 +144,13 @@ impl Pagemap {
                     }
                 })?;
             let filled = usize::try_from(filled).unwrap_or(0).min(regions.len());
-            huge += regions[..filled]
-                .iter()
-                .filter(|r| r.categories & PAGE_IS_HUGE != 0)
-                .map(|r| r.end - r.start)
-                .sum::<u64>();
+            regions[..filled].iter().for_each(&mut each);
             if arg.walk_end <= at {
                 break;
             }
             at = arg.walk_end;
         }
-        Ok(huge)
+        Ok(())
     }
 
     /// True when the whole of `start..start+len` is present and mapped as huge pages.

@@ -142,6 +142,40 @@ pub(crate) fn collapse(addr: u64, len: u64) -> std::result::Result<(), Errno> {
     Errno::result(ret).map(drop)
 }
 
+/// Collapses the placed unit at `addr..addr+len` (every page present) into a THP.
+///
+/// First, every page of it that maps the shared zero page gets a private zeroed page instead:
+/// since Linux 6.12 (b1f202060afe, "remap unused subpages to shared zeropage when splitting
+/// isolated thp") splitting an anonymous THP maps each zero-filled subpage to the zero page,
+/// and a UFFDIO_MOVE of the staging THP into a PMD that has a page table (a thread faulted in
+/// the unit and waits there) splits it, then moves those zero-page PTEs as they are. On a
+/// userfaultfd-armed range MADV_COLLAPSE refuses any zero-page PTE (SCAN_EXCEED_NONE_PTE:
+/// EBUSY), so without this the unit would stay 4K-mapped for good. MADV_POPULATE_WRITE over
+/// just those pages breaks the copy-on-write: the content stays zero, nothing is written.
+pub(crate) fn collapse_placed(
+    pagemap: &Pagemap,
+    addr: u64,
+    len: u64,
+) -> std::result::Result<(), Errno> {
+    for (start, bytes) in pagemap.zero_page_runs(addr, len).unwrap_or_default() {
+        let bytes = usize::try_from(bytes).map_err(|_| Errno::EINVAL)?;
+        // SAFETY: the run lies in the region and maps the zero page, so it is present: the
+        // write faults only replace the zero page by private zeroed pages (no userfault, no
+        // content change). It cannot have become none since the scan while a placement holds
+        // the events lock for reading: an MADV_DONTNEED zaps only after its REMOVE event is
+        // read, which waits for that lock; after a munmap or mremap no mapping is left there
+        // and the advice fails (ENOMEM), which is only logged. (The final pass,
+        // `Memory::collapse_remaining`, holds no lock: a page zapped there is a plain
+        // userfault that the fault handler resolves.)
+        let ret =
+            unsafe { libc::madvise(start as *mut libc::c_void, bytes, libc::MADV_POPULATE_WRITE) };
+        if let Err(errno) = Errno::result(ret) {
+            tracing::debug!(start, %errno, "MADV_POPULATE_WRITE of zero pages failed");
+        }
+    }
+    collapse(addr, len)
+}
+
 /// Places one complete unit at `dst` (where its pages are now) from `stage`. `have` holds
 /// the gathered pages (the others are present already); `first_page` is the unit's first bit
 /// in `received`.
@@ -223,7 +257,7 @@ pub(crate) fn place(
     }
     match huge {
         Some(dst) if !pagemap.is_huge(dst, UNIT).unwrap_or(false) => {
-            if let Err(errno) = collapse(dst, UNIT) {
+            if let Err(errno) = collapse_placed(pagemap, dst, UNIT) {
                 tracing::debug!(dst, %errno, "MADV_COLLAPSE failed: the unit stays 4K-mapped");
                 out.not_huge = true;
             }

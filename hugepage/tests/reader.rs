@@ -114,3 +114,50 @@ fn hugetlb_copy_reader_blocks_until_the_huge_page_is_placed() {
 fn hugetlb_continue_reader_blocks_until_the_huge_page_is_placed() {
     reader_sees_all_or_nothing(Backing::Hugetlb2M, HugetlbPlacement::Continue);
 }
+
+/// THP: a thread waits in a unit (its fault gave the unit's range a page table) while the unit
+/// is assembled, and the unit has zero pages. The UFFDIO_MOVE of the staging THP into a PMD
+/// with a page table splits the staging THP, and since Linux 6.12 a split maps every
+/// zero-filled subpage to the shared zero page; those PTEs are moved as they are, and
+/// MADV_COLLAPSE refuses a uffd-armed range mapping the zero page (EBUSY). The pager must
+/// still end with the unit mapped huge.
+#[test]
+fn thp_unit_with_zero_pages_and_a_waiting_reader_ends_huge() {
+    let Some(s) = setup(Backing::Thp, HugetlbPlacement::Copy, 2) else {
+        return;
+    };
+    let unit = Backing::Thp.unit();
+    let pattern = Pattern::new(22);
+    // Unit 0 holds two zero runs (the image's zero pages arrive as zero frames).
+    let zero = [(10 * 4096, 6 * 4096), (300 * 4096, 4096)];
+    let target = s.memory.addr();
+    // SAFETY: page 0 of the registered region, alive until the thread is joined; the read
+    // blocks in the fault until the assembler places unit 0.
+    let reader =
+        std::thread::spawn(move || unsafe { std::ptr::read_volatile(target as *const u8) });
+    let mut buf = Userfaultfd::event_buffer(16);
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while events.is_empty() && Instant::now() < deadline {
+        s.uffd
+            .wait_readable(Duration::from_millis(100))
+            .expect("poll");
+        s.uffd.read_events(&mut buf, &mut events).expect("read");
+    }
+    assert!(
+        matches!(events.first(), Some(Event::Fault { addr, .. }) if *addr == target),
+        "expected the reader's fault, got {events:?}"
+    );
+    let mut assembler = s.assembler();
+    let progress = common::feed(
+        &mut assembler,
+        &random_chunks(2, unit, 64, &zero, 6),
+        &pattern,
+        &s.received,
+    );
+    assert_eq!(progress.units_completed, 2);
+    reader.join().expect("reader");
+    verify(&s.memory, &s.received, &pattern, &zero);
+    assert_eq!(progress.units_not_huge, 0, "{progress:?}");
+    assert_all_huge(&s.memory);
+}
