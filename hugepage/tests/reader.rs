@@ -12,6 +12,19 @@ use hugepage::{Backing, HugetlbPlacement, Pattern};
 use uffd_core::uffd::Event;
 use uffd_core::Userfaultfd;
 
+/// The first events the userfaultfd reports (waiting up to 5 s for any).
+fn first_events(uffd: &Userfaultfd) -> Vec<Event> {
+    let mut buf = Userfaultfd::event_buffer(16);
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while events.is_empty() && Instant::now() < deadline {
+        uffd.wait_readable(Duration::from_millis(100))
+            .expect("poll");
+        uffd.read_events(&mut buf, &mut events).expect("read");
+    }
+    events
+}
+
 fn reader_sees_all_or_nothing(backing: Backing, placement: HugetlbPlacement) {
     let Some(s) = setup(backing, placement, 2) else {
         return;
@@ -47,15 +60,7 @@ fn reader_sees_all_or_nothing(backing: Backing, placement: HugetlbPlacement) {
         })
     };
     // The reader's fault is reported (and it stays blocked).
-    let mut buf = Userfaultfd::event_buffer(16);
-    let mut events = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while events.is_empty() && Instant::now() < deadline {
-        s.uffd
-            .wait_readable(Duration::from_millis(100))
-            .expect("poll");
-        s.uffd.read_events(&mut buf, &mut events).expect("read");
-    }
+    let events = first_events(&s.uffd);
     match events.first() {
         Some(Event::Fault { addr, .. }) => assert!((target..target + unit).contains(addr)),
         other => panic!("expected the reader's fault, got {other:?}"),
@@ -135,15 +140,7 @@ fn thp_unit_with_zero_pages_and_a_waiting_reader_ends_huge() {
     // blocks in the fault until the assembler places unit 0.
     let reader =
         std::thread::spawn(move || unsafe { std::ptr::read_volatile(target as *const u8) });
-    let mut buf = Userfaultfd::event_buffer(16);
-    let mut events = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while events.is_empty() && Instant::now() < deadline {
-        s.uffd
-            .wait_readable(Duration::from_millis(100))
-            .expect("poll");
-        s.uffd.read_events(&mut buf, &mut events).expect("read");
-    }
+    let events = first_events(&s.uffd);
     assert!(
         matches!(events.first(), Some(Event::Fault { addr, .. }) if *addr == target),
         "expected the reader's fault, got {events:?}"
