@@ -59,16 +59,17 @@ pub fn stages(path: &Path) -> Result<Stages> {
                 index + 1
             );
         };
-        let number = |name: &str, text: &str| -> Result<f64> {
-            text.parse::<f64>().with_context(|| {
-                format!("{} line {}: bad {name} {text:?}", path.display(), index + 1)
-            })
+        let bad = |name: &str, text: &str| {
+            format!("{} line {}: bad {name} {text:?}", path.display(), index + 1)
         };
-        let t = number("t_us", t_us)?;
-        let offset = number("offset", offset)? as u64;
+        let t: f64 = t_us.parse().with_context(|| bad("t_us", t_us))?;
+        let offset: u64 = offset.parse().with_context(|| bad("offset", offset))?;
         match (event, channel) {
             ("fault", _) => faults.entry(offset).or_default().push(t),
-            ("request", _) => requests.push((t, offset, number("len", len)? as u64)),
+            ("request", _) => {
+                let len: u64 = len.parse().with_context(|| bad("len", len))?;
+                requests.push((t, offset, len));
+            }
             ("answer", _) => answers.entry(offset).or_default().push(t),
             ("arrival", "urgent") => arrivals.entry(offset).or_default().push(t),
             _ => {}
@@ -202,6 +203,21 @@ mod tests {
         assert!(stages.to_table().contains("round trip (request -> answer)"));
         let json: serde_json::Value = serde_json::from_str(&stages.to_json()).expect("json");
         assert_eq!(json["round_trip"]["p50"], 40.0);
+    }
+
+    #[test]
+    fn a_bad_number_names_its_line_and_column() {
+        let path = std::env::temp_dir().join(format!("stages-bad-{}.csv", std::process::id()));
+        std::fs::write(
+            &path,
+            "t_us,event,offset,len,latency_us,resolution,channel\n\
+             1.0,fault,4096,4096,,,\n\
+             2.0,fault,-4096,4096,,,\n",
+        )
+        .expect("write");
+        let err = stages(&path).expect_err("negative offset").to_string();
+        let _ = std::fs::remove_file(&path);
+        assert!(err.contains("line 3") && err.contains("offset"), "{err}");
     }
 
     #[test]
