@@ -27,6 +27,13 @@
 #   --server-env "K=V ..."  environment for page-server (experiments)
 #   --client-args "ARGS"    more `fault-client run` arguments for every run
 #                      (e.g. --client-args "--background-window 128KiB")
+#   --warm SIZE        before every run, touch SIZE of fresh memory and free it again
+#                      (default 1536MiB; 0 to disable). On a VM with free page reporting,
+#                      memory the guest freed long ago costs a host fault at first touch
+#                      (0.45-2 s per GiB here), and a run that follows a hugetlb run takes its
+#                      staging THPs from such memory: the vCPU stalls show up as urgent-fault
+#                      tail in whichever thp run comes first in a round. Warming puts every
+#                      run on the same footing (BENCHMARKS.md §5.6).
 #   --nice N           run server and client at this niceness (default -5; 0 to disable):
 #                      on a small shared machine, other jobs' CPU use otherwise shows up
 #                      as scheduling delay in the fault latency
@@ -41,7 +48,7 @@ set -Eeuo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NETLAB="$ROOT/scripts/netlab.sh"
 ROUNDS=3 SIZE=1GiB RATE=1gbit LAB_ARGS="" THREADS=1 TOUCH=0.002 CHUNKS="16KiB 256KiB"
-SERVER_ENV="" SERVER_ARGS="" CLIENT_ARGS="" NICE=-5 TIMEOUT=60 OUT="" BUILD=1
+SERVER_ENV="" SERVER_ARGS="" CLIENT_ARGS="" WARM=1536MiB NICE=-5 TIMEOUT=60 OUT="" BUILD=1
 while [ $# -gt 0 ]; do
   case $1 in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -54,6 +61,7 @@ while [ $# -gt 0 ]; do
     --server-args) SERVER_ARGS=$2; shift 2 ;;
     --server-env) SERVER_ENV=$2; shift 2 ;;
     --client-args) CLIENT_ARGS=$2; shift 2 ;;
+    --warm) WARM=$2; shift 2 ;;
     --nice) NICE=$2; shift 2 ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
@@ -99,9 +107,26 @@ drops() { # packets the server-side qdisc dropped so far
     awk '/dropped/ { for (i = 1; i <= NF; i++) if ($i == "(dropped") { gsub(",", "", $(i+1)); s += $(i+1) } } END { print s + 0 }'
 }
 
+# warm: touch $WARM of fresh anonymous memory, then free it (see --warm)
+warm() {
+  [ "$WARM" = 0 ] && return 0
+  python3 - "$WARM" <<'EOF'
+import mmap, re, sys
+m = re.fullmatch(r"(\d+)(KiB|MiB|GiB)?", sys.argv[1])
+if not m:
+    sys.exit(f"preempt-bench: --warm {sys.argv[1]}: give e.g. 1536MiB, 2GiB or 0")
+size = int(m.group(1)) << {None: 0, "KiB": 10, "MiB": 20, "GiB": 30}[m.group(2)]
+buf = mmap.mmap(-1, size)
+for offset in range(0, size, mmap.PAGESIZE):
+    buf[offset] = 1
+buf.close()
+EOF
+}
+
 # run NAME BACKING "SERVER ARGS" -- one page-server and one fault-client
 run() {
   local name=$1 backing=$2 sargs=$3
+  warm
   local log="$OUT/runs/$name.server.log" json="$OUT/runs/$name.json"
   # shellcheck disable=SC2086
   env $SERVER_ENV "${NICE_CMD[@]}" "$NETLAB" run-server --listen "10.77.0.1:$PORT" \
@@ -154,7 +179,7 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$OUT" "$ROUNDS $SIZE threads=$THREADS touch=$TOUCH rate=$RATE lab='$LAB_ARGS' server-args='$SERVER_ARGS' server-env='$SERVER_ENV' client-args='$CLIENT_ARGS'" <<'EOF' | tee "$OUT/summary.md"
+python3 - "$OUT" "$ROUNDS $SIZE threads=$THREADS touch=$TOUCH rate=$RATE lab='$LAB_ARGS' warm=$WARM server-args='$SERVER_ARGS' server-env='$SERVER_ENV' client-args='$CLIENT_ARGS'" <<'EOF' | tee "$OUT/summary.md"
 import json, os, sys, statistics as st
 out, conf = sys.argv[1], sys.argv[2]
 runs = {}
@@ -219,6 +244,39 @@ rows = [
 ]
 for name, v, target, ok in rows:
     print(f"| {name} | {'-' if v is None else f'{v:.2f}'} | {target} | {'-' if v is None else ('yes' if ok(v) else 'NO')} |")
+
+# The same ratios round by round (each round's preempt run against its own no-preempt run):
+# how often a single round meets a target says more than one median of few rounds.
+by_round = {}
+for f in sorted(os.listdir(os.path.join(out, "runs"))):
+    if f.endswith(".json"):
+        backing, mode, chunk, rnd = f[:-5].split(".")
+        try:
+            by_round[(backing, mode, chunk, rnd)] = json.load(open(os.path.join(out, "runs", f)))
+        except Exception:
+            pass
+rounds = sorted({k[3] for k in by_round}, key=lambda r: int(r[1:]))
+per_round = []
+for r in rounds:
+    row = [r]
+    for backing, field, target in (("thp", "p99", 10), ("hugetlb-2m", "mean", 1.8)):
+        pre, nop = by_round.get((backing, "preempt", "64KiB", r)), by_round.get((backing, "no-preempt", "64KiB", r))
+        if pre and nop and pre["latency_us"][field] > 0:
+            v = nop["latency_us"][field] / pre["latency_us"][field]
+            row.append(f"{v:.2f} {'yes' if v >= target else 'NO'}")
+        else:
+            row.append("-")
+    per_round.append(row)
+if per_round:
+    print("\nRound by round:\n")
+    print("| round | thp p99 no-preempt / preempt (>= 10) | hugetlb-2m mean no-preempt / preempt (>= 1.8) |")
+    print("|---|---|---|")
+    for row in per_round:
+        print("| " + " | ".join(row) + " |")
+    for i, name in ((1, "thp p99"), (2, "hugetlb-2m mean")):
+        met = sum(1 for row in per_round if row[i].endswith("yes"))
+        print(f"\n{name}: target met in {met} of {len(per_round)} rounds", end="")
+    print()
 
 print("\nPer run:\n")
 print("| run | p50 | p90 | p99 | max | mean | samples | elapsed_s | drops |")
