@@ -27,13 +27,6 @@
 #   --server-env "K=V ..."  environment for page-server (experiments)
 #   --client-args "ARGS"    more `fault-client run` arguments for every run
 #                      (e.g. --client-args "--background-window 128KiB")
-#   --warm SIZE        before every run, touch SIZE of fresh memory and free it again
-#                      (default 1536MiB; 0 to disable). On a VM with free page reporting,
-#                      memory the guest freed long ago costs a host fault at first touch
-#                      (0.45-2 s per GiB here), and a run that follows a hugetlb run takes its
-#                      staging THPs from such memory: the vCPU stalls show up as urgent-fault
-#                      tail in whichever thp run comes first in a round. Warming puts every
-#                      run on the same footing (BENCHMARKS.md §5.6).
 #   --nice N           run server and client at this niceness (default -5; 0 to disable):
 #                      on a small shared machine, other jobs' CPU use otherwise shows up
 #                      as scheduling delay in the fault latency
@@ -48,7 +41,7 @@ set -Eeuo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NETLAB="$ROOT/scripts/netlab.sh"
 ROUNDS=3 SIZE=1GiB RATE=1gbit LAB_ARGS="" THREADS=1 TOUCH=0.002 CHUNKS="16KiB 256KiB"
-SERVER_ENV="" SERVER_ARGS="" CLIENT_ARGS="" WARM=1536MiB NICE=-5 TIMEOUT=60 OUT="" BUILD=1
+SERVER_ENV="" SERVER_ARGS="" CLIENT_ARGS="" NICE=-5 TIMEOUT=60 OUT="" BUILD=1
 while [ $# -gt 0 ]; do
   case $1 in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -61,7 +54,6 @@ while [ $# -gt 0 ]; do
     --server-args) SERVER_ARGS=$2; shift 2 ;;
     --server-env) SERVER_ENV=$2; shift 2 ;;
     --client-args) CLIENT_ARGS=$2; shift 2 ;;
-    --warm) WARM=$2; shift 2 ;;
     --nice) NICE=$2; shift 2 ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
@@ -107,26 +99,9 @@ drops() { # packets the server-side qdisc dropped so far
     awk '/dropped/ { for (i = 1; i <= NF; i++) if ($i == "(dropped") { gsub(",", "", $(i+1)); s += $(i+1) } } END { print s + 0 }'
 }
 
-# warm: touch $WARM of fresh anonymous memory, then free it (see --warm)
-warm() {
-  [ "$WARM" = 0 ] && return 0
-  python3 - "$WARM" <<'EOF'
-import mmap, re, sys
-m = re.fullmatch(r"(\d+)(KiB|MiB|GiB)?", sys.argv[1])
-if not m:
-    sys.exit(f"preempt-bench: --warm {sys.argv[1]}: give e.g. 1536MiB, 2GiB or 0")
-size = int(m.group(1)) << {None: 0, "KiB": 10, "MiB": 20, "GiB": 30}[m.group(2)]
-buf = mmap.mmap(-1, size)
-for offset in range(0, size, mmap.PAGESIZE):
-    buf[offset] = 1
-buf.close()
-EOF
-}
-
 # run NAME BACKING "SERVER ARGS" -- one page-server and one fault-client
 run() {
   local name=$1 backing=$2 sargs=$3
-  warm
   local log="$OUT/runs/$name.server.log" json="$OUT/runs/$name.json"
   # shellcheck disable=SC2086
   env $SERVER_ENV "${NICE_CMD[@]}" "$NETLAB" run-server --listen "10.77.0.1:$PORT" \
@@ -179,7 +154,7 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$OUT" "$ROUNDS $SIZE threads=$THREADS touch=$TOUCH rate=$RATE lab='$LAB_ARGS' warm=$WARM server-args='$SERVER_ARGS' server-env='$SERVER_ENV' client-args='$CLIENT_ARGS'" <<'EOF' | tee "$OUT/summary.md"
+python3 - "$OUT" "$ROUNDS $SIZE threads=$THREADS touch=$TOUCH rate=$RATE lab='$LAB_ARGS' server-args='$SERVER_ARGS' server-env='$SERVER_ENV' client-args='$CLIENT_ARGS'" <<'EOF' | tee "$OUT/summary.md"
 import json, os, sys, statistics as st
 out, conf = sys.argv[1], sys.argv[2]
 runs = {}
