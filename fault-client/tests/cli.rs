@@ -47,10 +47,14 @@ fn bad_arguments_exit_2() {
 
 #[test]
 fn stages_of_a_missing_or_malformed_trace_is_a_clear_error() {
-    let out = Command::new(BIN)
-        .args(["stages", "/nonexistent/trace.csv"])
-        .output()
-        .expect("run");
+    let stages = |trace: &std::path::Path| {
+        Command::new(BIN)
+            .arg("stages")
+            .arg(trace)
+            .output()
+            .expect("run")
+    };
+    let out = stages("/nonexistent/trace.csv".as_ref());
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/trace.csv"));
     let path = std::env::temp_dir().join(format!("bad-trace-{}.csv", std::process::id()));
@@ -59,11 +63,7 @@ fn stages_of_a_missing_or_malformed_trace_is_a_clear_error() {
         "t_us,event,offset,len,latency_us,resolution,channel\n1,fault\n",
     )
     .expect("write");
-    let out = Command::new(BIN)
-        .arg("stages")
-        .arg(&path)
-        .output()
-        .expect("run");
+    let out = stages(&path);
     let _ = std::fs::remove_file(&path);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));

@@ -148,6 +148,8 @@ impl Drop for Inner {
             // The application moved parts with mremap: unmap them where they are now, and
             // leave the holes they left alone (another mapping may live there by now).
             region.unmap_moved(&self.moves.ranges());
+        } else {
+            drop(region);
         }
     }
 }

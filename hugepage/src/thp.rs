@@ -236,8 +236,7 @@ pub(crate) fn place(
                 let bytes =
                     unsafe { std::slice::from_raw_parts(base.add(offset), pages * PAGE as usize) };
                 // Each run wakes the threads waiting on its own pages: they see complete 4 KiB
-                // pages. (One UFFDIO_WAKE of the unit at the end would be nicer, but uffd-core's
-                // WAKE is encoded _IOW where the kernel has _IOR, and fails EINVAL.)
+                // pages as soon as those are in.
                 place::copy(uffd, addr, bytes, true)
             })
         })?;
