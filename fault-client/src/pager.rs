@@ -885,9 +885,15 @@ impl Placer {
     ) -> Result<Progress, String> {
         match self {
             Placer::Assemble(assembler) => {
+                // Under the events lock like every placement: the stop was an event pending,
+                // and once the fault handler has read it (an mremap's REMAP) the ioctls work
+                // again before the move is applied; without the lock a unit could be placed
+                // at its old address in between (UFFDIO_MOVE failed ENOENT there).
+                let _guard = pager.events_lock.read().unwrap_or_else(|e| e.into_inner());
                 assembler.retry(&pager.received).map_err(|e| e.to_string())
             }
-            // Pages placed before the stop answer EEXIST now and are skipped.
+            // `place` takes the events lock itself. Pages placed before the stop answer EEXIST
+            // now and are skipped.
             Placer::Direct => self.place(pager, offset, bytes, len),
         }
     }
