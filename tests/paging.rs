@@ -243,7 +243,7 @@ fn trace_has_every_stage_of_each_urgent_fault() {
     // Per requested offset: when the request went out and when its answer was read.
     let mut requests = std::collections::HashMap::new();
     let mut answers = std::collections::HashMap::new();
-    let (mut faults, mut resolved) = (0u64, 0u64);
+    let (mut faults, mut resolved, mut touches) = (0u64, 0u64, 0u64);
     for line in lines {
         let f: Vec<&str> = line.split(',').collect();
         assert_eq!(f.len(), 7, "{line}");
@@ -259,12 +259,19 @@ fn trace_has_every_stage_of_each_urgent_fault() {
             }
             "fault" => faults += 1,
             "resolved" => resolved += 1,
+            "touch" => {
+                let took: f64 = f[4].parse().expect("touch latency_us");
+                assert!(took >= 0.0, "{line}");
+                touches += 1;
+            }
             "arrival" => {}
             other => panic!("unknown event {other}: {line}"),
         }
     }
     assert_eq!(requests.len() as u64, report.requests, "{report:?}");
     assert!(faults >= report.requests && resolved >= report.requests);
+    // One touch event per latency sample of the workload.
+    assert_eq!(touches, report.latency_us.samples, "{report:?}");
     for (offset, sent) in &requests {
         let read = answers
             .get(offset)
@@ -279,9 +286,21 @@ fn trace_has_every_stage_of_each_urgent_fault() {
     assert_eq!(stages.requests as u64, report.requests);
     assert_eq!(stages.measured, stages.requests, "{stages:?}");
     assert_eq!(stages.handler.len(), stages.measured, "{stages:?}");
+    // The workload's faults are matched with the accesses that raised them (one per
+    // request: two threads touching one page make one request; the final verification's
+    // faults have no touch).
+    assert_eq!(stages.touch.len() as u64, touches);
+    assert_eq!(stages.delivery.len(), stages.wakeup.len());
+    let matched = stages.delivery.len() as u64;
+    assert!(
+        matched <= touches && matched * 2 > touches,
+        "{matched} of {touches} touches matched with a request"
+    );
     for (stage, values) in [
         ("round trip", &stages.round_trip),
         ("placement", &stages.placement),
+        ("delivery", &stages.delivery),
+        ("wake-up", &stages.wakeup),
     ] {
         assert!(values.iter().all(|&v| v >= 0.0), "{stage}: {values:?}");
     }

@@ -134,6 +134,13 @@ pub struct RunArgs {
     /// kernel's autotuning.
     #[arg(long, value_name = "SIZE", value_parser = parse_window)]
     pub background_window: Option<u32>,
+    /// Run the fault handler and the urgent receiver as SCHED_FIFO threads at this
+    /// real-time priority (1-99; needs CAP_SYS_NICE, e.g. root). On a machine whose few CPUs
+    /// are busy placing the background stream, a woken fault handler otherwise waits for
+    /// other threads' time slices (milliseconds) before it reads the fault. The workload and
+    /// the background threads stay on the normal scheduler.
+    #[arg(long, value_name = "PRIO", value_parser = clap::value_parser!(i32).range(1..=99))]
+    pub urgent_rt_priority: Option<i32>,
 }
 
 fn parse_window(s: &str) -> Result<u32, String> {
@@ -168,6 +175,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config.quiet = args.quiet;
             config.fail_fast = args.fail_fast;
             config.background_window = args.background_window;
+            config.urgent_priority = args.urgent_rt_priority;
             config.hugetlb = args.hugetlb_placement;
             config.reconnect_timeout = std::time::Duration::from_secs(args.reconnect_timeout);
             if let Some(path) = args.token_file {

@@ -33,6 +33,9 @@ pub enum ClientError {
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Spawn(std::io::Error),
+    /// The urgent path cannot be made real-time ([`ClientOptions::urgent_priority`]).
+    #[error("cannot run the urgent path SCHED_FIFO: {0}")]
+    Realtime(#[from] uffd_core::cpu::CpuError),
     /// Writing the dump failed.
     #[error("cannot write {path}: {source}")]
     Dump {
@@ -79,6 +82,8 @@ pub struct RunConfig {
     /// Cap on the background connection's receive window (see
     /// [`ClientOptions::background_window`]).
     pub background_window: Option<u32>,
+    /// Real-time priority of the urgent path (see [`ClientOptions::urgent_priority`]).
+    pub urgent_priority: Option<i32>,
 }
 
 impl RunConfig {
@@ -101,6 +106,7 @@ impl RunConfig {
             quiet: false,
             fail_fast: false,
             background_window: None,
+            urgent_priority: None,
         }
     }
 }
@@ -133,6 +139,11 @@ pub struct ClientOptions {
     /// whose bottleneck is one FIFO queue an urgent answer waits behind at most that much.
     /// None: the kernel's autotuning.
     pub background_window: Option<u32>,
+    /// Run the urgent path's threads (the fault handler and the urgent receiver) `SCHED_FIFO`
+    /// at this priority ([`uffd_core::cpu::set_realtime`]): on a machine whose few CPUs are
+    /// busy placing the stream, a woken handler otherwise waits for their time slices. None:
+    /// the normal scheduler. [`Client::open`] fails if the priority cannot be had.
+    pub urgent_priority: Option<i32>,
 }
 
 impl ClientOptions {
@@ -149,6 +160,7 @@ impl ClientOptions {
             fail_fast: false,
             reconnect_timeout: Duration::from_secs(30),
             background_window: None,
+            urgent_priority: None,
         }
     }
 }
@@ -167,6 +179,9 @@ impl Client {
     /// Connects (urgent, then background if asked), maps and registers the region, and
     /// starts the fault handler and the receivers.
     pub fn open(options: &ClientOptions) -> Result<Client, ClientError> {
+        if let Some(priority) = options.urgent_priority {
+            uffd_core::cpu::check_realtime(priority)?;
+        }
         let server = &options.server;
         let background = options.background;
         let want_checksums = options.want_checksums;
@@ -226,6 +241,7 @@ impl Client {
                 background,
                 reconnect_timeout: options.reconnect_timeout,
                 background_window: options.background_window,
+                urgent_priority: options.urgent_priority,
             },
             urgent,
         )?;
@@ -236,7 +252,11 @@ impl Client {
             image_size,
         };
         let p = Arc::clone(&pager);
-        client.spawn("fault-handler", move |_| pager::handle_faults(&p))?;
+        let priority = options.urgent_priority;
+        client.spawn("fault-handler", move |_| {
+            pager::urgent_thread(priority);
+            pager::handle_faults(&p)
+        })?;
         Ok(client)
     }
 
@@ -304,6 +324,7 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
         hugetlb: config.hugetlb,
         fail_fast: config.fail_fast,
         background_window: config.background_window,
+        urgent_priority: config.urgent_priority,
     })?;
     let pager = Arc::clone(client.pager());
     let image_size = client.image_size();
@@ -330,7 +351,9 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
         let handle = std::thread::Builder::new()
             .name(format!("workload-{t}"))
             .spawn(move || {
-                let latency = workload::touch(p.memory.addr(), p.page, &plan, &p.received, &live);
+                let trace = p.trace.as_ref();
+                let latency =
+                    workload::touch(p.memory.addr(), p.page, &plan, &p.received, &live, trace);
                 (latency, plan.len() as u64)
             })
             .map_err(ClientError::Spawn)?;

@@ -36,6 +36,8 @@ pub struct LinkConfig {
     pub reconnect_timeout: Duration,
     /// Cap on the background connection's receive window (`TCP_WINDOW_CLAMP`).
     pub background_window: Option<u32>,
+    /// `SCHED_FIFO` priority of the urgent receiver (None: the normal scheduler).
+    pub urgent_priority: Option<i32>,
 }
 
 /// One generation of connections.
@@ -96,8 +98,10 @@ fn install(
     pager.generation.store(generation, Ordering::Release);
     pager.reset_background();
     let reader = urgent.reader;
+    let priority = config.urgent_priority;
     receivers.push(
         pager::spawn("urgent-rx", pager, move |p| {
+            pager::urgent_thread(priority);
             pager::receive(p, Channel::Urgent, reader, generation)
         })
         .map_err(WireError::Io)?,

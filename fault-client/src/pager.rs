@@ -545,6 +545,10 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
                     {
                         return pager.fail(why);
                     }
+                    // Outside the events lock: the fault handler never waits for this.
+                    if let Err(why) = assembler.prepare_ahead() {
+                        return pager.fail(why);
+                    }
                 }
                 if let Err(why) = complete_ready(pager, &mut assembler) {
                     return pager.fail(why);
@@ -754,6 +758,15 @@ impl Placer {
         Ok(Placer::Assemble(assembler))
     }
 
+    /// Gets the assembler's next staging page ready ([`hugepage::Assembler::prepare_spare`]).
+    /// Call it without the events lock.
+    pub fn prepare_ahead(&mut self) -> Result<(), String> {
+        match self {
+            Placer::Assemble(assembler) => assembler.prepare_spare().map_err(|e| e.to_string()),
+            Placer::Direct => Ok(()),
+        }
+    }
+
     /// Places (or gathers) `bytes`, or `len` zero bytes, at image `offset`, honouring what
     /// the application did meanwhile: discarded pages are placed as zeros, unmapped pages are
     /// dropped (see [`crate::events`]).
@@ -953,6 +966,19 @@ fn place(
         pager.notify();
     }
     Ok(())
+}
+
+/// Called first by the urgent path's threads (fault handler, urgent receiver): makes the
+/// calling thread `SCHED_FIFO` at `priority`, if one is given ([`Client::open`] checked that it
+/// can be had).
+///
+/// [`Client::open`]: crate::client::Client::open
+pub fn urgent_thread(priority: Option<i32>) {
+    if let Some(priority) = priority {
+        if let Err(err) = uffd_core::cpu::set_realtime(priority) {
+            tracing::warn!("urgent thread stays SCHED_OTHER: {err}");
+        }
+    }
 }
 
 /// Spawns a named thread running `f` with the pager.

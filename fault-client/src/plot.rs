@@ -227,11 +227,12 @@ fn parse_line(line: &str, events: &mut Events) -> Result<()> {
             len,
             how: How::parse(resolution)?,
         }),
-        // The urgent connection's own stages: not drawn (yet), but part of the format.
-        "request" | "answer" => {}
-        _ => {
-            bail!("unknown event {event:?} (expected fault, resolved, arrival, request or answer)")
-        }
+        // The urgent connection's own stages and the workload's accesses: not drawn (yet),
+        // but part of the format (`fault-client stages` reads them).
+        "request" | "answer" | "touch" => {}
+        _ => bail!(
+            "unknown event {event:?} (expected fault, resolved, arrival, request, answer or touch)"
+        ),
     }
     Ok(())
 }

@@ -12,6 +12,19 @@
 //! | round trip | `request` → `answer` | the network both ways, and the server (claim and write) |
 //! | placement | `answer` → `arrival` | UFFDIO_COPY / ZEROPAGE (or the assembler), which wakes the thread |
 //!
+//! With the workload's `touch` events (traces since they were added) two more stages frame
+//! these, for each fault whose page access is in the trace (the `touch` at the faulting page
+//! whose span holds the fault):
+//!
+//! | stage | from → to | what it is |
+//! |-------|-----------|------------|
+//! | delivery | `touch` → `fault` | the kernel's fault path (mmap and VMA locks, the userfault message) and the handler waking up to read it |
+//! | wake-up | `arrival` → end of the `touch` | the woken thread getting a CPU and returning from the fault |
+//!
+//! and `touch` is every access's own latency (the workload's samples). A tail in `touch` that
+//! no stage shows is an access that never became a request (it waited for a huge page the
+//! background was sending, or for a page in flight).
+//!
 //! An answer of several frames (a huge page) is timed to its first frame: the round trip ends
 //! when the first bytes are in, and the rest of the transfer counts as placement. A request
 //! the server does not answer on the urgent connection (it had sent the page on the background
@@ -39,6 +52,12 @@ pub struct Stages {
     pub placement: Vec<f64>,
     /// fault → placed.
     pub total: Vec<f64>,
+    /// touch began → fault read (only faults whose touch is in the trace).
+    pub delivery: Vec<f64>,
+    /// placed → touch returned (the same faults).
+    pub wakeup: Vec<f64>,
+    /// Every touch's latency: the workload's samples.
+    pub touch: Vec<f64>,
 }
 
 /// Reads the trace at `path` and matches its requests.
@@ -49,10 +68,12 @@ pub fn stages(path: &Path) -> Result<Stages> {
     let mut faults: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
     let mut answers: HashMap<u64, Vec<f64>> = HashMap::new();
     let mut arrivals: HashMap<u64, Vec<f64>> = HashMap::new();
+    // Page offset → (start, latency) of the workload's accesses to it.
+    let mut touches: HashMap<u64, Vec<(f64, f64)>> = HashMap::new();
     let mut requests = Vec::new();
     for (index, line) in text.lines().enumerate().skip(1) {
         let fields: Vec<&str> = line.split(',').collect();
-        let [t_us, event, offset, len, _, _, channel] = fields[..] else {
+        let [t_us, event, offset, len, latency_us, _, channel] = fields[..] else {
             bail!(
                 "{} line {}: expected 7 fields: {line:?}",
                 path.display(),
@@ -72,6 +93,12 @@ pub fn stages(path: &Path) -> Result<Stages> {
             }
             ("answer", _) => answers.entry(offset).or_default().push(t),
             ("arrival", "urgent") => arrivals.entry(offset).or_default().push(t),
+            ("touch", _) => {
+                let latency: f64 = latency_us
+                    .parse()
+                    .with_context(|| bad("latency_us", latency_us))?;
+                touches.entry(offset).or_default().push((t, latency));
+            }
             _ => {}
         }
     }
@@ -80,14 +107,15 @@ pub fn stages(path: &Path) -> Result<Stages> {
     };
     let mut out = Stages {
         requests: requests.len(),
+        touch: touches.values().flatten().map(|&(_, l)| l).collect(),
         ..Stages::default()
     };
     for (t_request, offset, len) in requests {
         let fault = faults
             .range(offset..offset + len.max(1))
-            .flat_map(|(_, times)| times.iter().copied())
-            .filter(|&t| t <= t_request)
-            .reduce(f64::max);
+            .flat_map(|(&page, times)| times.iter().map(move |&t| (t, page)))
+            .filter(|&(t, _)| t <= t_request)
+            .reduce(|a, b| if b.0 > a.0 { b } else { a });
         let Some(answer) = first_after(answers.get(&offset), t_request) else {
             continue;
         };
@@ -97,9 +125,21 @@ pub fn stages(path: &Path) -> Result<Stages> {
         out.measured += 1;
         out.round_trip.push(answer - t_request);
         out.placement.push(placed - answer);
-        if let Some(fault) = fault {
+        if let Some((fault, page)) = fault {
             out.handler.push(t_request - fault);
             out.total.push(placed - fault);
+            // The access that raised this fault: at its page, begun before the fault was
+            // read and returned after (the trace prints tenths of microseconds).
+            let touch = touches.get(&page).and_then(|v| {
+                v.iter()
+                    .copied()
+                    .filter(|&(t, l)| t <= fault + 0.1 && t + l + 0.1 >= placed)
+                    .reduce(|a, b| if b.0 > a.0 { b } else { a })
+            });
+            if let Some((t, l)) = touch {
+                out.delivery.push(fault - t);
+                out.wakeup.push((t + l - placed).max(0.0));
+            }
         }
     }
     Ok(out)
@@ -117,13 +157,24 @@ fn percentile(values: &[f64], p: f64) -> f64 {
 }
 
 impl Stages {
-    fn rows(&self) -> [(&'static str, &[f64]); 4] {
-        [
-            ("handler (fault -> request)", &self.handler),
-            ("round trip (request -> answer)", &self.round_trip),
-            ("placement (answer -> placed)", &self.placement),
-            ("whole (fault -> placed)", &self.total),
-        ]
+    fn rows(&self) -> Vec<(&'static str, &[f64])> {
+        let mut rows = Vec::new();
+        if !self.touch.is_empty() {
+            rows.push(("delivery (touch -> fault)", &self.delivery[..]));
+        }
+        rows.extend([
+            ("handler (fault -> request)", &self.handler[..]),
+            ("round trip (request -> answer)", &self.round_trip[..]),
+            ("placement (answer -> placed)", &self.placement[..]),
+        ]);
+        if !self.touch.is_empty() {
+            rows.push(("wake-up (placed -> touch ends)", &self.wakeup[..]));
+        }
+        rows.push(("whole (fault -> placed)", &self.total[..]));
+        if !self.touch.is_empty() {
+            rows.push(("touch (every access, workload)", &self.touch[..]));
+        }
+        rows
     }
 
     /// A readable table.
@@ -145,11 +196,13 @@ impl Stages {
         out
     }
 
-    /// One JSON object: `requests`, `measured`, and per stage (`handler`, `round_trip`,
-    /// `placement`, `total`) its `p50`, `p90`, `p99`, `max` in microseconds.
+    /// One JSON object: `requests`, `measured`, `touches`, and per stage (`handler`,
+    /// `round_trip`, `placement`, `total`, and from traces with touch events `delivery`,
+    /// `wakeup`, `touch`) its `samples`, `p50`, `p90`, `p99`, `max` in microseconds.
     pub fn to_json(&self) -> String {
         let stage = |values: &[f64]| {
             serde_json::json!({
+                "samples": values.len(),
                 "p50": percentile(values, 0.5),
                 "p90": percentile(values, 0.9),
                 "p99": percentile(values, 0.99),
@@ -163,6 +216,10 @@ impl Stages {
             "round_trip": stage(&self.round_trip),
             "placement": stage(&self.placement),
             "total": stage(&self.total),
+            "touches": self.touch.len(),
+            "delivery": stage(&self.delivery),
+            "wakeup": stage(&self.wakeup),
+            "touch": stage(&self.touch),
         })
         .to_string()
     }
@@ -180,6 +237,7 @@ mod tests {
         std::fs::write(
             &path,
             "t_us,event,offset,len,latency_us,resolution,channel\n\
+             9.0,touch,8192,4096,48.0,,\n\
              10.0,fault,8192,4096,,,\n\
              12.0,request,8192,4096,,,urgent\n\
              15.0,arrival,0,65536,,background,background\n\
@@ -200,9 +258,17 @@ mod tests {
         assert_eq!(stages.round_trip, vec![40.0]);
         assert_eq!(stages.placement, vec![3.5]);
         assert_eq!(stages.total, vec![45.5]);
+        // The access began 1 us before the handler read the fault and returned 1.5 us
+        // after the placement woke it.
+        assert_eq!(stages.delivery, vec![1.0]);
+        assert_eq!(stages.wakeup, vec![1.5]);
+        assert_eq!(stages.touch, vec![48.0]);
+        assert!(stages.to_table().contains("delivery (touch -> fault)"));
         assert!(stages.to_table().contains("round trip (request -> answer)"));
         let json: serde_json::Value = serde_json::from_str(&stages.to_json()).expect("json");
         assert_eq!(json["round_trip"]["p50"], 40.0);
+        assert_eq!(json["touches"], 1);
+        assert_eq!(json["wakeup"]["max"], 1.5);
     }
 
     #[test]

@@ -14,10 +14,14 @@
 //! - `event`: `fault` (the handler read a fault message for the page at `offset`),
 //!   `resolved` (that fault's page became present: `latency_us` is from the fault message to
 //!   the placement that woke the thread), `arrival` (a frame's pages were placed), `request`
-//!   (a request for `offset..offset+len` is being written to the urgent connection) or `answer`
-//!   (the urgent receiver has read a whole data or zero frame and is about to place it).
-//!   Together they split a fault's latency into stages: fault → request (the handler),
-//!   request → answer (the network both ways and the server), answer → arrival (placement).
+//!   (a request for `offset..offset+len` is being written to the urgent connection), `answer`
+//!   (the urgent receiver has read a whole data or zero frame and is about to place it), or
+//!   `touch` (a workload thread's access to a missing page: `t_us` is when the access began,
+//!   `latency_us` how long it took, the workload's own latency sample).
+//!   Together they split a fault's latency into stages: touch → fault (the kernel delivering
+//!   the fault and the handler waking), fault → request (the handler), request → answer (the
+//!   network both ways and the server), answer → arrival (placement), arrival → end of the
+//!   touch (the woken thread getting a CPU).
 //! - `offset`, `len`: the range in the image, in bytes.
 //! - `resolution`: how the page got there: `urgent`, `background`, `zero`, or
 //!   `already_present` (the fault raced with a placement and was only woken); for arrivals,
@@ -84,6 +88,13 @@ enum Record {
         how: Resolution,
         channel: &'static str,
     },
+    /// A workload thread's access to a missing page, from its start, and how long it took.
+    Touch {
+        at: Instant,
+        offset: u64,
+        len: u64,
+        latency_us: f64,
+    },
     /// `request` or `answer`, on the urgent connection.
     Urgent {
         at: Instant,
@@ -149,6 +160,12 @@ impl Trace {
                             offset,
                             len,
                         } => writeln!(out, "{:.1},{event},{offset},{len},,,urgent", us(at))?,
+                        Record::Touch {
+                            at,
+                            offset,
+                            len,
+                            latency_us,
+                        } => writeln!(out, "{:.1},touch,{offset},{len},{latency_us:.1},,", us(at))?,
                     }
                 }
                 out.flush()
@@ -187,6 +204,17 @@ impl Trace {
             event: "request",
             offset,
             len,
+        });
+    }
+
+    /// A workload thread's access to the missing page at `offset` began at `at` and took
+    /// `took` (its latency sample).
+    pub fn touch(&self, at: Instant, took: std::time::Duration, offset: u64, len: u64) {
+        self.send(Record::Touch {
+            at,
+            offset,
+            len,
+            latency_us: took.as_secs_f64() * 1e6,
         });
     }
 

@@ -7,6 +7,7 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::trace::Trace;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -76,15 +77,16 @@ pub fn plan(
     }
 }
 
-/// Touches `plan`'s pages of the region at `base`; returns the fault latencies seen.
 /// Touches `plan`'s pages of the region at `base`; returns the fault latencies seen. Every
-/// 64 samples they are also added to `live`, for the progress line.
+/// 64 samples they are also added to `live`, for the progress line, and each goes to `trace`
+/// as a `touch` event if there is one.
 pub fn touch(
     base: u64,
     page_size: u64,
     plan: &[u64],
     received: &PageBitmap,
     live: &Mutex<Latency>,
+    trace: Option<&Trace>,
 ) -> Latency {
     let mut latency = Latency::new();
     let mut batch = Latency::new();
@@ -99,6 +101,9 @@ pub fn touch(
             let took = start.elapsed();
             latency.record(took);
             batch.record(took);
+            if let Some(trace) = trace {
+                trace.touch(start, took, page * page_size, page_size);
+            }
             if batch.count() >= 64 {
                 live.lock().unwrap_or_else(|e| e.into_inner()).merge(&batch);
                 batch = Latency::new();

@@ -232,6 +232,43 @@ impl Assembler {
         Ok(progress)
     }
 
+    /// THP: populates the staging page the next unit will take, now, so that its first chunk
+    /// finds it ready. Call it between placements, outside whatever a placement holds to keep
+    /// the fault handler out (a pager's events lock): populating a staging THP allocates and
+    /// zeroes 2 MiB, milliseconds where that memory is new to the machine (on a VM whose
+    /// guest reports free memory to the host: a host fault per 4 KiB), and no fault needs to
+    /// wait for that. Cheap when the spare is ready already; nothing to do for the other
+    /// backings (their staging memory is written in place).
+    pub fn prepare_spare(&mut self) -> Result<()> {
+        if self.mem.backing != Backing::Thp {
+            return Ok(());
+        }
+        if self.spare.is_empty() {
+            self.spare.push(Stage::Thp(ThpStage::new()?));
+        }
+        // `new_slot` takes the last one.
+        if let Some(Stage::Thp(stage)) = self.spare.last_mut() {
+            stage.prepare(&self.mem.pagemap)?;
+        }
+        Ok(())
+    }
+
+    /// THP: how often a staging page held now came out of populating without a THP and
+    /// had to be collapsed (MADV_COLLAPSE, which stops every fault of the process while it
+    /// runs). Zero in normal operation; for tests and diagnostics.
+    pub fn staging_collapses(&self) -> u64 {
+        let stages = self
+            .spare
+            .iter()
+            .chain(self.slots.values().map(|s| &s.stage));
+        stages
+            .map(|stage| match stage {
+                Stage::Thp(stage) => stage.collapses,
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// Units started but not placed yet.
     pub fn pending(&self) -> usize {
         self.slots.len()

@@ -73,6 +73,11 @@ pub(crate) struct ThpStage {
     /// PAGEMAP_SCAN said it is PMD-mapped (for diagnostics: a 4K-mapped staging page still
     /// works, the unit is collapsed after the MOVE).
     huge: bool,
+    /// The range has a page table left (its THP was split): the next [`ThpStage::prepare`]
+    /// maps a new range instead of faulting 4 KiB pages into that table.
+    split: bool,
+    /// Times this staging page had to be collapsed after populating (diagnostics).
+    pub(crate) collapses: u64,
 }
 
 impl ThpStage {
@@ -82,6 +87,8 @@ impl ThpStage {
             region: Region::thp(HUGE_2M)?,
             ready: false,
             huge: false,
+            split: false,
+            collapses: 0,
         })
     }
 
@@ -91,6 +98,33 @@ impl ThpStage {
         if self.ready {
             return Ok(());
         }
+        if std::mem::take(&mut self.split) {
+            self.region = Region::thp(HUGE_2M)?;
+        }
+        self.populate(pagemap)?;
+        if !self.huge {
+            // The fault could not install a THP because the staging range still has a page
+            // table: a MOVE into a destination that had one (a thread waited in the unit)
+            // split the staging THP and moved its 512 PTEs, leaving the table behind, and a
+            // fault only allocates a THP where the PMD is empty. A new mapping has none
+            // (swapping the mapping costs microseconds under the mmap lock).
+            self.region = Region::thp(HUGE_2M)?;
+            self.populate(pagemap)?;
+        }
+        if !self.huge {
+            // Still no THP (none was free at fault time: fragmentation): build one now, while
+            // the page is private and holds nothing. Last resort: MADV_COLLAPSE holds the
+            // mmap lock for writing, and every fault of the process waits for it.
+            self.collapses += 1;
+            self.huge = collapse(self.addr(), UNIT).is_ok()
+                && pagemap.is_huge(self.addr(), UNIT).unwrap_or(false);
+            tracing::debug!(huge = self.huge, "staging page was not a THP; collapsed");
+        }
+        self.ready = true;
+        Ok(())
+    }
+
+    fn populate(&mut self, pagemap: &Pagemap) -> Result<()> {
         self.region.advise(
             0,
             HUGE_2M,
@@ -98,14 +132,6 @@ impl ThpStage {
             "MADV_POPULATE_WRITE",
         )?;
         self.huge = pagemap.is_huge(self.addr(), UNIT).unwrap_or(false);
-        if !self.huge {
-            // No THP was free at fault time (fragmentation): try to build one now, while the
-            // page is private and holds nothing.
-            self.huge = collapse(self.addr(), UNIT).is_ok()
-                && pagemap.is_huge(self.addr(), UNIT).unwrap_or(false);
-            tracing::debug!(huge = self.huge, "staging page was not a THP; collapsed");
-        }
-        self.ready = true;
         Ok(())
     }
 
@@ -224,9 +250,8 @@ pub(crate) fn place(
     if have.count() > 0 {
         // Some pages are present already (or the unit is not where a PMD can take it), so the
         // unit cannot arrive as one THP: COPY the others around them. MOVE would do too, but
-        // it splits the staging THP, which must then be allocated (and zeroed) again; the
-        // collapse below allocates the unit's THP anyway, and the staging THP stays for the
-        // next unit.
+        // it splits the staging THP and leaves it in pieces; after COPY it is whole, and the
+        // collapse below can have it (see there).
         let base = stage.as_ptr();
         let runs = place_runs(received, first_page, have, |i, n| {
             run_at(dst, i, n, |addr, first, pages| {
@@ -253,9 +278,28 @@ pub(crate) fn place(
         stage.ready = false;
     } else if moved > 0 {
         stage.discard()?;
+        stage.split = true;
     }
     match huge {
         Some(dst) if !pagemap.is_huge(dst, UNIT).unwrap_or(false) => {
+            // All 512 pages moved but no PMD: the kernel split the staging THP to move them
+            // one by one (the destination had a page table).
+            stage.split |= moved == PAGES;
+            // Free the staging THP first, and collapse on the same CPU: every page of it is
+            // in the region now. The collapse allocates a THP and copies the unit into it
+            // while it holds the mmap lock for writing, so every fault of the process waits
+            // for that copy. The 2 MiB freed here is the first one this CPU's allocator hands
+            // out again (its per-CPU list of THPs): memory this thread touched a moment ago.
+            // Any other THP may be memory nobody touched for a long time, and on a VM whose
+            // guest hands free memory back to the host (free page reporting) every 4 KiB of
+            // that is a host fault inside the lock. Measured here: write-lock holds of 0.4-0.5
+            // ms with the freed THP, 5-6 ms with a cold one (also when the thread moved to the
+            // other CPU between the free and the collapse, hence the pinning). The next unit
+            // populates a new staging THP outside the lock.
+            let _stay = uffd_core::cpu::StayOnCpu::here();
+            if stage.ready {
+                stage.discard()?;
+            }
             if let Err(errno) = collapse_placed(pagemap, dst, UNIT) {
                 tracing::debug!(dst, %errno, "MADV_COLLAPSE failed: the unit stays 4K-mapped");
                 out.not_huge = true;

@@ -25,6 +25,22 @@ fn first_events(uffd: &Userfaultfd) -> Vec<Event> {
     events
 }
 
+/// A thread reading page 0 of the region, blocked in its fault (read here) until the
+/// assembler places unit 0.
+fn wait_in_unit_0(s: &common::Setup) -> std::thread::JoinHandle<u8> {
+    let target = s.memory.addr();
+    // SAFETY: page 0 of the registered region, which outlives the thread (the callers join
+    // it); the read blocks in the fault until the assembler places unit 0.
+    let reader =
+        std::thread::spawn(move || unsafe { std::ptr::read_volatile(target as *const u8) });
+    let events = first_events(&s.uffd);
+    assert!(
+        matches!(events.first(), Some(Event::Fault { addr, .. }) if *addr == target),
+        "expected the reader's fault, got {events:?}"
+    );
+    reader
+}
+
 fn reader_sees_all_or_nothing(backing: Backing, placement: HugetlbPlacement) {
     let Some(s) = setup(backing, placement, 2) else {
         return;
@@ -135,16 +151,7 @@ fn thp_unit_with_zero_pages_and_a_waiting_reader_ends_huge() {
     let pattern = Pattern::new(22);
     // Unit 0 holds two zero runs (the image's zero pages arrive as zero frames).
     let zero = [(10 * 4096, 6 * 4096), (300 * 4096, 4096)];
-    let target = s.memory.addr();
-    // SAFETY: page 0 of the registered region, alive until the thread is joined; the read
-    // blocks in the fault until the assembler places unit 0.
-    let reader =
-        std::thread::spawn(move || unsafe { std::ptr::read_volatile(target as *const u8) });
-    let events = first_events(&s.uffd);
-    assert!(
-        matches!(events.first(), Some(Event::Fault { addr, .. }) if *addr == target),
-        "expected the reader's fault, got {events:?}"
-    );
+    let reader = wait_in_unit_0(&s);
     let mut assembler = s.assembler();
     let progress = common::feed(
         &mut assembler,
@@ -156,5 +163,31 @@ fn thp_unit_with_zero_pages_and_a_waiting_reader_ends_huge() {
     reader.join().expect("reader");
     verify(&s.memory, &s.received, &pattern, &zero);
     assert_eq!(progress.units_not_huge, 0, "{progress:?}");
+    assert_all_huge(&s.memory);
+}
+
+#[test]
+fn thp_staging_split_by_a_waiting_reader_is_mapped_again_not_collapsed() {
+    let Some(s) = setup(Backing::Thp, HugetlbPlacement::Copy, 3) else {
+        return;
+    };
+    let unit = Backing::Thp.unit();
+    let pattern = Pattern::new(23);
+    let reader = wait_in_unit_0(&s);
+    let mut assembler = s.assembler();
+    let chunks = random_chunks(3, unit, 64, &[], 7);
+    let (first, rest): (Vec<_>, Vec<_>) = chunks.into_iter().partition(|d| d.offset < unit);
+    // Unit 0: its page table (from the reader's fault) makes the kernel split the staging
+    // THP to move it, which leaves the staging range with a page table of its own.
+    let progress = common::feed(&mut assembler, &first, &pattern, &s.received);
+    assert_eq!(progress.units_completed, 1);
+    reader.join().expect("reader");
+    // The next units' staging THPs are populated as THPs, without MADV_COLLAPSE (a fault
+    // into a range that has a page table only ever maps 4 KiB pages).
+    assembler.prepare_spare().expect("prepare");
+    let progress = common::feed(&mut assembler, &rest, &pattern, &s.received);
+    assert_eq!(progress.units_completed, 2);
+    assert_eq!(assembler.staging_collapses(), 0);
+    verify(&s.memory, &s.received, &pattern, &[]);
     assert_all_huge(&s.memory);
 }

@@ -92,6 +92,13 @@ pub struct Args {
     /// writes them (900mbit, 1gbit, 500kbit) or bytes per second (100MiB/s).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub max_bandwidth: Option<u64>,
+
+    /// Serve each urgent connection from a SCHED_FIFO thread at this real-time priority
+    /// (1-99; needs CAP_SYS_NICE, e.g. root). On a host whose few CPUs are busy streaming, a
+    /// woken urgent thread otherwise waits for other threads' time slices (milliseconds)
+    /// before it reads the request. The background streams stay on the normal scheduler.
+    #[arg(long, value_name = "PRIO", value_parser = clap::value_parser!(i32).range(1..=99))]
+    pub urgent_rt_priority: Option<i32>,
 }
 
 /// Parses a size such as `4096`, `64KiB`, `256MiB` or `1GiB`.
@@ -179,6 +186,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.max_pending = args.max_pending;
     config.idle_timeout = args.idle_timeout;
     config.max_bandwidth = args.max_bandwidth;
+    if let Some(priority) = args.urgent_rt_priority {
+        uffd_core::cpu::check_realtime(priority)
+            .context("--urgent-rt-priority: cannot run threads SCHED_FIFO")?;
+        config.urgent_priority = Some(priority);
+    }
     if let Some(path) = &args.token_file {
         let token = std::fs::read(path)
             .with_context(|| format!("cannot read token file {}", path.display()))?;

@@ -59,6 +59,11 @@ pub struct Config {
     /// Pace each background connection at this many bytes per second at most
     /// (`SO_MAX_PACING_RATE`; None: as fast as TCP goes). Urgent connections are never paced.
     pub max_bandwidth: Option<u64>,
+    /// Run the thread serving each urgent connection `SCHED_FIFO` at this priority
+    /// ([`uffd_core::cpu::set_realtime`]; None: the normal scheduler). On a host whose CPUs
+    /// are busy with the background streams, a woken urgent thread otherwise waits for
+    /// their time slices before it reads the request.
+    pub urgent_priority: Option<i32>,
 }
 
 impl Config {
@@ -78,6 +83,7 @@ impl Config {
             idle_timeout: Duration::from_secs(300),
             token: None,
             max_bandwidth: None,
+            urgent_priority: None,
         }
     }
 }
@@ -554,6 +560,15 @@ fn serve_connection(
         .and_then(|()| welcome(shared, writer, &session, want_sums));
     let result = match hello.role {
         Role::Urgent => {
+            if let Some(priority) = shared.config.urgent_priority {
+                // Checked at start-up (`cli::run`), so a failure here is unexpected.
+                if let Err(err) = uffd_core::cpu::set_realtime(priority) {
+                    tracing::warn!(
+                        session = session.id,
+                        "urgent thread stays SCHED_OTHER: {err}"
+                    );
+                }
+            }
             let r = welcomed
                 .and_then(|()| crate::urgent::serve(&session, reader, writer, &shared.limits))
                 .map_err(|err| idle(err, idle_timeout));

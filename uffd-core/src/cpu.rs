@@ -1,6 +1,11 @@
-//! CPU affinity, for measurements: the CPUs the calling thread may run on, and pinning it.
+//! CPU affinity and scheduling policy: the CPUs the calling thread may run on, pinning it,
+//! and giving it a real-time policy.
+//!
 //! A fault round trip costs a local wake-up or a cross-CPU one depending on where the faulting
-//! thread and the handler run, so the benchmarks pin both.
+//! thread and the handler run, so the benchmarks pin both. And on a machine with few CPUs, a
+//! woken fault handler may wait for a busy thread's time slice (milliseconds under the fair
+//! scheduler) before it runs: [`set_realtime`] makes the urgent path's threads preempt
+//! everything that is not real-time the moment they wake.
 
 use std::io;
 
@@ -23,6 +28,24 @@ pub enum CpuError {
     Set {
         /// The mask asked for.
         cpus: Vec<usize>,
+        /// Why.
+        source: io::Error,
+    },
+    /// A real-time priority outside what the kernel allows for `SCHED_FIFO`.
+    #[error("real-time priority {priority} is outside {min}..={max} (SCHED_FIFO)")]
+    BadPriority {
+        /// The priority asked for.
+        priority: i32,
+        /// `sched_get_priority_min(SCHED_FIFO)`.
+        min: i32,
+        /// `sched_get_priority_max(SCHED_FIFO)`.
+        max: i32,
+    },
+    /// `sched_setscheduler` failed (EPERM without CAP_SYS_NICE or an RLIMIT_RTPRIO).
+    #[error("sched_setscheduler(SCHED_FIFO, {priority}): {source}")]
+    Scheduler {
+        /// The priority asked for.
+        priority: i32,
         /// Why.
         source: io::Error,
     },
@@ -76,6 +99,109 @@ pub fn pin_current_thread(cpu: usize) -> Result<(), CpuError> {
     set_affinity(&[cpu])
 }
 
+/// The CPU the calling thread is running on now (it may move right after).
+pub fn current_cpu() -> Option<usize> {
+    // SAFETY: no arguments, no memory involved.
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).ok()
+}
+
+/// Keeps the calling thread on the CPU it is running on until dropped, then gives it back its
+/// affinity mask. For a few system calls that must run on one CPU, e.g. freeing a page and
+/// allocating one again from the same per-CPU free list. Best effort: if the mask cannot be
+/// read or set, nothing is pinned (and nothing is restored).
+#[derive(Debug)]
+pub struct StayOnCpu {
+    restore: Option<Vec<usize>>,
+}
+
+impl StayOnCpu {
+    /// Pins the calling thread to its current CPU.
+    pub fn here() -> StayOnCpu {
+        let restore = (|| {
+            let mask = allowed_cpus().ok()?;
+            let cpu = current_cpu()?;
+            if mask.len() > 1 && mask.contains(&cpu) {
+                pin_current_thread(cpu).ok()?;
+                Some(mask)
+            } else {
+                None
+            }
+        })();
+        StayOnCpu { restore }
+    }
+
+    /// The CPU the thread is pinned to, if it was pinned.
+    pub fn pinned(&self) -> Option<usize> {
+        self.restore.as_ref().and_then(|_| current_cpu())
+    }
+}
+
+impl Drop for StayOnCpu {
+    fn drop(&mut self) {
+        if let Some(mask) = self.restore.take() {
+            let _ = set_affinity(&mask);
+        }
+    }
+}
+
+/// Moves the calling thread to `SCHED_FIFO` at `priority` (1..=99 on Linux): it then runs
+/// as soon as it is runnable, ahead of every `SCHED_OTHER` thread, and keeps the CPU until it
+/// blocks or a higher real-time priority wants it. Meant for threads that sleep almost always
+/// and must answer fast when woken (a fault handler, an urgent receiver); a real-time thread
+/// that spins starves the rest (the kernel's `sched_rt_runtime_us` caps it at 95 %).
+pub fn set_realtime(priority: i32) -> Result<(), CpuError> {
+    // SAFETY: plain queries of constants, no memory involved.
+    let (min, max) = unsafe {
+        (
+            libc::sched_get_priority_min(libc::SCHED_FIFO),
+            libc::sched_get_priority_max(libc::SCHED_FIFO),
+        )
+    };
+    if priority < min || priority > max {
+        return Err(CpuError::BadPriority { priority, min, max });
+    }
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param that outlives the call.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc != 0 {
+        return Err(CpuError::Scheduler {
+            priority,
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that threads of this process may be made real-time at `priority`, by trying it
+/// on a short-lived thread (the caller's policy is left alone): a clear error at start-up
+/// instead of one per thread later.
+pub fn check_realtime(priority: i32) -> Result<(), CpuError> {
+    std::thread::scope(|s| {
+        s.spawn(|| set_realtime(priority))
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// The calling thread's scheduling policy and priority: `(libc::SCHED_OTHER, 0)` for a
+/// normal thread, `(libc::SCHED_FIFO, p)` after [`set_realtime`]`(p)`.
+pub fn scheduler() -> io::Result<(i32, i32)> {
+    // SAFETY: pid 0 is the calling thread; no memory involved.
+    let policy = unsafe { libc::sched_getscheduler(0) };
+    if policy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a writable sched_param.
+    if unsafe { libc::sched_getparam(0, &mut param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((policy, param.sched_priority))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +218,53 @@ mod tests {
             pin_current_thread(1 << 20),
             Err(CpuError::OutOfRange { .. })
         ));
+    }
+
+    #[test]
+    fn stay_on_cpu_pins_until_dropped() {
+        std::thread::spawn(|| {
+            let before = allowed_cpus().expect("affinity");
+            {
+                let stay = StayOnCpu::here();
+                if before.len() > 1 {
+                    let cpu = stay.pinned().expect("pinned");
+                    assert_eq!(allowed_cpus().expect("affinity"), vec![cpu]);
+                    assert_eq!(current_cpu(), Some(cpu));
+                } else {
+                    assert_eq!(stay.pinned(), None);
+                }
+            }
+            assert_eq!(allowed_cpus().expect("affinity"), before);
+        })
+        .join()
+        .expect("thread");
+    }
+
+    #[test]
+    fn realtime_priority_is_checked_and_applies_to_this_thread_only() {
+        assert!(matches!(
+            set_realtime(0),
+            Err(CpuError::BadPriority { min: 1, .. })
+        ));
+        assert!(matches!(
+            set_realtime(100),
+            Err(CpuError::BadPriority { max: 99, .. })
+        ));
+        // In a thread of its own, so the test harness's threads keep their policy.
+        std::thread::spawn(|| {
+            assert_eq!(scheduler().expect("policy").0, libc::SCHED_OTHER);
+            match set_realtime(5) {
+                Ok(()) => assert_eq!(scheduler().expect("policy"), (libc::SCHED_FIFO, 5)),
+                Err(CpuError::Scheduler { source, .. })
+                    if source.raw_os_error() == Some(libc::EPERM) =>
+                {
+                    crate::testing::skip("SCHED_FIFO needs CAP_SYS_NICE");
+                }
+                Err(err) => panic!("{err}"),
+            }
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(scheduler().expect("policy").0, libc::SCHED_OTHER);
     }
 }

@@ -18,7 +18,7 @@
 //! - [`bitmap`]: lock-free page bitmaps (received, requested, sent).
 //! - [`stats`]: latency histograms.
 //! - [`probe`](mod@probe): what the kernel and the process allow.
-//! - [`cpu`]: CPU affinity, for measurements.
+//! - [`cpu`]: CPU affinity (for measurements) and real-time scheduling for the urgent path.
 
 pub mod bitmap;
 pub mod cpu;
