@@ -23,7 +23,10 @@
 #                      ends before the background stream, so elapsed_s is the transfer time)
 #   --chunks "A B"     extra thp-preempt chunk sizes (default "16KiB 256KiB"; "" for none)
 #   --server-args "ARGS"    more `page-server` arguments for every run, both modes
-#                      (e.g. --server-args "--max-bandwidth 900mbit")
+#                      (e.g. --server-args "--max-bandwidth 900mbit"; the setting that meets
+#                      every target on a FIFO link, BENCHMARKS.md table 7:
+#                      --server-args "--max-bandwidth 900mbit --urgent-rt-priority 10"
+#                      --client-args "--urgent-rt-priority 10")
 #   --server-env "K=V ..."  environment for page-server (experiments)
 #   --client-args "ARGS"    more `fault-client run` arguments for every run
 #                      (e.g. --client-args "--background-window 128KiB")
@@ -31,7 +34,7 @@
 #                      on a small shared machine, other jobs' CPU use otherwise shows up
 #                      as scheduling delay in the fault latency
 #   --timeout S        a client still running after S seconds is killed and counted as a
-#                      hang (default 60)
+#                      hang (default 60); every thread's kernel stack goes to runs/NAME.hang
 #   --out DIR          where runs and the summary go (default target/preempt-bench/<time>)
 #   --no-build         do not run cargo build
 # Binaries: $PAGE_SERVER / $FAULT_CLIENT, else target/release (built first).
@@ -99,6 +102,20 @@ drops() { # packets the server-side qdisc dropped so far
     awk '/dropped/ { for (i = 1; i <= NF; i++) if ($i == "(dropped") { gsub(",", "", $(i+1)); s += $(i+1) } } END { print s + 0 }'
 }
 
+# Every thread of the page-server and fault-client processes: name, state, scheduling policy,
+# where it sleeps and its kernel stack; then the lab's queues and sockets.
+hang_report() {
+  local pid t
+  for pid in $(pgrep -x page-server) $(pgrep -x fault-client); do
+    echo "== pid $pid $(cat "/proc/$pid/cmdline" 2>/dev/null | tr '\0' ' ')"
+    for t in /proc/"$pid"/task/*; do
+      echo "-- $(cat "$t/comm") state $(awk '{print $3}' "$t/stat") policy $(awk '{print $41}' "$t/stat") wchan $(cat "$t/wchan")"
+      cat "$t/stack"
+    done
+  done
+  "$NETLAB" status
+}
+
 # run NAME BACKING "SERVER ARGS" -- one page-server and one fault-client
 run() {
   local name=$1 backing=$2 sargs=$3
@@ -114,12 +131,24 @@ run() {
     sleep 0.05
   done
   grep -q '^listening on' "$log" || { echo "page-server did not start:" >&2; cat "$log" >&2; exit 1; }
-  local d0 rc=0
+  local d0 rc=0 client waited=0
   d0=$(drops)
   # shellcheck disable=SC2086
-  timeout -s KILL "$TIMEOUT" "${NICE_CMD[@]}" "$NETLAB" run-client run \
+  "${NICE_CMD[@]}" "$NETLAB" run-client run \
     --server "10.77.0.1:$PORT" --backing "$backing" --workload random \
-    --threads "$THREADS" --touch "$TOUCH" --seed 1 --json $CLIENT_ARGS >"$json" 2>"$OUT/runs/$name.client.err" || rc=$?
+    --threads "$THREADS" --touch "$TOUCH" --seed 1 --json $CLIENT_ARGS >"$json" 2>"$OUT/runs/$name.client.err" &
+  client=$!
+  while kill -0 "$client" 2>/dev/null && [ "$waited" -lt $((TIMEOUT * 10)) ]; do
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  if kill -0 "$client" 2>/dev/null; then
+    # A hang: record where every thread of both sides is before killing them.
+    hang_report >"$OUT/runs/$name.hang" 2>&1
+    echo "  $name: still running after ${TIMEOUT}s; threads' kernel stacks in runs/$name.hang" >&2
+    kill -KILL "$client" 2>/dev/null || true
+  fi
+  wait "$client" || rc=$?
   local d1
   d1=$(drops)
   kill -TERM "$SERVER_PID" 2>/dev/null || true

@@ -32,9 +32,16 @@ want_2m=${UFFD_LAB_HUGEPAGES_2M:-1024}
 want_1g=${UFFD_LAB_HUGEPAGES_1G:-2}
 if need_root; then
   have=$(cat /proc/sys/vm/nr_hugepages)
-  if [ "$have" -lt "$want_2m" ]; then
-    echo "$want_2m" > /proc/sys/vm/nr_hugepages
-    echo "setup: vm.nr_hugepages $have -> $(cat /proc/sys/vm/nr_hugepages) (2 MiB pages)"
+  # What counts is the pages free and not reserved: reservations can outlive every process
+  # (on 6.18 an mremap of a registered private hugetlb range filled by UFFDIO_COPY leaks some;
+  # see RELIABILITY.md), and those pages can never be had again.
+  p2m=/sys/kernel/mm/hugepages/hugepages-2048kB
+  avail=$(( $(cat "$p2m/free_hugepages") - $(cat "$p2m/resv_hugepages") ))
+  if [ "$have" -lt "$want_2m" ] || [ "$avail" -lt "$want_2m" ]; then
+    target=$(( have + want_2m - avail ))
+    [ "$target" -ge "$want_2m" ] || target=$want_2m
+    echo "$target" > /proc/sys/vm/nr_hugepages
+    echo "setup: vm.nr_hugepages $have -> $(cat /proc/sys/vm/nr_hugepages) (2 MiB pages; $avail were free and unreserved)"
   fi
   g=/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages
   if [ -w "$g" ] && [ "$(cat "$g")" -lt "$want_1g" ]; then

@@ -28,7 +28,11 @@
 //! thread that caused it sleeps in the kernel until the event is read. The fault handler reads
 //! events under the write side of [`Pager::events_lock`](crate::pager::Pager); receivers hold
 //! the read side from "is this page discarded?" to the placement ioctl. So no placement can
-//! slip in between the kernel's discard and the pager learning about it.
+//! slip in between the kernel's discard and the pager learning about it. The read side covers
+//! the placement and nothing slower: the handler needs the write side to read *any* message,
+//! faults included, so every millisecond a receiver holds the read side is a millisecond
+//! added to the faults that arrive meanwhile. (Populating the next THP staging page, which
+//! can take milliseconds, happens outside it: [`crate::pager::Placer::prepare_ahead`].)
 
 use std::sync::Arc;
 
