@@ -293,7 +293,7 @@ fn trace_has_every_stage_of_each_urgent_fault() {
     assert_eq!(stages.delivery.len(), stages.wakeup.len());
     let matched = stages.delivery.len() as u64;
     assert!(
-        matched <= touches && matched * 2 > touches,
+        matched <= touches && matched * 10 >= touches * 9,
         "{matched} of {touches} touches matched with a request"
     );
     for (stage, values) in [

@@ -19,7 +19,7 @@
 //! | stage | from → to | what it is |
 //! |-------|-----------|------------|
 //! | delivery | `touch` → `fault` | the kernel's fault path (mmap and VMA locks, the userfault message) and the handler waking up to read it |
-//! | wake-up | `arrival` → end of the `touch` | the woken thread getting a CPU and returning from the fault |
+//! | wake-up | `arrival` → end of the `touch` | the woken thread getting a CPU and returning from the fault (0 when it returned before the receiver stamped the arrival) |
 //!
 //! and `touch` is every access's own latency (the workload's samples). A tail in `touch` that
 //! no stage shows is an access that never became a request (it waited for a huge page the
@@ -128,16 +128,18 @@ pub fn stages(path: &Path) -> Result<Stages> {
         if let Some((fault, page)) = fault {
             out.handler.push(t_request - fault);
             out.total.push(placed - fault);
-            // The access that raised this fault: at its page, begun before the fault was
-            // read and returned after (the trace prints tenths of microseconds).
+            // The access that raised this fault: at its page, under way when the fault was
+            // read (the trace prints tenths of microseconds). The woken thread can return
+            // before the receiver stamps the arrival (the wake-up is inside the placement
+            // ioctl): such a wake-up counts as 0.
             let touch = touches.get(&page).and_then(|v| {
                 v.iter()
                     .copied()
-                    .filter(|&(t, l)| t <= fault + 0.1 && t + l + 0.1 >= placed)
+                    .filter(|&(t, l)| t <= fault + 0.1 && t + l + 0.1 >= fault)
                     .reduce(|a, b| if b.0 > a.0 { b } else { a })
             });
             if let Some((t, l)) = touch {
-                out.delivery.push(fault - t);
+                out.delivery.push((fault - t).max(0.0));
                 out.wakeup.push((t + l - placed).max(0.0));
             }
         }
