@@ -33,8 +33,9 @@ want_1g=${UFFD_LAB_HUGEPAGES_1G:-2}
 if need_root; then
   have=$(cat /proc/sys/vm/nr_hugepages)
   # What counts is the pages free and not reserved: reservations can outlive every process
-  # (on 6.18 an mremap of a registered private hugetlb range filled by UFFDIO_COPY leaks some;
-  # see RELIABILITY.md), and those pages can never be had again.
+  # (on 6.18 moving part of a private hugetlb mapping with mremap leaks the reservations of
+  # the rest, as tests/events.rs does; see RELIABILITY.md), and those pages can never be had
+  # again.
   p2m=/sys/kernel/mm/hugepages/hugepages-2048kB
   avail=$(( $(cat "$p2m/free_hugepages") - $(cat "$p2m/resv_hugepages") ))
   if [ "$have" -lt "$want_2m" ] || [ "$avail" -lt "$want_2m" ]; then
