@@ -254,7 +254,8 @@ impl Client {
         let p = Arc::clone(&pager);
         let priority = options.urgent_priority;
         client.spawn("fault-handler", move |_| {
-            pager::urgent_thread(priority);
+            // Checked above (check_realtime).
+            uffd_core::cpu::set_realtime_or_warn(priority);
             pager::handle_faults(&p)
         })?;
         Ok(client)

@@ -101,7 +101,7 @@ fn install(
     let priority = config.urgent_priority;
     receivers.push(
         pager::spawn("urgent-rx", pager, move |p| {
-            pager::urgent_thread(priority);
+            uffd_core::cpu::set_realtime_or_warn(priority);
             pager::receive(p, Channel::Urgent, reader, generation)
         })
         .map_err(WireError::Io)?,

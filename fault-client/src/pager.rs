@@ -968,19 +968,6 @@ fn place(
     Ok(())
 }
 
-/// Called first by the urgent path's threads (fault handler, urgent receiver): makes the
-/// calling thread `SCHED_FIFO` at `priority`, if one is given ([`Client::open`] checked that it
-/// can be had).
-///
-/// [`Client::open`]: crate::client::Client::open
-pub fn urgent_thread(priority: Option<i32>) {
-    if let Some(priority) = priority {
-        if let Err(err) = uffd_core::cpu::set_realtime(priority) {
-            tracing::warn!("urgent thread stays SCHED_OTHER: {err}");
-        }
-    }
-}
-
 /// Spawns a named thread running `f` with the pager.
 pub fn spawn(
     name: &str,

@@ -109,22 +109,16 @@ impl ThpStage {
             return Ok(());
         }
         if std::mem::take(&mut self.split) {
+            // A fault only allocates a THP where the PMD is empty, and the split left a page
+            // table here; a new mapping has none (swapping the mapping costs microseconds
+            // under the mmap lock).
             self.region = Region::thp(HUGE_2M)?;
         }
         self.populate(pagemap)?;
         if !self.huge {
-            // The fault could not install a THP because the staging range still has a page
-            // table: a MOVE into a destination that had one (a thread waited in the unit)
-            // split the staging THP and moved its 512 PTEs, leaving the table behind, and a
-            // fault only allocates a THP where the PMD is empty. A new mapping has none
-            // (swapping the mapping costs microseconds under the mmap lock).
-            self.region = Region::thp(HUGE_2M)?;
-            self.populate(pagemap)?;
-        }
-        if !self.huge {
-            // Still no THP (none was free at fault time: fragmentation): build one now, while
-            // the page is private and holds nothing. Last resort: MADV_COLLAPSE holds the
-            // mmap lock for writing, and every fault of the process waits for it.
+            // No THP (none was free at fault time: fragmentation): build one now, while the
+            // page is private and holds nothing. Last resort: MADV_COLLAPSE holds the mmap
+            // lock for writing, and every fault of the process waits for it.
             self.collapses += 1;
             self.huge = collapse(self.addr(), UNIT).is_ok()
                 && pagemap.is_huge(self.addr(), UNIT).unwrap_or(false);

@@ -560,15 +560,8 @@ fn serve_connection(
         .and_then(|()| welcome(shared, writer, &session, want_sums));
     let result = match hello.role {
         Role::Urgent => {
-            if let Some(priority) = shared.config.urgent_priority {
-                // Checked at start-up (`cli::run`), so a failure here is unexpected.
-                if let Err(err) = uffd_core::cpu::set_realtime(priority) {
-                    tracing::warn!(
-                        session = session.id,
-                        "urgent thread stays SCHED_OTHER: {err}"
-                    );
-                }
-            }
+            // Checked at start-up (`cli::run`).
+            uffd_core::cpu::set_realtime_or_warn(shared.config.urgent_priority);
             let r = welcomed
                 .and_then(|()| crate::urgent::serve(&session, reader, writer, &shared.limits))
                 .map_err(|err| idle(err, idle_timeout));

@@ -175,6 +175,17 @@ pub fn set_realtime(priority: i32) -> Result<(), CpuError> {
     Ok(())
 }
 
+/// For a thread that should be real-time when asked (`priority` Some) and go on either way:
+/// [`set_realtime`], with a warning if it fails (callers check [`check_realtime`] at start-up,
+/// so a failure here is unexpected).
+pub fn set_realtime_or_warn(priority: Option<i32>) {
+    if let Some(priority) = priority {
+        if let Err(err) = set_realtime(priority) {
+            tracing::warn!("thread stays SCHED_OTHER: {err}");
+        }
+    }
+}
+
 /// Checks that threads of this process may be made real-time at `priority`, by trying it
 /// on a short-lived thread (the caller's policy is left alone): a clear error at start-up
 /// instead of one per thread later.
