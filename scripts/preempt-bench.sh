@@ -77,6 +77,8 @@ OUT=${OUT:-$ROOT/target/preempt-bench/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT/runs"
 
 "$ROOT/scripts/setup.sh" >/dev/null
+HUGEPAGES_STATE="$OUT/hugepages"
+"$ROOT/scripts/hugepages.sh" reserve --state "$HUGEPAGES_STATE"
 NICE_CMD=()
 [ "$NICE" = 0 ] || NICE_CMD=(nice -n "$NICE")
 
@@ -87,6 +89,7 @@ cleanup() {
     wait "$SERVER_PID" 2>/dev/null || true
   fi
   "$NETLAB" down
+  "$ROOT/scripts/hugepages.sh" release --state "$HUGEPAGES_STATE"
 }
 trap cleanup EXIT
 trap 'exit 130' INT

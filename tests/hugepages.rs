@@ -1,7 +1,7 @@
 //! Huge-page backings end to end: the whole image verified for every backing, and the pages
 //! really mapped huge (hugetlbfs pages in use, AnonHugePages for THP).
 //!
-//! The hugetlbfs pools are reserved by `scripts/setup.sh` (CI runs it first); a test whose pool
+//! The hugetlbfs pools are reserved by `scripts/hugepages.sh` (`scripts/test.sh` and CI run it first); a test whose pool
 //! is short skips with the reason (a failure under CI=true).
 
 mod common;

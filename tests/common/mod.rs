@@ -81,7 +81,7 @@ pub fn have_uffd() -> bool {
 }
 
 /// True if the hugetlb pool of `size`-byte pages has `pages` available; otherwise prints why
-/// the test is skipped (and fails under CI). `scripts/setup.sh` reserves the pools.
+/// the test is skipped (and fails under CI). `scripts/hugepages.sh reserve` fills the pools.
 pub fn pool_has(size: u64, pages: u64) -> bool {
     let have = uffd_core::probe::huge_pools()
         .iter()
