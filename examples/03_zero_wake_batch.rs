@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{exit_on_error, page_of, read_byte, write_byte, PAGE};
+use common::{exit_on_error, page_of, read_byte, scope_or_exit, write_byte, PAGE};
 use uffd_core::place::{self, Outcome};
 use uffd_core::{Event, Modes, Region, Userfaultfd};
 
@@ -31,7 +31,7 @@ fn main() -> Result<()> {
     let mut events = Vec::new();
 
     // Part 1: a read fault on page 0, answered with the zero page.
-    std::thread::scope(|s| -> Result<()> {
+    scope_or_exit("zero page", |s| {
         let reader = s.spawn(|| read_byte(region.addr() + 42));
         ensure!(
             uffd.wait_readable(Duration::from_secs(5))?,
@@ -48,7 +48,7 @@ fn main() -> Result<()> {
             .map_err(|_| anyhow::anyhow!("reader panicked"))?;
         ensure!(byte == 0, "page 0 reads {byte}, not 0");
         Ok(())
-    })?;
+    });
     // Writing the zero page is copy-on-write inside the kernel: no message for the handler.
     write_byte(region.addr(), 7);
     ensure!(read_byte(region.addr()) == 7, "write to page 0 lost");
@@ -62,7 +62,7 @@ fn main() -> Result<()> {
     // page with DONTWAKE, checks that nobody woke, then wakes them all with one UFFDIO_WAKE.
     let finished = AtomicUsize::new(0);
     let first = region.addr() + PAGE as u64;
-    std::thread::scope(|s| -> Result<()> {
+    scope_or_exit("wake", |s| {
         let threads: Vec<_> = (0..THREADS)
             .map(|i| {
                 let finished = &finished;
@@ -117,7 +117,7 @@ fn main() -> Result<()> {
             ensure!(byte == u8::try_from(i)?, "thread {i} read {byte}");
         }
         Ok(())
-    })?;
+    });
     ensure!(
         finished.load(Ordering::SeqCst) == THREADS,
         "not every thread finished"

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{exit_on_error, read_byte, PAGE};
+use common::{exit_on_error, read_byte, scope_or_exit, PAGE};
 use uffd_core::place::{self, Outcome, Source};
 use uffd_core::{Event, Modes, Region, Userfaultfd};
 
@@ -36,7 +36,7 @@ fn main() -> Result<()> {
 
     // Part 1, slowed down: the fault is read, the background places the page, then the
     // handler's COPY comes second.
-    std::thread::scope(|s| -> Result<()> {
+    scope_or_exit("race, part 1", |s| {
         let toucher = s.spawn(|| read_byte(region.addr()));
         ensure!(
             uffd.wait_readable(Duration::from_secs(5))?,
@@ -58,7 +58,7 @@ fn main() -> Result<()> {
             .map_err(|_| anyhow::anyhow!("toucher panicked"))?;
         ensure!(byte == content(0), "page 0 has the wrong content");
         Ok(())
-    })?;
+    });
 
     // Part 2, at full speed: a workload touches pages from the end, the handler answers its
     // faults, and after 32 faults a background filler places the whole range from the start.
@@ -67,7 +67,7 @@ fn main() -> Result<()> {
         AtomicUsize::new(0),
         AtomicBool::new(false),
     );
-    let filled = std::thread::scope(|s| -> Result<place::Filled> {
+    let filled = scope_or_exit("race, part 2", |s| {
         s.spawn(|| {
             exit_on_error("handler", || -> Result<()> {
                 let (mut buffer, mut events) = (Userfaultfd::event_buffer(16), Vec::new());
@@ -108,7 +108,7 @@ fn main() -> Result<()> {
         done.store(true, Ordering::Release);
         ensure!(ok, "the workload read a wrong byte");
         Ok(filled)
-    })?;
+    });
 
     let (handled, eexist) = (handled.into_inner(), eexist.into_inner());
     let (by_filler, skipped) = (

@@ -13,7 +13,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{in_child, page_of, read_byte, Ended, PAGE};
+use common::{in_child, page_of, read_byte, scope_or_exit, Ended, PAGE};
 use nix::sys::mman::MmapAdvise;
 use uffd_core::place::{self, Outcome, Source};
 use uffd_core::sys::feature;
@@ -38,7 +38,7 @@ fn main() -> Result<()> {
 
     // FORK: fork() itself waits until the event is read. The child's registered ranges report
     // to a new userfaultfd that comes with the event; the child faults on page 6, still missing.
-    std::thread::scope(|s| -> Result<()> {
+    scope_or_exit("fork", |s| {
         let forker = s.spawn(|| in_child(|| i32::from(read_byte(at(6)) != b'C')));
         ensure!(uffd.wait_readable(Duration::from_secs(5))?, "no FORK event");
         uffd.read_events(&mut buffer, &mut events)?;
@@ -72,7 +72,7 @@ fn main() -> Result<()> {
             "expected ESRCH after the child exited"
         );
         Ok(())
-    })?;
+    });
     ensure!(
         !uffd.wait_readable(Duration::ZERO)?,
         "the child's fault reached the parent"
@@ -147,7 +147,7 @@ fn events_of(
     action: impl FnOnce() -> Result<()> + Send,
     while_unread: impl FnOnce() -> Result<()>,
 ) -> Result<Vec<Event>> {
-    std::thread::scope(|s| {
+    Ok(scope_or_exit("event", |s| {
         let thread = s.spawn(action);
         ensure!(
             uffd.wait_readable(Duration::from_secs(5))?,
@@ -166,7 +166,7 @@ fn events_of(
             .join()
             .map_err(|_| anyhow::anyhow!("action panicked"))??;
         Ok(events)
-    })
+    }))
 }
 
 /// `mremap(from, len) -> to`, replacing the mapping at `to`.

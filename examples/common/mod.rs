@@ -69,3 +69,13 @@ pub fn exit_on_error<T>(what: &str, body: impl FnOnce() -> Result<T>) -> T {
         }
     }
 }
+
+/// `std::thread::scope` for code that resolves the faults of the threads it spawns: if it
+/// fails, those threads sleep forever and the scope would never end, so the failure is printed
+/// and the process exits instead.
+pub fn scope_or_exit<'env, T>(
+    what: &str,
+    body: impl for<'scope> FnOnce(&'scope std::thread::Scope<'scope, 'env>) -> Result<T>,
+) -> T {
+    std::thread::scope(|s| exit_on_error(what, || body(s)))
+}
