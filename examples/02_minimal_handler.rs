@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{exit_on_error, page_of, read_byte, PAGE};
+use common::{exit_on_error, join, page_of, read_byte, PAGE};
 use uffd_core::place::{self, Outcome};
 use uffd_core::{Event, Modes, Region, Userfaultfd};
 
@@ -79,9 +79,7 @@ fn main() -> Result<()> {
                 "page {page} has the wrong content"
             );
         }
-        handler
-            .join()
-            .map_err(|_| anyhow::anyhow!("handler panicked"))?;
+        join(handler)?;
         Ok(())
     })?;
 

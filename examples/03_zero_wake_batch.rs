@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{exit_on_error, page_of, read_byte, scope_or_exit, write_byte, PAGE};
+use common::{
+    exit_on_error, join, next_event, page_of, read_byte, scope_or_exit, write_byte, PAGE,
+};
 use uffd_core::place::{self, Outcome};
 use uffd_core::{Event, Modes, Region, Userfaultfd};
 
@@ -33,19 +35,13 @@ fn main() -> Result<()> {
     // Part 1: a read fault on page 0, answered with the zero page.
     scope_or_exit("zero page", |s| {
         let reader = s.spawn(|| read_byte(region.addr() + 42));
-        ensure!(
-            uffd.wait_readable(Duration::from_secs(5))?,
-            "no fault within 5 s"
-        );
-        uffd.read_events(&mut buffer, &mut events)?;
-        let Some(Event::Fault { addr, .. }) = events.pop() else {
-            bail!("expected one fault, got {events:?}");
+        let event = next_event(&uffd)?;
+        let Event::Fault { addr, .. } = event else {
+            bail!("expected one fault, got {event:?}");
         };
         let outcome = place::zeropage(&uffd, addr, PAGE as u64, true)?;
         println!("zero: fault at {addr:#x} -> UFFDIO_ZEROPAGE: {outcome:?}");
-        let byte = reader
-            .join()
-            .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+        let byte = join(reader)?;
         ensure!(byte == 0, "page 0 reads {byte}, not 0");
         Ok(())
     });
@@ -111,9 +107,7 @@ fn main() -> Result<()> {
             Ok(())
         });
         for (i, thread) in threads.into_iter().enumerate() {
-            let byte = thread
-                .join()
-                .map_err(|_| anyhow::anyhow!("thread panicked"))?;
+            let byte = join(thread)?;
             ensure!(byte == u8::try_from(i)?, "thread {i} read {byte}");
         }
         Ok(())

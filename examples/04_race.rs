@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{exit_on_error, read_byte, scope_or_exit, PAGE};
+use common::{exit_on_error, join, next_event, read_byte, scope_or_exit, PAGE};
 use uffd_core::place::{self, Outcome, Source};
 use uffd_core::{Event, Modes, Region, Userfaultfd};
 
@@ -31,20 +31,14 @@ fn main() -> Result<()> {
         let offset = usize::try_from(addr - region.addr()).unwrap_or(0);
         &image[offset..offset + PAGE]
     };
-    let mut buffer = Userfaultfd::event_buffer(16);
-    let mut events = Vec::new();
 
     // Part 1, slowed down: the fault is read, the background places the page, then the
     // handler's COPY comes second.
     scope_or_exit("race, part 1", |s| {
         let toucher = s.spawn(|| read_byte(region.addr()));
-        ensure!(
-            uffd.wait_readable(Duration::from_secs(5))?,
-            "no fault within 5 s"
-        );
-        uffd.read_events(&mut buffer, &mut events)?;
-        let Some(Event::Fault { addr, .. }) = events.pop() else {
-            bail!("expected a fault, got {events:?}");
+        let event = next_event(&uffd)?;
+        let Event::Fault { addr, .. } = event else {
+            bail!("expected a fault, got {event:?}");
         };
         let background = place::copy(&uffd, addr, page_at(addr), true)?;
         let handler = place::copy(&uffd, addr, page_at(addr), true)?;
@@ -53,9 +47,7 @@ fn main() -> Result<()> {
             handler == Outcome::AlreadyPresent,
             "second COPY was not EEXIST"
         );
-        let byte = toucher
-            .join()
-            .map_err(|_| anyhow::anyhow!("toucher panicked"))?;
+        let byte = join(toucher)?;
         ensure!(byte == content(0), "page 0 has the wrong content");
         Ok(())
     });
@@ -102,9 +94,7 @@ fn main() -> Result<()> {
         // `fill` issues one COPY for the rest of the range; the kernel stops it at each page that
         // is already present (EAGAIN with progress, then EEXIST) and `fill` steps over that page.
         let filled = place::fill(&uffd, region.addr(), Source::Bytes(&image), PAGE as u64)?;
-        let ok = workload
-            .join()
-            .map_err(|_| anyhow::anyhow!("workload panicked"))?;
+        let ok = join(workload)?;
         done.store(true, Ordering::Release);
         ensure!(ok, "the workload read a wrong byte");
         Ok(filled)

@@ -13,7 +13,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{in_child, page_of, read_byte, scope_or_exit, Ended, PAGE};
+use common::{in_child, join, next_event, page_of, read_byte, scope_or_exit, Ended, PAGE};
 use nix::sys::mman::MmapAdvise;
 use uffd_core::place::{self, Outcome, Source};
 use uffd_core::sys::feature;
@@ -33,33 +33,24 @@ fn main() -> Result<()> {
     // Pages 0..6 present (page i holds byte i); pages 6 and 7 missing.
     let image: Vec<u8> = (0..6 * PAGE).map(|b| (b / PAGE) as u8).collect();
     place::fill(&uffd, base, Source::Bytes(&image), page)?;
-    let mut buffer = Userfaultfd::event_buffer(8);
-    let mut events = Vec::new();
 
     // FORK: fork() itself waits until the event is read. The child's registered ranges report
     // to a new userfaultfd that comes with the event; the child faults on page 6, still missing.
     scope_or_exit("fork", |s| {
         let forker = s.spawn(|| in_child(|| i32::from(read_byte(at(6)) != b'C')));
-        ensure!(uffd.wait_readable(Duration::from_secs(5))?, "no FORK event");
-        uffd.read_events(&mut buffer, &mut events)?;
-        let Some(Event::Fork { child }) = events.pop() else {
-            bail!("expected FORK, got {events:?}");
+        let event = next_event(&uffd)?;
+        let Event::Fork { child } = event else {
+            bail!("expected FORK, got {event:?}");
         };
         println!("fork: FORK event, child userfaultfd {}", child.raw_fd());
-        ensure!(
-            child.wait_readable(Duration::from_secs(5))?,
-            "no fault from the child"
-        );
-        child.read_events(&mut buffer, &mut events)?;
-        let Some(Event::Fault { addr, .. }) = events.pop() else {
-            bail!("expected the child's fault, got {events:?}");
+        let event = next_event(&child)?;
+        let Event::Fault { addr, .. } = event else {
+            bail!("expected the child's fault, got {event:?}");
         };
         ensure!(addr == at(6), "the child faulted at {addr:#x}");
         let outcome = place::copy(&child, addr, &page_of(b'C'), true)?;
         println!("fork: child faulted on page 6 -> COPY 'C' through its descriptor: {outcome:?}");
-        let ended = forker
-            .join()
-            .map_err(|_| anyhow::anyhow!("forker panicked"))??;
+        let ended = join(forker)??;
         ensure!(
             ended == Ended::Exited(0),
             "the child did not read 'C': {ended:?}"
@@ -162,9 +153,7 @@ fn events_of(
                 break;
             }
         }
-        thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("action panicked"))??;
+        join(thread)??;
         Ok(events)
     }))
 }

@@ -9,10 +9,8 @@
 
 mod common;
 
-use std::time::Duration;
-
 use anyhow::{bail, ensure, Context, Result};
-use common::{read_byte, scope_or_exit, PAGE};
+use common::{join, next_event, read_byte, scope_or_exit, PAGE};
 use hugepage::pool;
 use uffd_core::place::{self, Outcome};
 use uffd_core::probe::names;
@@ -83,9 +81,7 @@ fn copy_whole_page() -> Result<()> {
             whole == Outcome::Placed(HUGE_2M as u64),
             "2 MiB COPY: {whole:?}"
         );
-        let byte = toucher
-            .join()
-            .map_err(|_| anyhow::anyhow!("toucher panicked"))?;
+        let byte = join(toucher)?;
         ensure!(usize::from(byte) == 300 % 256, "page 300 reads {byte}");
         Ok(())
     });
@@ -133,9 +129,7 @@ fn minor_fault_and_continue() -> Result<()> {
             outcome == Outcome::Placed(HUGE_2M as u64),
             "CONTINUE: {outcome:?}"
         );
-        let byte = toucher
-            .join()
-            .map_err(|_| anyhow::anyhow!("toucher panicked"))?;
+        let byte = join(toucher)?;
         ensure!(byte == 7, "page 7 reads {byte}");
         Ok(())
     });
@@ -151,16 +145,10 @@ fn minor_fault_and_continue() -> Result<()> {
     Ok(())
 }
 
-/// Waits for the next fault message: its address and kind.
+/// Waits for the next message, which must be a fault: its address and kind.
 fn next_fault(uffd: &Userfaultfd) -> Result<(u64, FaultKind)> {
-    ensure!(
-        uffd.wait_readable(Duration::from_secs(5))?,
-        "no fault within 5 s"
-    );
-    let (mut buffer, mut events) = (Userfaultfd::event_buffer(1), Vec::new());
-    uffd.read_events(&mut buffer, &mut events)?;
-    match events.pop() {
-        Some(Event::Fault { addr, kind, .. }) => Ok((addr, kind)),
+    match next_event(uffd)? {
+        Event::Fault { addr, kind, .. } => Ok((addr, kind)),
         other => bail!("expected a fault, got {other:?}"),
     }
 }

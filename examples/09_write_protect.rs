@@ -14,7 +14,7 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{page_of, read_byte, scope_or_exit, write_byte, PAGE};
+use common::{join, next_event, page_of, read_byte, scope_or_exit, write_byte, PAGE};
 use uffd_core::place::{self, Source};
 use uffd_core::sys::feature;
 use uffd_core::uffd::FaultKind;
@@ -52,11 +52,9 @@ fn sync_snapshot() -> Result<()> {
     println!("sync: 4 pages write-protected; reading them faults no more");
     let saved = scope_or_exit("sync WP", |s| {
         let writer = s.spawn(|| write_byte(at(1), b'X'));
-        ensure!(uffd.wait_readable(Duration::from_secs(5))?, "no WP fault");
-        let (mut buffer, mut events) = (Userfaultfd::event_buffer(1), Vec::new());
-        uffd.read_events(&mut buffer, &mut events)?;
-        let Some(Event::Fault { addr, write, kind }) = events.pop() else {
-            bail!("expected a fault, got {events:?}");
+        let event = next_event(&uffd)?;
+        let Event::Fault { addr, write, kind } = event else {
+            bail!("expected a fault, got {event:?}");
         };
         println!("sync: fault at {addr:#x}, write {write}, kind {kind:?}");
         ensure!(
@@ -67,9 +65,7 @@ fn sync_snapshot() -> Result<()> {
         // SAFETY: page 1 is present and its only writer sleeps until we un-protect it.
         let saved = unsafe { std::slice::from_raw_parts(addr as *const u8, PAGE) }.to_vec();
         uffd.write_protect(addr, PAGE as u64, false)?; // also wakes the writer
-        writer
-            .join()
-            .map_err(|_| anyhow::anyhow!("writer panicked"))?;
+        join(writer)?;
         Ok(saved)
     });
     ensure!(

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{exit_on_error, read_byte, scope_or_exit, PAGE};
+use common::{exit_on_error, join, read_byte, scope_or_exit, PAGE};
 use uffd_core::place::{self, Outcome};
 use uffd_core::{
     Event, Frame, FrameReader, FrameWriter, Limits, Modes, PageBitmap, Region, Userfaultfd,
@@ -167,8 +167,7 @@ fn main() -> Result<()> {
             ensure!(byte == content(p), "page {p} reads {byte}");
         }
         let workload = started.elapsed();
-        bg.join()
-            .map_err(|_| anyhow::anyhow!("background receiver panicked"))?;
+        join(bg)?;
         stop.store(true, Relaxed);
         urgent_client.shutdown(Shutdown::Both)?; // ends the server's urgent loop, then ours
         println!("workload: 32 pages touched in {workload:?}; then the background stream ended");

@@ -13,10 +13,13 @@
 //!
 //! Run: `cargo run --release --example 12_preemption`
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use common::join;
 use page_server::session::{Claim, Session};
 use page_server::{Image, Policy};
 
@@ -120,9 +123,7 @@ fn yields_within(session: &Session, limit: Duration, release: impl FnOnce()) -> 
         if !returned {
             release();
         }
-        let open = waiter
-            .join()
-            .map_err(|_| anyhow::anyhow!("waiter panicked"))?;
+        let open = join(waiter)?;
         ensure!(open, "the session closed");
         Ok(returned)
     })

@@ -79,3 +79,22 @@ pub fn scope_or_exit<'env, T>(
 ) -> T {
     std::thread::scope(|s| exit_on_error(what, || body(s)))
 }
+
+/// Waits up to 5 s for the next message on `uffd` and reads it (one message per read here;
+/// `03_zero_wake_batch` shows reading many at once).
+pub fn next_event(uffd: &uffd_core::Userfaultfd) -> Result<uffd_core::Event> {
+    let waited = uffd.wait_readable(std::time::Duration::from_secs(5))?;
+    anyhow::ensure!(waited, "no message on the userfaultfd within 5 s");
+    let (mut buffer, mut events) = (uffd_core::Userfaultfd::event_buffer(1), Vec::new());
+    uffd.read_events(&mut buffer, &mut events)?;
+    events
+        .pop()
+        .context("poll said readable, but read(2) found no message")
+}
+
+/// Joins a scoped thread; a panic in it becomes an error.
+pub fn join<T>(thread: std::thread::ScopedJoinHandle<'_, T>) -> Result<T> {
+    thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("a thread of the example panicked"))
+}
