@@ -42,12 +42,16 @@ fn main() -> Result<()> {
         MmapAdvise::MADV_POPULATE_WRITE,
         "MADV_POPULATE_WRITE",
     )?;
+    // A page fault gets a THP only if one is free at once; MADV_COLLAPSE (the fallback
+    // hugepage/src/thp.rs uses too) compacts memory to find one.
     if !pagemap.is_huge(staging.addr(), HUGE)? {
-        bail!(
-            "the kernel gave no THP for the staging range (memory fragmented?); fix: \
-               `echo 1 > /proc/sys/vm/compact_memory`, then run again"
-        );
+        collapse(staging.addr()).context("no THP for the staging range, even by MADV_COLLAPSE")?;
     }
+    ensure!(
+        pagemap.is_huge(staging.addr(), HUGE)?,
+        "the kernel gave no THP for the staging range (memory fragmented?); fix: \
+         `echo 1 > /proc/sys/vm/compact_memory`, then run again"
+    );
     let image = pattern();
     // SAFETY: `staging` is 2 MiB of our own mapping; nothing else references it.
     unsafe { std::ptr::copy_nonoverlapping(image.as_ptr(), staging.as_ptr(), HUGE_2M) };
