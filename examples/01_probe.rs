@@ -1,0 +1,129 @@
+//! Step 1 of the ladder: what this kernel and this process allow.
+//!
+//! A userfaultfd comes through one of two doors: `/dev/userfaultfd` (Linux 6.1; access by the
+//! file's permissions) or the `userfaultfd(2)` syscall (needs CAP_SYS_PTRACE unless
+//! `vm.unprivileged_userfaultfd=1`, or the `UFFD_USER_MODE_ONLY` flag, which only handles faults
+//! of user-mode accesses). Then UFFDIO_API negotiates features, once per descriptor: the kernel
+//! answers with every feature and ioctl it supports.
+//!
+//! Run: `cargo run --release --example 01_probe`
+
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use anyhow::{bail, ensure, Context, Result};
+use nix::errno::Errno;
+use uffd_core::probe::names;
+use uffd_core::sys::{self, feature, ioctl_bit};
+use uffd_core::Userfaultfd;
+
+/// `UFFD_USER_MODE_ONLY` (include/uapi/linux/userfaultfd.h): handle only faults of user-mode
+/// accesses; a kernel-mode access (say `read(2)` into the range) fails with EFAULT instead.
+const UFFD_USER_MODE_ONLY: libc::c_int = 1;
+
+fn main() -> Result<()> {
+    let p = uffd_core::probe();
+    println!(
+        "kernel {}, page size {}, euid {}",
+        p.kernel, p.page_size, p.euid
+    );
+    println!("/dev/userfaultfd exists: {}", p.device_exists);
+    match p.unprivileged_userfaultfd {
+        Some(v) => println!("vm.unprivileged_userfaultfd = {v}"),
+        None => println!("vm.unprivileged_userfaultfd: no such sysctl"),
+    }
+    println!("CAP_SYS_PTRACE: {}", p.cap_sys_ptrace);
+    let how = match &p.open {
+        Ok(how) => how.clone(),
+        Err(why) => {
+            // The error names every fix: root, access to the device, the capability, the sysctl.
+            bail!("no userfaultfd for this process: {why}");
+        }
+    };
+    println!("opened a userfaultfd through: {how}");
+    println!(
+        "features ({:#x}): {}",
+        p.features,
+        p.feature_names.join(" ")
+    );
+    println!("ioctls after UFFDIO_API: {}", p.ioctl_names.join(" "));
+    ensure!(
+        p.ioctls & (ioctl_bit::API | ioctl_bit::REGISTER | ioctl_bit::UNREGISTER)
+            == ioctl_bit::API | ioctl_bit::REGISTER | ioctl_bit::UNREGISTER,
+        "UFFDIO_API did not offer API, REGISTER and UNREGISTER"
+    );
+
+    // The syscall door, tried directly with UFFD_USER_MODE_ONLY: the one kind of descriptor an
+    // unprivileged process may still create when vm.unprivileged_userfaultfd is 0.
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY;
+    // SAFETY: the syscall takes one integer argument and returns a new descriptor or -1.
+    let ret = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+    match Errno::result(ret) {
+        Ok(fd) => {
+            let fd = i32::try_from(fd).context("descriptor out of range")?;
+            // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let api = sys::api(std::os::fd::AsRawFd::as_raw_fd(&fd), 0)
+                .context("UFFDIO_API on the user-mode-only descriptor")?;
+            println!(
+                "userfaultfd(UFFD_USER_MODE_ONLY): ok, same features: {}",
+                api.features == p.features
+            );
+        }
+        Err(errno) => println!(
+            "userfaultfd(UFFD_USER_MODE_ONLY): {errno} (fix: CAP_SYS_PTRACE, or \
+             `sysctl vm.unprivileged_userfaultfd=1`, or use /dev/userfaultfd)"
+        ),
+    }
+
+    // UFFDIO_API is accepted once per descriptor: a second handshake is EINVAL. This is why
+    // features are probed on a throw-away descriptor (uffd_core::probe::available_features).
+    let uffd = Userfaultfd::open(0).context("open a userfaultfd")?;
+    let again = sys::api(uffd.raw_fd(), 0);
+    println!("second UFFDIO_API on one descriptor: {again:?}");
+    ensure!(
+        again.err() == Some(Errno::EINVAL),
+        "a second UFFDIO_API was not EINVAL: {again:?}"
+    );
+
+    // What each later step needs, and whether this kernel has it.
+    let needs = [
+        (
+            "02-06 MISSING faults, events",
+            feature::EVENT_FORK | feature::EVENT_REMOVE,
+        ),
+        (
+            "07 hugetlbfs MISSING + MINOR",
+            feature::MISSING_HUGETLBFS | feature::MINOR_HUGETLBFS,
+        ),
+        ("08 UFFDIO_MOVE (Linux 6.8)", feature::MOVE),
+        (
+            "09 write-protect, async WP",
+            feature::PAGEFAULT_FLAG_WP | feature::WP_ASYNC,
+        ),
+        ("10 POISON, SIGBUS mode", feature::POISON | feature::SIGBUS),
+    ];
+    for (step, bits) in needs {
+        let missing = names(bits & !p.features, &feature::NAMES);
+        if missing.is_empty() {
+            println!("step {step}: available");
+        } else {
+            println!("step {step}: this kernel lacks {}", missing.join(" "));
+        }
+    }
+    for pool in &p.huge_pools {
+        println!(
+            "hugetlb pool {} KiB: {} pages, {} free, {} reserved",
+            pool.size / 1024,
+            pool.total,
+            pool.free,
+            pool.reserved
+        );
+    }
+    println!(
+        "THP enabled: {}, defrag: {}",
+        p.thp_enabled.as_deref().unwrap_or("absent"),
+        p.thp_defrag.as_deref().unwrap_or("absent")
+    );
+    println!("ok: a userfaultfd is available ({how})");
+    Ok(())
+}
