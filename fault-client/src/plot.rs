@@ -5,13 +5,14 @@
 //! panels, stacked:
 //!
 //! 1. **Latency histogram.** How many faults took how long, from the `resolved` events'
-//!    `latency_us` (from the fault message to the placement that woke the thread). The x axis
+//!    `latency_us` (from the fault message to the return of the ioctl that mapped the page
+//!    and woke the thread; one per fault). The x axis
 //!    is logarithmic, so every bar covers the same *ratio* of latencies (10 bars per decade):
 //!    a remote fault and a local wake-up, a thousand times faster, fit in one picture. The
 //!    bars are stacked by how the fault was resolved: `urgent` (answered on the urgent
 //!    connection: one network round trip), `background` (the stream brought the page first),
-//!    `zero` (placed as a zero page) and `already_present` (the page arrived while the fault
-//!    was being read: only a wake-up). Dashed lines mark the median (p50) and the 99th
+//!    `zero` (placed as zeros) and `already_present` (the page was mapped before the handler
+//!    read the fault: only a wake-up). Dashed lines mark the median (p50) and the 99th
 //!    percentile (p99) of all faults, with their values above the plot.
 //! 2. **Latency CDF.** The same latencies as cumulative distributions: for a latency x, the
 //!    fraction of faults that took at most x. One curve per resolution with samples and a
@@ -21,7 +22,8 @@
 //! 3. **Timeline of page arrivals.** x is the time since the run started (ms), y the offset
 //!    in the image (MiB). Every `arrival` event is a short vertical mark at its time over its
 //!    range of the image, coloured by how the pages came (`duplicate`: every page of the
-//!    frame was already present). A mark is at least a few pixels tall so that a single 4 KiB
+//!    frame was already present); a huge page shows once, when it is mapped whole (the
+//!    chunks `gathered` into its staging page before are not drawn: they are not present). A mark is at least a few pixels tall so that a single 4 KiB
 //!    page shows; a huge page (2 MiB) is taller. `fault` events are small black rings.
 //!    How to read it: the background stream is the diagonal sweep from the bottom left (its
 //!    slope is the stream's throughput; it is flatter while urgent requests share the link).

@@ -12,9 +12,10 @@
 //! | round trip | `request` → `answer` | the network both ways, and the server (claim and write) |
 //! | placement | `answer` → `arrival` | UFFDIO_COPY / ZEROPAGE (or the assembler), which wakes the thread |
 //!
-//! With the workload's `touch` events (traces since they were added) two more stages frame
-//! these, for each fault whose page access is in the trace (the `touch` at the faulting page
-//! whose span holds the fault):
+//! With the workload's `touch` events two more stages frame these, for each fault whose page
+//! access is in the trace: the `touch` of the faulting thread (`tid`) inside the requested
+//! range whose span holds the fault. (The range, not the fault's page: hugetlbfs reports a
+//! fault at the start of its huge page, the touch names the 4 KiB page it read.)
 //!
 //! | stage | from → to | what it is |
 //! |-------|-----------|------------|
@@ -70,7 +71,7 @@ pub fn stages(path: &Path) -> Result<Stages> {
     let mut answers: HashMap<u64, Vec<f64>> = HashMap::new();
     let mut arrivals: HashMap<u64, Vec<f64>> = HashMap::new();
     // Page offset → (start, latency, thread) of the workload's accesses to it.
-    let mut touches: HashMap<u64, Vec<(f64, f64, Option<u32>)>> = HashMap::new();
+    let mut touches: BTreeMap<u64, Vec<(f64, f64, Option<u32>)>> = BTreeMap::new();
     let mut requests = Vec::new();
     for line in trace::read(path)? {
         let t = line.t_us;
@@ -113,23 +114,22 @@ pub fn stages(path: &Path) -> Result<Stages> {
         out.measured += 1;
         out.round_trip.push(answer - t_request);
         out.placement.push(placed - answer);
-        if let Some((fault, page, tid)) = fault {
+        if let Some((fault, _, tid)) = fault {
             out.handler.push(t_request - fault);
             out.total.push(placed - fault);
             // The access that raised this fault: by the same thread (traces with thread ids),
-            // at its page, under way when the fault was read (the trace prints tenths of
+            // in the requested range, under way when the fault was read (the trace prints tenths of
             // microseconds). The woken thread can return before the receiver stamps the
             // arrival (the wake-up is inside the placement ioctl): such a wake-up counts as 0.
-            let touch = touches.get(&page).and_then(|v| {
-                v.iter()
-                    .copied()
-                    .filter(|&(t, l, who)| {
-                        t <= fault + 0.1
-                            && t + l + 0.1 >= fault
-                            && (tid.is_none() || who.is_none() || who == tid)
-                    })
-                    .reduce(|a, b| if b.0 > a.0 { b } else { a })
-            });
+            let touch = touches
+                .range(offset..offset + len.max(1))
+                .flat_map(|(_, v)| v.iter().copied())
+                .filter(|&(t, l, who)| {
+                    t <= fault + 0.1
+                        && t + l + 0.1 >= fault
+                        && (tid.is_none() || who.is_none() || who == tid)
+                })
+                .reduce(|a, b| if b.0 > a.0 { b } else { a });
             if let Some((t, l, _)) = touch {
                 out.delivery.push((fault - t).max(0.0));
                 out.wakeup.push((t + l - placed).max(0.0));
@@ -273,6 +273,32 @@ mod tests {
         let err = stages(&path).expect_err("negative offset").to_string();
         let _ = std::fs::remove_file(&path);
         assert!(err.contains("line 3") && err.contains("offset"), "{err}");
+    }
+
+    #[test]
+    fn a_hugetlb_touch_is_matched_inside_its_huge_page_by_its_thread() {
+        let path = std::env::temp_dir().join(format!("stages-huge-{}.csv", std::process::id()));
+        // hugetlbfs reports the fault at the huge page's start; two threads touch pages of it.
+        std::fs::write(
+            &path,
+            "t_us,event,offset,len,latency_us,resolution,channel,tid\n\
+             9.0,touch,2105344,4096,100.0,,,7\n\
+             9.5,touch,2113536,4096,100.0,,,8\n\
+             10.0,fault,2097152,4096,,,,7\n\
+             12.0,request,2097152,2097152,,,urgent,\n\
+             52.0,answer,2097152,65536,,,urgent,\n\
+             90.0,gathered,2097152,65536,,urgent,urgent,\n\
+             105.0,arrival,2097152,2097152,2.0,urgent,urgent,\n\
+             105.0,resolved,2097152,4096,95.0,urgent,urgent,\n",
+        )
+        .expect("write");
+        let stages = stages(&path).expect("stages");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(stages.measured, 1);
+        assert_eq!(stages.placement, vec![53.0]);
+        // Thread 7's touch (began at 9.0, ended at 109.0), not thread 8's.
+        assert_eq!(stages.delivery, vec![1.0]);
+        assert_eq!(stages.wakeup, vec![4.0]);
     }
 
     #[test]
