@@ -24,7 +24,7 @@
 //!
 //! | event | when (`t_us`) | `latency_us` | `resolution` |
 //! |-------|---------------|--------------|--------------|
-//! | `fault` | the fault handler read a fault message for the 4 KiB page at `offset` (`tid`: the faulting thread) | | |
+//! | `fault` | the fault handler read a fault message for the 4 KiB page at `offset` (hugetlbfs reports the start of the huge page; `tid`: the faulting thread) | | |
 //! | `request` | a request for the range is written to the urgent connection (stamped before the write) | | |
 //! | `answer` | the urgent receiver has read a whole data or zero frame and is about to place it | | |
 //! | `gathered` | a chunk was written into a staging huge page: **not** present yet, its pages become present with their unit's `arrival` | | what the chunk carried: `urgent`, `background` or `zero` |

@@ -212,6 +212,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn waits_count_per_thread_and_wait_for_a_read_in_progress() {
+        let waits = std::sync::Arc::new(Waits::default());
+        assert_eq!(waits.faults_of(7), 0);
+        waits.begin_read();
+        let reader = {
+            let waits = std::sync::Arc::clone(&waits);
+            // A thread woken while the handler is between its read and the record: it must
+            // see its fault once the read is recorded, not 0.
+            std::thread::spawn(move || waits.faults_of(7))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        waits.record(7);
+        waits.record(9);
+        waits.end_read();
+        assert_eq!(reader.join().expect("reader"), 1);
+        assert_eq!(waits.faults_of(9), 1);
+        // A handler that is gone leaves nobody waiting.
+        waits.begin_read();
+        waits.close();
+        assert_eq!(waits.faults_of(7), 1);
+    }
+
+    #[test]
     fn shares_add_up_and_stay_in_range() {
         for workload in [Workload::Seq, Workload::Random, Workload::Zipf] {
             let total: usize = (0..3)
