@@ -55,6 +55,14 @@ impl MappedRun {
     }
 }
 
+/// The 4 KiB pages a placement ioctl's `outcome` says it placed, at most `max`.
+pub(crate) fn pages_placed(outcome: &place::Result<Outcome>, max: usize) -> usize {
+    match outcome {
+        Ok(Outcome::Placed(bytes)) => usize::try_from(bytes / PAGE).unwrap_or(0).min(max),
+        _ => 0,
+    }
+}
+
 /// What placing a unit's runs did, in 4 KiB pages.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Placed {
@@ -96,11 +104,7 @@ pub(crate) fn place_runs(
         while end < pages && have.has(end) && !received.get(first_page + end) {
             end += 1;
         }
-        let placed_pages = |outcome: &place::Result<Outcome>| match outcome {
-            Ok(Outcome::Placed(bytes)) => usize::try_from(bytes / PAGE).unwrap_or(0).min(end - i),
-            _ => 0,
-        };
-        let (outcome, run) = MappedRun::timed(i, || op(i, end - i), placed_pages);
+        let (outcome, run) = MappedRun::timed(i, || op(i, end - i), |o| pages_placed(o, end - i));
         out.mapped.extend(run);
         match outcome? {
             Outcome::Placed(bytes) => {

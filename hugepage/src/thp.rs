@@ -55,7 +55,7 @@ use crate::backing::PAGE;
 use crate::gathered::Gathered;
 use crate::memory::Dst;
 use crate::pagemap::Pagemap;
-use crate::runs::{place_runs, run_at, MappedRun, Placed};
+use crate::runs::{pages_placed, place_runs, run_at, MappedRun, Placed};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -228,16 +228,12 @@ pub(crate) fn place(
     let mut moved = 0;
     if let (Some(dst), true) = (huge, whole) {
         let src = stage.addr();
-        let moved_pages = |outcome: &place::Result<Outcome>| match outcome {
-            Ok(Outcome::Placed(bytes)) => usize::try_from(bytes / PAGE).unwrap_or(0).min(PAGES),
-            _ => 0,
-        };
         // SAFETY: the staging page belongs to this unit's slot; no Rust reference points into
         // it (chunks are written through raw pointers), so its pages may leave.
         let (outcome, run) = MappedRun::timed(
             0,
             || unsafe { place::move_(uffd, dst, src, UNIT, true) },
-            moved_pages,
+            |o| pages_placed(o, PAGES),
         );
         out.mapped.extend(run);
         match outcome? {
