@@ -407,6 +407,9 @@ pub fn handle_faults(pager: &Arc<Pager>) {
             let _guard = pager.events_lock.write().unwrap_or_else(|e| e.into_inner());
             pager.waits.begin_read();
             let read = pager.uffd.read_events(&mut buffer, &mut events);
+            // Before `end_read`: a thread that waited on one of these faults may run on (and
+            // start its next access) as soon as that returns.
+            let read_at = Instant::now();
             for event in &events {
                 if let Event::Fault { tid: Some(tid), .. } = event {
                     pager.waits.record(*tid);
@@ -423,7 +426,7 @@ pub fn handle_faults(pager: &Arc<Pager>) {
                         // Before the fault is handled: it is resolved exactly once, when its
                         // page is found present or becomes present (see crate::trace).
                         if let (Some(trace), Some(page)) = (&pager.trace, pager.image_page(addr)) {
-                            trace.fault(page * pager.page, pager.page, tid);
+                            trace.fault(read_at, page * pager.page, pager.page, tid);
                         }
                         faults.push(addr);
                     }

@@ -372,11 +372,11 @@ impl Trace {
         }
     }
 
-    /// The handler read a fault of thread `tid` on the page at `offset`. Call it before
-    /// looking at whether the page is present: a fault is then resolved exactly once, by
-    /// [`Trace::already_present`] or by the [`Trace::arrival`] of its page.
-    pub fn fault(&self, offset: u64, len: u64, tid: Option<u32>) {
-        let at = Instant::now();
+    /// The handler read (at `at`, when its `read(2)` returned) a fault of thread `tid` on the
+    /// page at `offset`. Call it before looking at whether the page is present: a fault is
+    /// then resolved exactly once, by [`Trace::already_present`] or by the
+    /// [`Trace::arrival`] of its page.
+    pub fn fault(&self, at: Instant, offset: u64, len: u64, tid: Option<u32>) {
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -545,8 +545,8 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("t.csv");
         let trace = Trace::create(&path, Instant::now()).expect("create");
-        trace.fault(8192, 4096, Some(5));
-        trace.fault(8192, 4096, Some(6));
+        trace.fault(Instant::now(), 8192, 4096, Some(5));
+        trace.fault(Instant::now(), 8192, 4096, Some(6));
         trace.gathered(0, 65536, Resolution::Background, "background");
         let began = Instant::now();
         let mapped = Mapped {
@@ -558,7 +558,7 @@ mod tests {
         trace.arrival(&mapped, 4096, Resolution::Background, "background");
         // A second arrival over the same page resolves nothing more.
         trace.arrival(&mapped, 4096, Resolution::Urgent, "urgent");
-        trace.fault(4 << 20, 4096, Some(5));
+        trace.fault(Instant::now(), 4 << 20, 4096, Some(5));
         trace.already_present(4 << 20, 4096);
         trace.duplicate(0, 4096, "urgent");
         trace.finish().expect("finish");
