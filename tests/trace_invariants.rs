@@ -11,7 +11,7 @@
 //!   trace, and with `touches_present` adds up to `touches`; the page counters add up to the
 //!   image's pages (the padding of the last huge page is not counted).
 //!
-//! The hugetlb pools are reserved by `scripts/setup.sh`; a short pool skips with the reason
+//! The hugetlb pools are reserved by `scripts/hugepages.sh` (run by `scripts/test.sh`); a short pool skips with the reason
 //! (a failure under CI=true).
 
 mod common;

@@ -89,7 +89,7 @@ pub fn pool_has(size: u64, pages: u64) -> bool {
         .map_or(0, |p| p.available());
     if have < pages {
         uffd_core::testing::skip(&format!(
-            "{pages} huge pages of {size} bytes needed, {have} available: run scripts/setup.sh as root"
+            "{pages} huge pages of {size} bytes needed, {have} available: run `scripts/hugepages.sh reserve` as root"
         ));
         return false;
     }
