@@ -11,13 +11,13 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use common::{write_byte, PAGE};
-use hugepage::pagemap::Pagemap;
+
 use nix::errno::Errno;
 use nix::sys::mman::MmapAdvise;
 use uffd_core::place::{self, Outcome};
 use uffd_core::region::HUGE_2M;
 use uffd_core::sys::feature;
-use uffd_core::{Modes, Region, Userfaultfd};
+use uffd_core::{Modes, Pagemap, Region, Userfaultfd};
 
 const HUGE: u64 = HUGE_2M as u64;
 

@@ -8,6 +8,11 @@
 //! the `errno` and the progress field, so that [`crate::place`] can turn them into outcomes.
 //!
 //! Layouts follow `include/uapi/linux/userfaultfd.h` (Linux 6.8 for MOVE, 6.6 for POISON).
+//!
+//! One ioctl here is not a userfaultfd one: `PAGEMAP_SCAN` on `/proc/<pid>/pagemap`
+//! (`include/uapi/linux/fs.h`, Linux 6.7), which reads what the kernel recorded for a range of
+//! pages (present, huge, written since write-protected...) and, for async write-protect, arms
+//! the protection again; [`crate::pagemap`] wraps it.
 
 use std::os::fd::RawFd;
 
@@ -49,8 +54,53 @@ pub struct uffdio_poison {
     pub updated: i64,
 }
 
+/// `struct page_region` (include/uapi/linux/fs.h, Linux 6.7): a run of pages that share the
+/// categories PAGEMAP_SCAN reports.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct page_region {
+    /// Start of the run.
+    pub start: u64,
+    /// End of the run (exclusive).
+    pub end: u64,
+    /// `PAGE_IS_*` bits of the run (only those asked for in `return_mask`).
+    pub categories: u64,
+}
+
+/// `struct pm_scan_arg` (include/uapi/linux/fs.h, Linux 6.7).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct pm_scan_arg {
+    /// `size_of::<pm_scan_arg>()`: the version of the structure.
+    pub size: u64,
+    /// `PM_SCAN_*` bits.
+    pub flags: u64,
+    /// Start of the range to walk.
+    pub start: u64,
+    /// End of the range (exclusive).
+    pub end: u64,
+    /// Out: where the walk stopped (`end` when it covered the whole range).
+    pub walk_end: u64,
+    /// Address of the `page_region` array the kernel fills.
+    pub vec: u64,
+    /// Entries in that array.
+    pub vec_len: u64,
+    /// Stop after reporting this many pages (0: no limit).
+    pub max_pages: u64,
+    /// Categories that match when clear rather than set.
+    pub category_inverted: u64,
+    /// A page is reported only if it matches all of these...
+    pub category_mask: u64,
+    /// ...and at least one of these (0: no such condition).
+    pub category_anyof_mask: u64,
+    /// Categories written into each reported run.
+    pub return_mask: u64,
+}
+
 const _: () = assert!(std::mem::size_of::<uffdio_move>() == 40);
 const _: () = assert!(std::mem::size_of::<uffdio_poison>() == 32);
+const _: () = assert!(std::mem::size_of::<page_region>() == 24);
+const _: () = assert!(std::mem::size_of::<pm_scan_arg>() == 96);
 
 #[cfg(test)]
 mod tests {
@@ -66,6 +116,8 @@ mod tests {
         assert_eq!(nix::request_code_readwrite!(UFFDIO, 0x07, 32), 0xC020_AA07);
         assert_eq!(nix::request_code_readwrite!(UFFDIO, 0x08, 32), 0xC020_AA08);
         assert_eq!(nix::request_code_read!(UFFDIO, 0x02, 16), 0x8010_AA02);
+        // PAGEMAP_SCAN: _IOWR('f', 16, struct pm_scan_arg) in include/uapi/linux/fs.h.
+        assert_eq!(nix::request_code_readwrite!(b'f', 16, 96), 0xC060_6610);
     }
 
     #[test]
@@ -198,6 +250,7 @@ mod ioctls {
     // UFFDIO_WAKE is declared _IOR in the uapi header (0x8010AA02), although the kernel
     // only reads the range: the direction bits must match or the ioctl is EINVAL.
     nix::ioctl_read!(wake, UFFDIO, 0x02, uffdio_range);
+    nix::ioctl_readwrite!(pagemap_scan, b'f', 16, pm_scan_arg);
 }
 
 /// The answer of a range ioctl: the kernel's errno (if any) and its progress field.
@@ -329,4 +382,23 @@ pub fn wake(fd: RawFd, start: u64, len: u64) -> Result<(), Errno> {
     let mut arg = uffdio_range { start, len };
     // SAFETY: `arg` is a valid `uffdio_range` that the kernel only reads.
     unsafe { ioctls::wake(fd, &mut arg) }.map(drop)
+}
+
+/// PAGEMAP_SCAN on `fd`, an open `/proc/<pid>/pagemap`: walks `arg.start..arg.end` as `arg`
+/// asks, writes the runs found into `out` and returns how many it wrote. The walk stops early
+/// when `out` is full (or `max_pages` is reached): `arg.walk_end` says where. `size`, `vec` and
+/// `vec_len` are set here from `out`.
+pub fn pagemap_scan(
+    fd: RawFd,
+    arg: &mut pm_scan_arg,
+    out: &mut [page_region],
+) -> Result<usize, Errno> {
+    arg.size = std::mem::size_of::<pm_scan_arg>() as u64;
+    arg.vec = out.as_mut_ptr() as u64;
+    arg.vec_len = out.len() as u64;
+    // SAFETY: `arg` is a valid `pm_scan_arg` whose `vec` points to `out`, exclusively borrowed
+    // and writable for `vec_len` entries for the whole call; the kernel writes only `arg` and
+    // those entries (it walks page tables, it never changes page content).
+    let filled = unsafe { ioctls::pagemap_scan(fd, arg) }?;
+    Ok(usize::try_from(filled).unwrap_or(0).min(out.len()))
 }
