@@ -134,6 +134,10 @@ mod tests {
     }
 }
 
+/// `UFFD_USER_MODE_ONLY`, a creation flag (of the syscall and of USERFAULTFD_IOC_NEW): handle
+/// only faults of user-mode accesses.
+pub const USER_MODE_ONLY: i32 = 1;
+
 /// Do not wake the threads waiting on the range (COPY, ZEROPAGE, CONTINUE, MOVE, POISON).
 pub const MODE_DONTWAKE: u64 = 1;
 /// `UFFDIO_COPY_MODE_WP`: map the copied page write-protected.
