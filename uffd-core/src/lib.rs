@@ -8,7 +8,8 @@
 //!
 //! # Layout
 //! - [`sys`]: the raw ioctls, and the only `ioctl(2)` calls (COPY, ZEROPAGE, CONTINUE, MOVE,
-//!   POISON, WAKE, API; and PAGEMAP_SCAN on `/proc/self/pagemap`).
+//!   POISON, WAKE, API; USERFAULTFD_IOC_NEW on `/dev/userfaultfd`; PAGEMAP_SCAN on
+//!   `/proc/self/pagemap`).
 //! - [`uffd`]: the descriptor: creation, UFFDIO_API, registration, reading fault and event
 //!   messages.
 //! - [`region`]: mappings that own their `munmap`.

@@ -1,7 +1,7 @@
 //! The raw userfaultfd ioctls: the only place in the workspace that talks to the kernel's
 //! `ioctl(2)` interface directly.
 //!
-//! The `userfaultfd` crate creates the descriptor, registers ranges and decodes messages. The
+//! The `userfaultfd` crate registers ranges and decodes messages. The
 //! placement ioctls live here instead because the crate lacks `UFFDIO_MOVE` and `UFFDIO_POISON`
 //! and reports a kernel `EAGAIN` from `UFFDIO_COPY` as `PartiallyCopied(huge number)` (the
 //! kernel writes `-EAGAIN` into the `copy` field). Each wrapper returns the raw kernel answer:
@@ -9,7 +9,9 @@
 //!
 //! Layouts follow `include/uapi/linux/userfaultfd.h` (Linux 6.8 for MOVE, 6.6 for POISON).
 //!
-//! One ioctl here is not a userfaultfd one: `PAGEMAP_SCAN` on `/proc/<pid>/pagemap`
+//! Two ioctls on other files live here too, so that this stays the only place:
+//! USERFAULTFD_IOC_NEW on `/dev/userfaultfd`, which creates a descriptor (with flags the crate
+//! does not offer, such as `UFFD_USER_MODE_ONLY`), and `PAGEMAP_SCAN` on `/proc/<pid>/pagemap`
 //! (`include/uapi/linux/fs.h`, Linux 6.7), which reads what the kernel recorded for a range of
 //! pages (present, huge, written since write-protected...) and, for async write-protect, arms
 //! the protection again; [`crate::pagemap`] wraps it.
@@ -116,6 +118,8 @@ mod tests {
         assert_eq!(nix::request_code_readwrite!(UFFDIO, 0x07, 32), 0xC020_AA07);
         assert_eq!(nix::request_code_readwrite!(UFFDIO, 0x08, 32), 0xC020_AA08);
         assert_eq!(nix::request_code_read!(UFFDIO, 0x02, 16), 0x8010_AA02);
+        // USERFAULTFD_IOC_NEW on /dev/userfaultfd: _IO(0xAA, 0x00).
+        assert_eq!(nix::request_code_none!(UFFDIO, 0x00), 0xAA00);
         // PAGEMAP_SCAN: _IOWR('f', 16, struct pm_scan_arg) in include/uapi/linux/fs.h.
         assert_eq!(nix::request_code_readwrite!(b'f', 16, 96), 0xC060_6610);
     }
@@ -255,6 +259,9 @@ mod ioctls {
     // only reads the range: the direction bits must match or the ioctl is EINVAL.
     nix::ioctl_read!(wake, UFFDIO, 0x02, uffdio_range);
     nix::ioctl_readwrite!(pagemap_scan, b'f', 16, pm_scan_arg);
+    // USERFAULTFD_IOC_NEW is `_IO(0xAA, 0x00)`: no argument structure, the open flags are
+    // passed as the integer argument itself.
+    nix::ioctl_write_int_bad!(ioc_new, nix::request_code_none!(UFFDIO, 0x00));
 }
 
 /// The answer of a range ioctl: the kernel's errno (if any) and its progress field.
@@ -264,6 +271,14 @@ pub struct RangeAnswer {
     pub result: Result<(), Errno>,
     /// The progress field: bytes done, or a negative errno written by the kernel.
     pub progress: i64,
+}
+
+/// USERFAULTFD_IOC_NEW (Linux 6.1) on `dev`, an open `/dev/userfaultfd`: a new userfaultfd
+/// created with `flags` (`O_CLOEXEC`, `O_NONBLOCK`, [`USER_MODE_ONLY`]), which the caller owns.
+pub fn ioc_new(dev: RawFd, flags: i32) -> Result<RawFd, Errno> {
+    // SAFETY: the request takes the flags as a plain integer argument (no memory is passed)
+    // and returns a new descriptor or an error.
+    unsafe { ioctls::ioc_new(dev, flags) }
 }
 
 /// UFFDIO_API: handshake on a new descriptor, asking for `features`. Returns the structure

@@ -201,11 +201,6 @@ pub struct Userfaultfd {
     ioctls: u64,
 }
 
-/// `USERFAULTFD_IOC_NEW`: `_IO(0xAA, 0x00)` on `/dev/userfaultfd`.
-mod dev {
-    nix::ioctl_write_int_bad!(ioc_new, nix::request_code_none!(0xAA, 0x00));
-}
-
 impl Userfaultfd {
     /// Creates a non-blocking, close-on-exec userfaultfd and negotiates `features`
     /// (`sys::feature::*` bits). Tries `/dev/userfaultfd`, then the syscall.
@@ -432,14 +427,10 @@ fn open_raw(options: OpenOptions) -> Result<(RawFd, Origin)> {
             .write(true)
             .open("/dev/userfaultfd")
         {
-            Ok(dev) => {
-                // SAFETY: `dev` is an open /dev/userfaultfd; USERFAULTFD_IOC_NEW takes the
-                // open flags as an integer argument and returns a new descriptor.
-                match unsafe { dev::ioc_new(dev.as_raw_fd(), flags) } {
-                    Ok(fd) => return Ok((fd, Origin::Device)),
-                    Err(errno) => tried.push(format!("/dev/userfaultfd: {errno}")),
-                }
-            }
+            Ok(dev) => match sys::ioc_new(dev.as_raw_fd(), flags) {
+                Ok(fd) => return Ok((fd, Origin::Device)),
+                Err(errno) => tried.push(format!("/dev/userfaultfd: {errno}")),
+            },
             Err(err) => tried.push(format!("/dev/userfaultfd: {err}")),
         }
     }
