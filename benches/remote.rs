@@ -333,7 +333,7 @@ fn print_ratios() {
     let mut paired = PAIRED.lock().unwrap_or_else(|e| e.into_inner()).clone();
     if !paired.is_empty() {
         paired.sort_by(f64::total_cmp);
-        let median = paired[paired.len() / 2];
+        let median = uffd_core::stats::percentile_sorted(&paired, 0.5).unwrap_or(0.0);
         println!(
             "(c) paired: each stream transfer next to a raw one right after it, {} pairs: median ratio {:.2}, range {:.2}..{:.2} (target >= 0.6)",
             paired.len(),

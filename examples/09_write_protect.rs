@@ -51,7 +51,10 @@ fn sync_snapshot() -> Result<()> {
     let saved = scope_or_exit("sync WP", |s| {
         let writer = s.spawn(|| write_byte(at(1), b'X'));
         let event = next_event(&uffd)?;
-        let Event::Fault { addr, write, kind } = event else {
+        let Event::Fault {
+            addr, write, kind, ..
+        } = event
+        else {
             bail!("expected a fault, got {event:?}");
         };
         println!("sync: fault at {addr:#x}, write {write}, kind {kind:?}");

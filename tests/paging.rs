@@ -236,17 +236,14 @@ fn trace_has_every_stage_of_each_urgent_fault() {
 
     let text = std::fs::read_to_string(&path).expect("trace");
     let mut lines = text.lines();
-    assert_eq!(
-        lines.next(),
-        Some("t_us,event,offset,len,latency_us,resolution,channel")
-    );
+    assert_eq!(lines.next(), Some(fault_client::trace::HEADER));
     // Per requested offset: when the request went out and when its answer was read.
     let mut requests = std::collections::HashMap::new();
     let mut answers = std::collections::HashMap::new();
     let (mut faults, mut resolved, mut touches) = (0u64, 0u64, 0u64);
     for line in lines {
         let f: Vec<&str> = line.split(',').collect();
-        assert_eq!(f.len(), 7, "{line}");
+        assert_eq!(f.len(), 8, "{line}");
         let t: f64 = f[0].parse().expect("t_us");
         let offset: u64 = f[2].parse().expect("offset");
         match f[1] {
@@ -264,7 +261,7 @@ fn trace_has_every_stage_of_each_urgent_fault() {
                 assert!(took >= 0.0, "{line}");
                 touches += 1;
             }
-            "arrival" => {}
+            "arrival" | "gathered" => {}
             other => panic!("unknown event {other}: {line}"),
         }
     }

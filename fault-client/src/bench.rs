@@ -38,10 +38,13 @@
 //! commands that reproduce it, the kernel stacks of the client's and the server's threads on
 //! stderr, exit status 1) instead of hanging the bench, and its case is not run again.
 //!
-//! A latency sample is a touch of a page whose `received` bit was clear just before (see
-//! [`crate::workload::touch`]). With huge units a touch can land in a unit already mapped but
-//! not yet marked: it takes a fraction of a microsecond and still counts. A note names the
-//! rows with clearly more samples than faults, whose p50 is understated.
+//! A latency sample is an access that waited on a userfault: the fault handler read a fault
+//! message from the accessing thread while it ran (UFFD_FEATURE_THREAD_ID, see
+//! [`crate::workload`]), so a row never has more samples than faults. Accesses that found their
+//! page present are counted in `touches_present`, never in the latencies. A row without
+//! samples prints `-` (JSON `null`), and so does every ratio that needs it. A note names any
+//! remote row whose p50 is below the local first-touch p50: no userfault can be that fast, so
+//! such a row would be a measuring error.
 //!
 //! # Reading the ratios
 //! - `remote_anon_p50_over_local_p50`: what the network, the server and the real pager add to
@@ -63,17 +66,16 @@
 //! on a shaped link.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use hugepage::Backing;
 use serde::Serialize;
 use uffd_core::cpu::{allowed_cpus, pin_current_thread};
-use uffd_core::place::{self, Outcome};
-use uffd_core::{page_size, Event, Latency, Modes, Region, Userfaultfd};
+use uffd_core::handler::{Handler, CHECK_OFFSET, FILL, GATE_TIMEOUT};
+use uffd_core::{page_size, Latency, Modes, Region, Userfaultfd};
 
 use crate::client::{self, ClientError, RunConfig};
 use crate::demo::ServerChild;
@@ -97,18 +99,6 @@ const DEFAULT_RUNS: u64 = 5;
 /// counts as hung.
 const RUN_TIMEOUT_BASE: Duration = Duration::from_secs(10);
 const RUN_TIMEOUT_BYTES_PER_S: u64 = 32 << 20;
-/// What the COPY source holds, checked after each local fault (a zero-fill would show).
-const FILL: u8 = 0xA5;
-/// Where the local fault's content is checked; the timed access writes offset 0.
-const CHECK_OFFSET: usize = 8;
-/// How long the local handler sleeps in `poll(2)` before looking at its stop flag.
-const POLL_SLICE: Duration = Duration::from_millis(20);
-/// How long the faulting thread waits for the local handler to be back in its wait.
-const GATE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a local COPY that answered EAGAIN is tried again (no events are negotiated,
-/// so it is not expected at all).
-const RETRIES: usize = 1000;
-
 /// The loopback note printed under the table and carried in the JSON.
 const LOOPBACK_NOTE: &str = "loopback: the link is not the bottleneck, so preemption effects \
      should be small here: a gap between the -bg and -bg-nopreempt rows is time urgent answers \
@@ -346,6 +336,8 @@ pub struct Row {
     /// Faults of all runs together (to compare with `samples`).
     #[serde(skip)]
     faults_total: u64,
+    /// Touches that found their page present (no fault, no sample), all runs together.
+    pub touches_present: u64,
     /// Wall time of a run: local, the measuring loop; remote, the run as `run` reports it.
     pub elapsed_s: Option<f64>,
     /// Bytes received per second, in MiB/s (null for local cases).
@@ -374,6 +366,7 @@ impl Row {
             samples: 0,
             faults: 0,
             faults_total: 0,
+            touches_present: 0,
             elapsed_s: None,
             throughput_mib_s: None,
             huge_pages_mapped: None,
@@ -423,6 +416,7 @@ impl Row {
             samples: reports.iter().map(|r| r.latency_us.samples).sum(),
             faults: whole(|r| r.faults).unwrap_or(0),
             faults_total: reports.iter().map(|r| r.faults).sum(),
+            touches_present: reports.iter().map(|r| r.touches_present).sum(),
             elapsed_s: all(|r| r.elapsed_s),
             throughput_mib_s: all(|r| r.throughput_mib_s),
             huge_pages_mapped: huge.then(|| whole(|r| r.huge_pages_mapped)).flatten(),
@@ -432,17 +426,17 @@ impl Row {
     }
 }
 
-/// The median of `values` (the upper one of an even count); None when empty.
+/// The median of `values` by the nearest rank (the lower middle one of an even count, as
+/// every percentile of the workspace: [`uffd_core::stats`]); None when empty.
 fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
-    let mut sorted: Vec<f64> = values.collect();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied()
+    let values: Vec<f64> = values.collect();
+    uffd_core::stats::percentile(&values, 0.5)
 }
 
 fn median_u64(values: impl Iterator<Item = u64>) -> Option<u64> {
     let mut sorted: Vec<u64> = values.collect();
     sorted.sort_unstable();
-    sorted.get(sorted.len() / 2).copied()
+    uffd_core::stats::rank(sorted.len(), 0.5).map(|r| sorted[r - 1])
 }
 
 /// The ratios the comparison is read by (null when a case they need was skipped).
@@ -492,7 +486,8 @@ impl Ratios {
 fn ratio(numerator: Option<f64>, denominator: Option<f64>) -> Option<f64> {
     let (n, d) = (numerator?, denominator?);
     let r = n / d;
-    (d > 0.0 && r.is_finite()).then_some(r)
+    // A latency or a time of 0 is no measurement: no ratio rather than 0.00x.
+    (n > 0.0 && d > 0.0 && r.is_finite()).then_some(r)
 }
 
 /// Everything one bench measured. The keys are a contract for scripts: add, never rename.
@@ -533,7 +528,7 @@ fn measure(plan: &Plan) -> Result<Bench> {
     let ratios = Ratios::from_rows(&rows);
     let mut notes = hung_notes(&remote, &rows, plan);
     notes.extend(notes_for(cpus, plan.runs));
-    notes.extend(early_touch_note(&rows));
+    notes.extend(below_floor_note(&rows));
     Ok(Bench {
         image_bytes: plan.image_bytes,
         touch: plan.touch,
@@ -616,27 +611,32 @@ fn run_rounds(cases: &[Case], plan: &Plan) -> Result<Vec<Row>> {
         .collect())
 }
 
-/// A note naming the rows with clearly more latency samples than faults. The workload counts
-/// a touch as a sample when the page's `received` bit was clear just before it; a touch that
-/// lands in a huge unit already mapped but not yet marked takes a fraction of a microsecond
-/// and still counts, which pulls such a row's p50 down.
-fn early_touch_note(rows: &[Row]) -> Option<String> {
+/// A note naming the remote rows whose p50 is below the local first-touch p50 (the kernel's
+/// plain fault, the floor under every userfault), or that have more samples than faults:
+/// either would be a measuring error.
+fn below_floor_note(rows: &[Row]) -> Option<String> {
+    let floor = rows
+        .iter()
+        .find(|r| r.case == Case::LocalFirstTouch.id())
+        .and_then(|r| r.p50_us)?;
     let rows: Vec<String> = rows
         .iter()
-        // Over a quarter more samples than faults: enough to move the p50.
-        .filter(|r| r.kind == "remote" && r.samples * 4 > r.faults_total * 5)
+        .filter(|r| r.kind == "remote")
+        .filter(|r| r.p50_us.is_some_and(|p| p < floor) || r.samples > r.faults_total)
         .map(|r| {
             format!(
-                "{} ({} samples, {} faults)",
-                r.case, r.samples, r.faults_total
+                "{} (p50 {}, {} samples, {} faults)",
+                r.case,
+                fmt_opt(r.p50_us, 2),
+                r.samples,
+                r.faults_total
             )
         })
         .collect();
     (!rows.is_empty()).then(|| {
         format!(
-            "more samples than faults in {}: touches of pages already mapped but not yet \
-             marked received count as sub-microsecond samples, so these p50s understate the \
-             fault latency",
+            "MEASURING ERROR: below the local first-touch p50 ({floor:.2} us) or more samples \
+             than faults: {}",
             rows.join(", ")
         )
     })
@@ -881,44 +881,42 @@ fn write_page(region: &Region, offset: usize) -> Duration {
     start.elapsed()
 }
 
-/// `n` in-process 4 KiB COPY round trips: a registered region, a handler thread on
-/// `cpus.1` and the faulting thread on `cpus.0` (unpinned when None).
+/// `n` in-process 4 KiB COPY round trips: a registered region, the minimal handler
+/// ([`uffd_core::handler`]) on `cpus.1` and the faulting thread on `cpus.0` (unpinned when
+/// None).
 fn local_round_trips(n: usize, cpus: Option<(usize, usize)>) -> Result<Measured> {
     let page = page_size();
-    let uffd = Userfaultfd::open(0).context("opening a userfaultfd")?;
-    // Declared before the threads: they end (scope) before it is unmapped, and no thread is
-    // blocked on it when the descriptor closes.
+    let uffd = Arc::new(Userfaultfd::open(0).context("opening a userfaultfd")?);
+    // Declared before the handler: it is stopped (dropped) before the region is unmapped, and
+    // no thread is blocked on it when the descriptor closes.
     let region = Region::anonymous(n * page).context("mapping the round-trip region")?;
-    let range = (region.addr(), region.len() as u64);
-    uffd.register(range.0, range.1, Modes::MISSING)
+    uffd.register(region.addr(), region.len() as u64, Modes::MISSING)
         .context("registering the round-trip region")?;
-    let handler = Handler::new(&uffd, range, page);
+    let handler = Handler::spawn(
+        Arc::clone(&uffd),
+        page as u64,
+        cpus.map(|(_, h)| h),
+        Handler::copy_fill(page as u64),
+    )?;
     let (handler, region) = (&handler, &region);
     std::thread::scope(|s| {
-        let serving = s.spawn(move || handler.serve(cpus.map(|(_, h)| h)));
-        let measured = s
-            .spawn(move || -> Result<Measured> {
-                cpus.map_or(Ok(()), |(faulting, _)| pin_current_thread(faulting))?;
-                fault_gated(region, handler, n)
-            })
-            .join();
-        handler.stop.store(true, Ordering::Release);
-        let served = serving.join();
-        let measured = measured.map_err(|_| anyhow!("the faulting thread panicked"))??;
-        served.map_err(|_| anyhow!("the fault handler thread panicked"))?;
-        handler.check()?;
-        Ok(measured)
+        s.spawn(move || -> Result<Measured> {
+            cpus.map_or(Ok(()), |(faulting, _)| pin_current_thread(faulting))?;
+            fault_gated(region, handler, n)
+        })
+        .join()
+        .map_err(|_| anyhow!("the faulting thread panicked"))?
     })
 }
 
 /// The faulting side: touches the `n` pages in order, each once the handler is back in its
 /// wait (untimed), and checks that each page holds the COPY source afterwards.
 fn fault_gated(region: &Region, handler: &Handler, n: usize) -> Result<Measured> {
-    let page = handler.page;
+    let page = page_size();
     let mut latency = Latency::new();
     let start = Instant::now();
     for i in 0..n {
-        handler.wait_until_waiting(i as u64)?;
+        handler.wait_until_waiting(i as u64, GATE_TIMEOUT)?;
         let took = write_page(region, i * page);
         handler.check()?;
         let offset = i * page + CHECK_OFFSET;
@@ -935,142 +933,6 @@ fn fault_gated(region: &Region, handler: &Handler, n: usize) -> Result<Measured>
         latency,
         elapsed: start.elapsed(),
     })
-}
-
-/// A minimal fault handler: poll, read the messages, UFFDIO_COPY each faulting page.
-#[derive(Debug)]
-struct Handler<'a> {
-    uffd: &'a Userfaultfd,
-    /// The registered range `(start, len)`.
-    range: (u64, u64),
-    page: usize,
-    stop: AtomicBool,
-    /// Faults resolved so far.
-    resolved: AtomicU64,
-    /// `resolved` when the handler last went back to `poll(2)`; u64::MAX before the first.
-    waiting_at: AtomicU64,
-    /// The first error; after one, faulting threads are released by unregistering.
-    error: Mutex<Option<String>>,
-}
-
-impl<'a> Handler<'a> {
-    fn new(uffd: &'a Userfaultfd, range: (u64, u64), page: usize) -> Handler<'a> {
-        Handler {
-            uffd,
-            range,
-            page,
-            stop: AtomicBool::new(false),
-            resolved: AtomicU64::new(0),
-            waiting_at: AtomicU64::new(u64::MAX),
-            error: Mutex::new(None),
-        }
-    }
-
-    fn fail(&self, message: String) {
-        if let Ok(mut slot) = self.error.lock() {
-            slot.get_or_insert(message);
-        }
-    }
-
-    /// The first error, if any.
-    fn check(&self) -> Result<()> {
-        let slot = self
-            .error
-            .lock()
-            .map_err(|_| anyhow!("the handler's error slot is poisoned"))?;
-        match slot.as_ref() {
-            Some(err) => bail!("local fault handler: {err}"),
-            None => Ok(()),
-        }
-    }
-
-    /// Spins (yielding) until the handler resolved `resolved` faults and waits again.
-    fn wait_until_waiting(&self, resolved: u64) -> Result<()> {
-        let deadline = Instant::now() + GATE_TIMEOUT;
-        loop {
-            let at = self.waiting_at.load(Ordering::Acquire);
-            if at != u64::MAX && at >= resolved {
-                return Ok(());
-            }
-            self.check()?;
-            ensure!(
-                Instant::now() < deadline,
-                "the local handler did not come back to its wait within {GATE_TIMEOUT:?}"
-            );
-            std::thread::yield_now();
-        }
-    }
-
-    /// The handler thread: pinned to `cpu` if given, serves until the stop flag.
-    fn serve(&self, cpu: Option<usize>) {
-        if let Err(err) = cpu.map_or(Ok(()), pin_current_thread) {
-            // Still serve, so the faulting thread is not left blocked; the run fails at the
-            // end with this error.
-            self.fail(format!("{err:#}"));
-        }
-        let source = vec![FILL; self.page];
-        let mut buf = Userfaultfd::event_buffer(16);
-        let mut events = Vec::with_capacity(16);
-        // One wait, and the messages it found (none after a timeout).
-        let mut wait_and_read = |events: &mut Vec<Event>| -> Result<()> {
-            events.clear();
-            if self.uffd.wait_readable(POLL_SLICE).context("poll")? {
-                self.uffd.read_events(&mut buf, events).context("read")?;
-            }
-            Ok(())
-        };
-        while !self.stop.load(Ordering::Acquire) {
-            self.waiting_at
-                .store(self.resolved.load(Ordering::Acquire), Ordering::Release);
-            let served =
-                wait_and_read(&mut events).and_then(|()| self.resolve_all(&events, &source));
-            if let Err(err) = served {
-                self.fail(format!("{err:#}"));
-                self.release_all();
-                return;
-            }
-        }
-    }
-
-    /// Resolves every fault of `events`.
-    fn resolve_all(&self, events: &[Event], source: &[u8]) -> Result<()> {
-        let mask = !(self.page as u64 - 1);
-        for event in events {
-            // No event features are negotiated: faults are the only messages.
-            if let Event::Fault { addr, .. } = event {
-                self.resolve(addr & mask, source)?;
-                self.resolved.fetch_add(1, Ordering::AcqRel);
-            }
-        }
-        Ok(())
-    }
-
-    /// UFFDIO_COPY of the page at `start` (which wakes the faulting thread).
-    fn resolve(&self, start: u64, source: &[u8]) -> Result<()> {
-        for _ in 0..RETRIES {
-            match place::copy(self.uffd, start, source, true)? {
-                Outcome::Placed(_) => return Ok(()),
-                Outcome::AlreadyPresent => {
-                    return self
-                        .uffd
-                        .wake(start, self.page as u64)
-                        .context("UFFDIO_WAKE");
-                }
-                Outcome::Retry => std::thread::yield_now(),
-                Outcome::Gone => bail!("the process owning the region exited"),
-            }
-        }
-        bail!("UFFDIO_COPY at {start:#x} answered EAGAIN {RETRIES} times")
-    }
-
-    /// After a fatal error: unregister everything, so a blocked or later access is an
-    /// ordinary fault (its content is wrong, which the faulting thread's check reports).
-    fn release_all(&self) {
-        let (start, len) = self.range;
-        if let Err(err) = self.uffd.unregister(start, len) {
-            self.fail(format!("unregister after a failure: {err}"));
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1167,7 +1029,7 @@ fn fmt_opt(value: Option<f64>, decimals: usize) -> String {
 }
 
 fn fmt_ratio(value: Option<f64>) -> String {
-    value.map_or_else(|| "n/a".into(), |v| format!("{v:.2}x"))
+    value.map_or_else(|| "-".into(), |v| format!("{v:.2}x"))
 }
 
 /// `256 MiB`, `1 GiB`, or bytes.
@@ -1222,6 +1084,7 @@ mod tests {
         assert_eq!(ratio(Some(4.0), Some(2.0)), Some(2.0));
         assert_eq!(ratio(None, Some(2.0)), None);
         assert_eq!(ratio(Some(1.0), Some(0.0)), None);
+        assert_eq!(ratio(Some(0.0), Some(2.0)), None, "never 0.00x");
     }
 
     #[test]

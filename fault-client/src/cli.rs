@@ -55,7 +55,7 @@ pub enum Command {
     },
     /// Split each urgent fault of a trace (from `run --trace`) into its stages: the fault
     /// handler (fault -> request), the round trip (request -> answer: network and server), and
-    /// the placement (answer -> placed); p50/p90/p99/max of each.
+    /// the placement (answer -> placed); p50/p90/p99/max of each (`-` without samples).
     Stages {
         /// The trace file.
         trace: PathBuf,
@@ -103,7 +103,8 @@ pub struct RunArgs {
     /// Write the final region (the image's true length) to FILE.
     #[arg(long, value_name = "FILE")]
     pub dump: Option<PathBuf>,
-    /// Record every fault and every arriving page to FILE (CSV; see `fault-client plot`).
+    /// Record every fault, its resolution, every chunk gathered, every placement and every
+    /// access that waited to FILE (CSV; see `fault-client plot` and `stages`).
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
     /// After a lost connection, keep reconnecting (and resume the session) for this many

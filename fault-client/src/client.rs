@@ -206,8 +206,12 @@ impl Client {
         // Non-cooperative events: the application may discard, unmap or move parts of the
         // region, or fork (FORK needs CAP_SYS_PTRACE; without it the kernel refuses the
         // feature, so it is asked for only when the process has the capability).
-        let mut events =
-            sys::feature::EVENT_REMOVE | sys::feature::EVENT_UNMAP | sys::feature::EVENT_REMAP;
+        // THREAD_ID: each fault message names the faulting thread, so the workload counts only
+        // the accesses that really waited (see crate::workload).
+        let mut events = sys::feature::EVENT_REMOVE
+            | sys::feature::EVENT_UNMAP
+            | sys::feature::EVENT_REMAP
+            | sys::feature::THREAD_ID;
         if caps::has_cap(
             None,
             caps::CapSet::Effective,
@@ -353,9 +357,16 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
             .name(format!("workload-{t}"))
             .spawn(move || {
                 let trace = p.trace.as_ref();
-                let latency =
-                    workload::touch(p.memory.addr(), p.page, &plan, &p.received, &live, trace);
-                (latency, plan.len() as u64)
+                let touched = workload::touch(
+                    p.memory.addr(),
+                    p.page,
+                    &plan,
+                    &p.received,
+                    &p.waits,
+                    &live,
+                    trace,
+                );
+                (touched, plan.len() as u64)
             })
             .map_err(ClientError::Spawn)?;
         workers.push(handle);
@@ -368,21 +379,22 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
         let p = Arc::clone(&pager);
         std::thread::spawn(move || {
             let mut latency = Latency::new();
-            let mut touched = 0;
+            let (mut touched, mut present) = (0, 0);
             for worker in workers {
-                if let Ok((l, n)) = worker.join() {
-                    latency.merge(&l);
+                if let Ok((t, n)) = worker.join() {
+                    latency.merge(&t.latency);
+                    present += t.present;
                     touched += n;
                 }
                 finished.fetch_add(1, Ordering::AcqRel);
                 p.notify();
             }
-            (latency, touched)
+            (latency, touched, present)
         })
     };
     let all_done = || finished.load(Ordering::Acquire) == threads as usize;
     pager.wait_until(all_done).map_err(ClientError::Transfer)?;
-    let (latency, touched) = watcher
+    let (latency, touched, touches_present) = watcher
         .join()
         .map_err(|_| ClientError::Transfer("a workload thread panicked".into()))?;
     if config.background {
@@ -404,17 +416,22 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
     if let Some(path) = &config.dump {
         dump(&pager, image_size, path)?;
     }
+    // Everything is present and no thread waits on a fault: safe to stop and unmap.
+    let closed = client.close();
+    // After the receivers stopped: the placement that completed the image may still be
+    // writing its arrival when the main thread sees the last page present.
     if let Some(trace) = &pager.trace {
         trace.finish().map_err(|source| ClientError::Dump {
             path: config.trace.clone().unwrap_or_default(),
             source,
         })?;
     }
-    // Everything is present and no thread waits on a fault: safe to stop and unmap.
-    client.close()?;
-    Ok(Report::new(
+    closed?;
+    let mut report = Report::new(
         config, &pager, image_size, touched, elapsed, &latency, verified,
-    ))
+    );
+    report.touches_present = touches_present;
+    Ok(report)
 }
 
 /// Touches every page (so the whole image arrives), then compares each page's checksum with

@@ -15,10 +15,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::trace::Resolution;
-use hugepage::{Assembler, Backing, Memory, Progress};
+use crate::workload::Waits;
+use hugepage::{Assembler, Backing, Mapped, Memory, Progress};
 
 use uffd_core::place::Stop;
 use uffd_core::{
@@ -111,6 +112,8 @@ pub struct Pager {
     image_size: u64,
     /// The `--trace` file, if any.
     pub trace: Option<crate::trace::Trace>,
+    /// Fault messages read per thread: which workload accesses waited on a userfault.
+    pub waits: Waits,
     /// The current connection generation (see [`crate::link`]).
     pub generation: AtomicU64,
     /// Where requests go; None while the link is being re-established.
@@ -151,6 +154,7 @@ impl Pager {
             limits: Limits::new(image_size, page),
             image_size,
             trace,
+            waits: Waits::default(),
             generation: AtomicU64::new(0),
             urgent_tx: Mutex::new(None),
             lost: Mutex::new(None),
@@ -301,6 +305,14 @@ impl Pager {
             .collect()
     }
 
+    /// Pages of `mapped` past the end of the image: the zero padding of the last huge page,
+    /// which the counters leave out.
+    fn padding_pages(&self, mapped: &Mapped) -> u64 {
+        let image_end = self.pages * self.page;
+        let end = mapped.offset + mapped.len;
+        end.saturating_sub(image_end.max(mapped.offset)) / self.page
+    }
+
     /// True when every page is present, discarded or unmapped: nothing more will come.
     pub fn complete(&self) -> bool {
         let total = self.received.len();
@@ -367,6 +379,14 @@ impl Drop for Pager {
 
 /// The fault handler thread: faults become requests; events are applied.
 pub fn handle_faults(pager: &Arc<Pager>) {
+    /// Whoever waits for this thread to record a read stops waiting once it is gone.
+    struct Closing<'a>(&'a Waits);
+    impl Drop for Closing<'_> {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+    let _closing = Closing(&pager.waits);
     let mut buffer = Userfaultfd::event_buffer(64);
     let mut events = Vec::with_capacity(64);
     let mut faults = Vec::with_capacity(64);
@@ -385,13 +405,29 @@ pub fn handle_faults(pager: &Arc<Pager>) {
         {
             // Read and apply events with no placement in flight (see crate::events).
             let _guard = pager.events_lock.write().unwrap_or_else(|e| e.into_inner());
-            if let Err(err) = pager.uffd.read_events(&mut buffer, &mut events) {
+            pager.waits.begin_read();
+            let read = pager.uffd.read_events(&mut buffer, &mut events);
+            // Before `end_read`: a thread that waited on one of these faults may run on (and
+            // start its next access) as soon as that returns.
+            let read_at = Instant::now();
+            for event in &events {
+                if let Event::Fault { tid: Some(tid), .. } = event {
+                    pager.waits.record(*tid);
+                }
+            }
+            pager.waits.end_read();
+            if let Err(err) = read {
                 return pager.fail(err.to_string());
             }
             for event in events.drain(..) {
                 match event {
-                    Event::Fault { addr, .. } => {
+                    Event::Fault { addr, tid, .. } => {
                         pager.counters.faults.fetch_add(1, Ordering::Relaxed);
+                        // Before the fault is handled: it is resolved exactly once, when its
+                        // page is found present or becomes present (see crate::trace).
+                        if let (Some(trace), Some(page)) = (&pager.trace, pager.image_page(addr)) {
+                            trace.fault(read_at, page * pager.page, pager.page, tid);
+                        }
                         faults.push(addr);
                     }
                     other => {
@@ -423,9 +459,6 @@ fn handle_fault(pager: &Pager, addr: u64, local: &mut Option<Placer>) -> Result<
         return zero_outside_image(pager, addr);
     };
     let unit_pages = (pager.memory.request_unit() / pager.page).max(1);
-    if let Some(trace) = &pager.trace {
-        trace.fault(page * pager.page, pager.page);
-    }
     if pager.received.get(page as usize) {
         if let Some(trace) = &pager.trace {
             trace.already_present(page * pager.page, pager.page);
@@ -445,6 +478,11 @@ fn handle_fault(pager: &Pager, addr: u64, local: &mut Option<Placer>) -> Result<
         let first = page * pager.page / unit * unit;
         if let Some(placer) = local.as_mut() {
             let progress = placer.place(pager, first, None, unit)?;
+            if let Some(trace) = &pager.trace {
+                for mapped in placer.take_mapped() {
+                    trace.arrival(&mapped, pager.page, Resolution::Zero, "local");
+                }
+            }
             if progress.stopped == Some(Stop::Retry) {
                 return Ok(false);
             }
@@ -611,14 +649,13 @@ fn complete_ready(pager: &Pager, placer: &mut Placer) -> Result<(), String> {
     if progress.stopped.is_some() {
         pager.recheck.store(true, Ordering::Release); // try again on the next turn
     }
-    pager
-        .counters
-        .pages_background
-        .fetch_add(progress.pages_placed, Ordering::Relaxed);
-    pager
-        .counters
-        .huge_pages_not_collapsed
-        .fetch_add(progress.units_not_huge, Ordering::Relaxed);
+    account(
+        pager,
+        placer,
+        Resolution::Background,
+        Channel::Background,
+        &progress,
+    );
     if progress.pages_placed > 0 && pager.complete() {
         pager.notify();
     }
@@ -712,8 +749,9 @@ pub fn receive(pager: &Pager, channel: Channel, mut reader: FrameReader<Conn>, g
 /// How one receiver places pages.
 pub enum Placer {
     /// Straight into the region with UFFDIO_COPY / ZEROPAGE: base pages, and the urgent 4 KiB
-    /// pages inside THP units (a faulting thread waits for that page alone).
-    Direct,
+    /// pages inside THP units (a faulting thread waits for that page alone). Holds what it
+    /// made present since the last [`Placer::take_mapped`].
+    Direct(Vec<Mapped>),
     /// Through this connection's huge-page assembler: units placed whole, atomically.
     Assemble(Assembler),
 }
@@ -721,7 +759,7 @@ pub enum Placer {
 impl std::fmt::Debug for Placer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Placer::Direct => "Placer::Direct",
+            Placer::Direct(_) => "Placer::Direct",
             Placer::Assemble(_) => "Placer::Assemble",
         })
     }
@@ -731,8 +769,17 @@ impl Placer {
     /// Units started but not placed yet (0 for direct placement).
     pub fn pending(&self) -> usize {
         match self {
-            Placer::Direct => 0,
+            Placer::Direct(_) => 0,
             Placer::Assemble(assembler) => assembler.pending(),
+        }
+    }
+
+    /// What the placements since the last call made present, one entry per placement ioctl
+    /// (direct placement: per frame).
+    pub fn take_mapped(&mut self) -> Vec<Mapped> {
+        match self {
+            Placer::Direct(mapped) => std::mem::take(mapped),
+            Placer::Assemble(assembler) => assembler.take_mapped(),
         }
     }
 
@@ -740,7 +787,7 @@ impl Placer {
     pub fn new(pager: &Pager, channel: Channel) -> Result<Placer, String> {
         let backing = pager.memory.backing();
         if backing == Backing::Anon || (backing == Backing::Thp && channel == Channel::Urgent) {
-            return Ok(Placer::Direct);
+            return Ok(Placer::Direct(Vec::new()));
         }
         let mut assembler = pager
             .memory
@@ -763,7 +810,7 @@ impl Placer {
     pub fn prepare_ahead(&mut self) -> Result<(), String> {
         match self {
             Placer::Assemble(assembler) => assembler.prepare_spare().map_err(|e| e.to_string()),
-            Placer::Direct => Ok(()),
+            Placer::Direct(_) => Ok(()),
         }
     }
 
@@ -796,7 +843,7 @@ impl Placer {
         let (first, n) = (offset / ps, len / ps);
         // Direct placement fills a contiguous range; a moved range is not contiguous in
         // memory any more, so it goes page by page. The assembler follows moves itself.
-        let direct_moved = moved && matches!(self, Placer::Direct);
+        let direct_moved = moved && matches!(self, Placer::Direct(_));
         let mut total = Progress::default();
         let mut i = 0;
         while i < n {
@@ -818,7 +865,7 @@ impl Placer {
             };
             let stopped = step.stopped.is_some();
             total.merge(&step);
-            if stopped && matches!(self, Placer::Direct) {
+            if stopped && matches!(self, Placer::Direct(_)) {
                 break;
             }
             i = j;
@@ -839,7 +886,7 @@ impl Placer {
                 None => assembler.zero(offset, len, &pager.received),
             }
             .map_err(|e| e.to_string()),
-            Placer::Direct if bytes.is_none() && pager.memory.backing() == Backing::Thp => {
+            Placer::Direct(_) if bytes.is_none() && pager.memory.backing() == Backing::Thp => {
                 // Not UFFDIO_ZEROPAGE inside a THP unit: MADV_COLLAPSE refuses a range that
                 // maps the shared zero page, and the unit is collapsed once complete. Copy
                 // zeros instead.
@@ -858,7 +905,7 @@ impl Placer {
                 }
                 Ok(total)
             }
-            Placer::Direct => {
+            Placer::Direct(mapped) => {
                 let page = pager.page;
                 let source = match bytes {
                     Some(bytes) => uffd_core::Source::Bytes(bytes),
@@ -866,8 +913,17 @@ impl Placer {
                 };
                 // Where the page is now: the application may have moved it with mremap.
                 let dst = pager.page_addr(offset / page);
+                let began = Instant::now();
                 let filled = uffd_core::place::fill(&pager.uffd, dst, source, page)
                     .map_err(|e| e.to_string())?;
+                if filled.placed > 0 {
+                    mapped.push(Mapped {
+                        offset,
+                        len: filled.placed + filled.present,
+                        began,
+                        ended: Instant::now(),
+                    });
+                }
                 // Every page up to the stop is present now, placed here or before.
                 let first = offset / page;
                 let done = (filled.placed + filled.present) / page;
@@ -880,6 +936,7 @@ impl Placer {
                 Ok(Progress {
                     pages_placed: filled.placed / page,
                     pages_present: filled.present / page,
+                    pages_gathered: 0,
                     units_completed: done,
                     stopped: filled.stopped,
                     units_not_huge: 0,
@@ -907,7 +964,7 @@ impl Placer {
             }
             // `place` takes the events lock itself. Pages placed before the stop answer EEXIST
             // now and are skipped.
-            Placer::Direct => self.place(pager, offset, bytes, len),
+            Placer::Direct(_) => self.place(pager, offset, bytes, len),
         }
     }
 }
@@ -920,37 +977,21 @@ fn place(
     bytes: Option<&[u8]>,
     len: u64,
 ) -> Result<(), String> {
+    let how = match (bytes.is_some(), channel) {
+        (false, _) => Resolution::Zero,
+        (true, Channel::Urgent) => Resolution::Urgent,
+        (true, Channel::Background) => Resolution::Background,
+    };
     let mut progress = placer.place(pager, offset, bytes, len)?;
-    loop {
-        let counter = match (bytes.is_some(), channel) {
-            (false, _) => &pager.counters.pages_zero,
-            (true, Channel::Urgent) => &pager.counters.pages_urgent,
-            (true, Channel::Background) => &pager.counters.pages_background,
-        };
-        counter.fetch_add(progress.pages_placed, Ordering::Relaxed);
-        pager
-            .counters
-            .huge_pages_not_collapsed
-            .fetch_add(progress.units_not_huge, Ordering::Relaxed);
-        if let Some(trace) = &pager.trace {
-            let how = match (bytes.is_some(), channel) {
-                (false, _) => Resolution::Zero,
-                (true, Channel::Urgent) => Resolution::Urgent,
-                (true, Channel::Background) => Resolution::Background,
-            };
-            trace.arrival(
-                offset,
-                len,
-                pager.page,
-                progress.pages_placed,
-                how,
-                channel.name(),
-            );
+    if let Some(trace) = &pager.trace {
+        if progress.pages_gathered > 0 {
+            trace.gathered(offset, len, how, channel.name());
+        } else if progress.pages_placed == 0 && progress.pages_present > 0 {
+            trace.duplicate(offset, len, channel.name());
         }
-        pager
-            .counters
-            .pages_duplicate
-            .fetch_add(progress.pages_present, Ordering::Relaxed);
+    }
+    loop {
+        account(pager, placer, how, channel, &progress);
         match progress.stopped {
             None => break,
             Some(Stop::Gone) => return Err("the process owning the region exited".into()),
@@ -966,6 +1007,41 @@ fn place(
         pager.notify();
     }
     Ok(())
+}
+
+/// Counts what one placement call made present (pages of the image only, never the padding
+/// of the last huge page) and traces each range as an arrival.
+fn account(
+    pager: &Pager,
+    placer: &mut Placer,
+    how: Resolution,
+    channel: Channel,
+    progress: &Progress,
+) {
+    let mapped = placer.take_mapped();
+    let padding: u64 = mapped.iter().map(|m| pager.padding_pages(m)).sum();
+    let counter = match how {
+        Resolution::Urgent => &pager.counters.pages_urgent,
+        Resolution::Background => &pager.counters.pages_background,
+        _ => &pager.counters.pages_zero,
+    };
+    counter.fetch_add(
+        progress.pages_placed.saturating_sub(padding),
+        Ordering::Relaxed,
+    );
+    pager
+        .counters
+        .huge_pages_not_collapsed
+        .fetch_add(progress.units_not_huge, Ordering::Relaxed);
+    pager
+        .counters
+        .pages_duplicate
+        .fetch_add(progress.pages_present, Ordering::Relaxed);
+    if let Some(trace) = &pager.trace {
+        for m in &mapped {
+            trace.arrival(m, pager.page, how, channel.name());
+        }
+    }
 }
 
 /// Spawns a named thread running `f` with the pager.

@@ -5,13 +5,14 @@
 //! panels, stacked:
 //!
 //! 1. **Latency histogram.** How many faults took how long, from the `resolved` events'
-//!    `latency_us` (from the fault message to the placement that woke the thread). The x axis
+//!    `latency_us` (from the fault message to the return of the ioctl that mapped the page
+//!    and woke the thread; one per fault). The x axis
 //!    is logarithmic, so every bar covers the same *ratio* of latencies (10 bars per decade):
 //!    a remote fault and a local wake-up, a thousand times faster, fit in one picture. The
 //!    bars are stacked by how the fault was resolved: `urgent` (answered on the urgent
 //!    connection: one network round trip), `background` (the stream brought the page first),
-//!    `zero` (placed as a zero page) and `already_present` (the page arrived while the fault
-//!    was being read: only a wake-up). Dashed lines mark the median (p50) and the 99th
+//!    `zero` (placed as zeros) and `already_present` (the page was mapped before the handler
+//!    read the fault: only a wake-up). Dashed lines mark the median (p50) and the 99th
 //!    percentile (p99) of all faults, with their values above the plot.
 //! 2. **Latency CDF.** The same latencies as cumulative distributions: for a latency x, the
 //!    fraction of faults that took at most x. One curve per resolution with samples and a
@@ -21,7 +22,8 @@
 //! 3. **Timeline of page arrivals.** x is the time since the run started (ms), y the offset
 //!    in the image (MiB). Every `arrival` event is a short vertical mark at its time over its
 //!    range of the image, coloured by how the pages came (`duplicate`: every page of the
-//!    frame was already present). A mark is at least a few pixels tall so that a single 4 KiB
+//!    frame was already present); a huge page shows once, when it is mapped whole (the
+//!    chunks `gathered` into its staging page before are not drawn: they are not present). A mark is at least a few pixels tall so that a single 4 KiB
 //!    page shows; a huge page (2 MiB) is taller. `fault` events are small black rings.
 //!    How to read it: the background stream is the diagonal sweep from the bottom left (its
 //!    slope is the stream's throughput; it is flatter while urgent requests share the link).
@@ -41,8 +43,6 @@
 //! with plotters' `ab_glyph` feature. No system font is looked up, so a PNG looks the same on
 //! any machine, and no system library is needed.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -51,6 +51,9 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
+use uffd_core::stats::percentile_sorted;
+
+use crate::trace::{self, EventKind, Resolution as How};
 
 /// The size of the picture in pixels.
 const SIZE: (u32, u32) = (1200, 1400);
@@ -70,64 +73,20 @@ const LABEL_BAND_PX: u32 = 24;
 const FAULT_RING_PX: u32 = 3;
 /// DejaVu Sans (a Latin-1 subset), for every text of the picture.
 static FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans-subset.ttf");
-/// The CSV header that `--trace` writes.
-const HEADER: &str = "t_us,event,offset,len,latency_us,resolution,channel";
 const MIB: f64 = 1024.0 * 1024.0;
 
 // ---------------------------------------------------------------------------------------
 // The trace
 // ---------------------------------------------------------------------------------------
 
-/// How a fault or an arriving frame was resolved (the `resolution` column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum How {
-    Urgent,
-    Background,
-    Zero,
-    AlreadyPresent,
-    Duplicate,
-}
-
-impl How {
-    /// Bottom to top in the histogram's stacks, and the order of the legends.
-    const ALL: [How; 5] = [
-        How::Urgent,
-        How::Background,
-        How::Zero,
-        How::AlreadyPresent,
-        How::Duplicate,
-    ];
-
-    fn parse(s: &str) -> Result<How> {
-        Ok(match s {
-            "urgent" => How::Urgent,
-            "background" => How::Background,
-            "zero" => How::Zero,
-            "already_present" => How::AlreadyPresent,
-            "duplicate" => How::Duplicate,
-            _ => bail!("unknown resolution {s:?}"),
-        })
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            How::Urgent => "urgent",
-            How::Background => "background",
-            How::Zero => "zero",
-            How::AlreadyPresent => "already_present",
-            How::Duplicate => "duplicate",
-        }
-    }
-
-    /// One colour per resolution, the same in every panel.
-    fn colour(self) -> RGBColor {
-        match self {
-            How::Urgent => RGBColor(214, 39, 40),
-            How::Background => RGBColor(31, 119, 180),
-            How::Zero => RGBColor(44, 160, 44),
-            How::AlreadyPresent => RGBColor(148, 103, 189),
-            How::Duplicate => RGBColor(170, 170, 170),
-        }
+/// One colour per resolution, the same in every panel.
+fn colour(how: How) -> RGBColor {
+    match how {
+        How::Urgent => RGBColor(214, 39, 40),
+        How::Background => RGBColor(31, 119, 180),
+        How::Zero => RGBColor(44, 160, 44),
+        How::AlreadyPresent => RGBColor(148, 103, 189),
+        How::Duplicate => RGBColor(170, 170, 170),
     }
 }
 
@@ -186,69 +145,34 @@ impl Events {
     }
 }
 
-/// Reads and parses the trace at `path`; an error names the line that is wrong.
+/// Reads the trace at `path` ([`crate::trace::read`]; an error names the line that is wrong).
 fn read_trace(path: &Path) -> Result<Events> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut events = Events::default();
-    for (index, line) in BufReader::new(file).lines().enumerate() {
-        let number = index + 1;
-        let line = line.with_context(|| format!("reading {} line {number}", path.display()))?;
-        let line = line.trim_end_matches('\r');
-        if line.is_empty() || (number == 1 && line == HEADER) {
-            continue;
+    for line in trace::read(path)? {
+        let t_ms = line.t_us / 1000.0;
+        let (offset, len) = (line.offset, line.len);
+        let how = |line: &trace::Line| {
+            line.resolution
+                .ok_or_else(|| anyhow!("{} event without a resolution", line.event.name()))
+        };
+        match line.event {
+            EventKind::Fault => events.faults.push(Fault { t_ms, offset, len }),
+            EventKind::Resolved => events.resolved.push(Resolved {
+                latency_us: line.latency_us.unwrap_or(0.0),
+                how: how(&line)?,
+            }),
+            EventKind::Arrival => events.arrivals.push(Arrival {
+                t_ms,
+                offset,
+                len,
+                how: how(&line)?,
+            }),
+            // Chunks in staging (not present yet), the urgent connection's own stages and the
+            // workload's accesses: not drawn (`fault-client stages` reads the last two).
+            EventKind::Gathered | EventKind::Request | EventKind::Answer | EventKind::Touch => {}
         }
-        parse_line(line, &mut events)
-            .with_context(|| format!("{} line {number}: {line:?}", path.display()))?;
     }
     Ok(events)
-}
-
-/// Parses one CSV line (`t_us,event,offset,len,latency_us,resolution,channel`) into `events`.
-fn parse_line(line: &str, events: &mut Events) -> Result<()> {
-    let fields: Vec<&str> = line.split(',').collect();
-    let [t_us, event, offset, len, latency_us, resolution, _channel] = fields[..] else {
-        bail!(
-            "expected 7 comma-separated fields ({HEADER}), found {}",
-            fields.len()
-        );
-    };
-    let t_ms = parse_duration("t_us", t_us)? / 1000.0;
-    let offset = parse_bytes("offset", offset)?;
-    let len = parse_bytes("len", len)?;
-    match event {
-        "fault" => events.faults.push(Fault { t_ms, offset, len }),
-        "resolved" => events.resolved.push(Resolved {
-            latency_us: parse_duration("latency_us", latency_us)?,
-            how: How::parse(resolution)?,
-        }),
-        "arrival" => events.arrivals.push(Arrival {
-            t_ms,
-            offset,
-            len,
-            how: How::parse(resolution)?,
-        }),
-        // The urgent connection's own stages and the workload's accesses: not drawn (yet),
-        // but part of the format (`fault-client stages` reads them).
-        "request" | "answer" | "touch" => {}
-        _ => bail!(
-            "unknown event {event:?} (expected fault, resolved, arrival, request, answer or touch)"
-        ),
-    }
-    Ok(())
-}
-
-/// Parses the column `name` holding microseconds: a finite, non-negative number.
-fn parse_duration(name: &str, text: &str) -> Result<f64> {
-    match text.parse::<f64>() {
-        Ok(us) if us.is_finite() && us >= 0.0 => Ok(us),
-        _ => bail!("{name} {text:?} is not a number of microseconds"),
-    }
-}
-
-/// Parses the column `name` holding bytes: a whole non-negative number.
-fn parse_bytes(name: &str, text: &str) -> Result<u64> {
-    text.parse::<u64>()
-        .map_err(|_| anyhow!("{name} {text:?} is not a number of bytes"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -288,8 +212,8 @@ impl Latency {
             .filter(|(_, v)| !v.is_empty())
             .collect();
         Some(Latency {
-            p50: percentile(&all, 50.0),
-            p99: percentile(&all, 99.0),
+            p50: percentile_sorted(&all, 0.5).unwrap_or(0.0),
+            p99: percentile_sorted(&all, 0.99).unwrap_or(0.0),
             all,
             by_how,
         })
@@ -303,12 +227,6 @@ impl Latency {
         let hi = 10f64.powf(last.log10().ceil()).max(lo * 10.0);
         (lo, hi)
     }
-}
-
-/// The nearest-rank percentile `p` (0..=100) of an ascending, non-empty slice.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// A latency for people: "0.4 µs", "37 µs", "1.2 ms".
@@ -641,7 +559,7 @@ where
     let bins = hist.edges.len() - 1;
     let mut base = vec![0u64; bins];
     for ((how, samples), counts) in lat.by_how.iter().zip(&hist.counts) {
-        let colour = how.colour();
+        let colour = colour(*how);
         let bars: Vec<Rectangle<(f64, f64)>> = (0..bins)
             .filter(|&b| counts[b] > 0)
             .map(|b| {
@@ -677,7 +595,7 @@ where
         .label(format!("all ({})", lat.all.len()))
         .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], all));
     for (how, samples) in &lat.by_how {
-        let colour = how.colour();
+        let colour = colour(*how);
         chart
             .draw_series(LineSeries::new(cdf_points(samples), colour.stroke_width(2)))?
             .label(format!("{} ({})", how.name(), samples.len()))
@@ -818,7 +736,7 @@ where
         if marks.is_empty() {
             continue;
         }
-        let colour = how.colour();
+        let colour = colour(how);
         chart
             .draw_series(marks)?
             .label(format!("{} arrivals ({})", how.name(), count(events, how)))
@@ -852,7 +770,7 @@ fn arrival_mark(a: &Arrival, min_w: f64, min_h: f64) -> Rectangle<(f64, f64)> {
             (a.t_ms - half_width, middle - half_height),
             (a.t_ms + half_width, middle + half_height),
         ],
-        a.how.colour().filled(),
+        colour(a.how).filled(),
     )
 }
 
@@ -886,14 +804,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percentiles_are_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), 50.0);
-        assert_eq!(percentile(&v, 99.0), 99.0);
-        assert_eq!(percentile(&[7.0], 99.0), 7.0);
-    }
-
-    #[test]
     fn latencies_format_for_people() {
         assert_eq!(format_latency(0.4), "0.4 µs");
         assert_eq!(format_latency(37.24), "37.2 µs");
@@ -902,18 +812,6 @@ mod tests {
             log_grid(1.0, 100.0, &[1.0, 5.0]),
             [1.0, 5.0, 10.0, 50.0, 100.0]
         );
-    }
-
-    #[test]
-    fn a_bad_line_says_what_is_wrong() {
-        let mut events = Events::default();
-        let err = parse_line("1.0,fault,x,4096,,,", &mut events);
-        assert!(format!("{err:?}").contains("offset"));
-        assert!(parse_line("1.0,resolved,0,4096,3.5,sideways,urgent", &mut events).is_err());
-        assert!(parse_line("1.0,fault,0,4096", &mut events).is_err());
-        assert!(parse_line("inf,fault,0,4096,,,", &mut events).is_err());
-        assert!(parse_line("1.0,resolved,0,4096,-2,urgent,urgent", &mut events).is_err());
-        assert!(parse_line("1.0,arrival,0,4096,,zero,local", &mut events).is_ok());
     }
 
     #[test]

@@ -22,7 +22,8 @@ pub struct LatencyUs {
     pub max: f64,
     /// Mean.
     pub mean: f64,
-    /// Number of samples (touches of pages that were not present).
+    /// Number of samples: accesses that waited on a userfault (the fault handler read a fault
+    /// message from the accessing thread while it ran). Never more than `faults`.
     pub samples: u64,
 }
 
@@ -64,6 +65,8 @@ pub struct Report {
     pub threads: u64,
     /// Touches performed.
     pub touches: u64,
+    /// Touches that raised no fault message (the page was present): not latency samples.
+    pub touches_present: u64,
     /// Background stream on.
     pub background: bool,
     /// How the region was backed.
@@ -125,6 +128,7 @@ impl Report {
             workload: config.workload.to_string(),
             threads: config.threads,
             touches,
+            touches_present: 0,
             background: config.background,
             backing: pager.memory.backing().to_string(),
             reconnects: c.reconnects.load(Ordering::Relaxed),
@@ -157,7 +161,7 @@ impl Report {
         };
         format!(
             "image            {} bytes ({} pages, backing {}, {}/{} huge pages mapped huge)\n\
-             workload         {} x {} threads, {} touches, background {}\n\
+             workload         {} x {} threads, {} touches ({} found the page present), background {}\n\
              faults           {} ({} requests)\n\
              pages            {} urgent, {} background, {} zero, {} duplicate\n\
              received         {} bytes in {:.3} s ({:.1} MiB/s), {} reconnects\n\
@@ -171,6 +175,7 @@ impl Report {
             self.workload,
             self.threads,
             self.touches,
+            self.touches_present,
             if self.background { "on" } else { "off" },
             self.faults,
             self.requests,

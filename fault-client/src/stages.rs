@@ -12,9 +12,10 @@
 //! | round trip | `request` → `answer` | the network both ways, and the server (claim and write) |
 //! | placement | `answer` → `arrival` | UFFDIO_COPY / ZEROPAGE (or the assembler), which wakes the thread |
 //!
-//! With the workload's `touch` events (traces since they were added) two more stages frame
-//! these, for each fault whose page access is in the trace (the `touch` at the faulting page
-//! whose span holds the fault):
+//! With the workload's `touch` events two more stages frame these, for each fault whose page
+//! access is in the trace: the `touch` of the faulting thread (`tid`) inside the requested
+//! range whose span holds the fault. (The range, not the fault's page: hugetlbfs reports a
+//! fault at the start of its huge page, the touch names the 4 KiB page it read.)
 //!
 //! | stage | from → to | what it is |
 //! |-------|-----------|------------|
@@ -35,7 +36,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
+use uffd_core::stats::percentile;
+
+use crate::trace::{self, EventKind};
 
 /// The stages of the urgent faults of one trace, in microseconds.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -60,45 +64,30 @@ pub struct Stages {
     pub touch: Vec<f64>,
 }
 
-/// Reads the trace at `path` and matches its requests.
+/// Reads the trace at `path` ([`crate::trace::read`]) and matches its requests.
 pub fn stages(path: &Path) -> Result<Stages> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    // Page offset → times its faults were read; offset → times answers / arrivals came.
-    let mut faults: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+    // Page offset → (time, thread) of its faults; offset → times answers / urgent arrivals came.
+    let mut faults: BTreeMap<u64, Vec<(f64, Option<u32>)>> = BTreeMap::new();
     let mut answers: HashMap<u64, Vec<f64>> = HashMap::new();
     let mut arrivals: HashMap<u64, Vec<f64>> = HashMap::new();
-    // Page offset → (start, latency) of the workload's accesses to it.
-    let mut touches: HashMap<u64, Vec<(f64, f64)>> = HashMap::new();
+    // Page offset → (start, latency, thread) of the workload's accesses to it.
+    let mut touches: BTreeMap<u64, Vec<(f64, f64, Option<u32>)>> = BTreeMap::new();
     let mut requests = Vec::new();
-    for (index, line) in text.lines().enumerate().skip(1) {
-        let fields: Vec<&str> = line.split(',').collect();
-        let [t_us, event, offset, len, latency_us, _, channel] = fields[..] else {
-            bail!(
-                "{} line {}: expected 7 fields: {line:?}",
-                path.display(),
-                index + 1
-            );
-        };
-        let bad = |name: &str, text: &str| {
-            format!("{} line {}: bad {name} {text:?}", path.display(), index + 1)
-        };
-        let t: f64 = t_us.parse().with_context(|| bad("t_us", t_us))?;
-        let offset: u64 = offset.parse().with_context(|| bad("offset", offset))?;
-        match (event, channel) {
-            ("fault", _) => faults.entry(offset).or_default().push(t),
-            ("request", _) => {
-                let len: u64 = len.parse().with_context(|| bad("len", len))?;
-                requests.push((t, offset, len));
+    for line in trace::read(path)? {
+        let t = line.t_us;
+        let offset = line.offset;
+        match line.event {
+            EventKind::Fault => faults.entry(offset).or_default().push((t, line.tid)),
+            EventKind::Request => requests.push((t, offset, line.len)),
+            EventKind::Answer => answers.entry(offset).or_default().push(t),
+            EventKind::Arrival if line.channel.as_deref() == Some("urgent") => {
+                arrivals.entry(offset).or_default().push(t)
             }
-            ("answer", _) => answers.entry(offset).or_default().push(t),
-            ("arrival", "urgent") => arrivals.entry(offset).or_default().push(t),
-            ("touch", _) => {
-                let latency: f64 = latency_us
-                    .parse()
-                    .with_context(|| bad("latency_us", latency_us))?;
-                touches.entry(offset).or_default().push((t, latency));
-            }
+            EventKind::Touch => touches.entry(offset).or_default().push((
+                t,
+                line.latency_us.unwrap_or(0.0),
+                line.tid,
+            )),
             _ => {}
         }
     }
@@ -107,14 +96,14 @@ pub fn stages(path: &Path) -> Result<Stages> {
     };
     let mut out = Stages {
         requests: requests.len(),
-        touch: touches.values().flatten().map(|&(_, l)| l).collect(),
+        touch: touches.values().flatten().map(|&(_, l, _)| l).collect(),
         ..Stages::default()
     };
     for (t_request, offset, len) in requests {
         let fault = faults
             .range(offset..offset + len.max(1))
-            .flat_map(|(&page, times)| times.iter().map(move |&t| (t, page)))
-            .filter(|&(t, _)| t <= t_request)
+            .flat_map(|(&page, v)| v.iter().map(move |&(t, tid)| (t, page, tid)))
+            .filter(|&(t, _, _)| t <= t_request)
             .reduce(|a, b| if b.0 > a.0 { b } else { a });
         let Some(answer) = first_after(answers.get(&offset), t_request) else {
             continue;
@@ -125,20 +114,23 @@ pub fn stages(path: &Path) -> Result<Stages> {
         out.measured += 1;
         out.round_trip.push(answer - t_request);
         out.placement.push(placed - answer);
-        if let Some((fault, page)) = fault {
+        if let Some((fault, _, tid)) = fault {
             out.handler.push(t_request - fault);
             out.total.push(placed - fault);
-            // The access that raised this fault: at its page, under way when the fault was
-            // read (the trace prints tenths of microseconds). The woken thread can return
-            // before the receiver stamps the arrival (the wake-up is inside the placement
-            // ioctl): such a wake-up counts as 0.
-            let touch = touches.get(&page).and_then(|v| {
-                v.iter()
-                    .copied()
-                    .filter(|&(t, l)| t <= fault + 0.1 && t + l + 0.1 >= fault)
-                    .reduce(|a, b| if b.0 > a.0 { b } else { a })
-            });
-            if let Some((t, l)) = touch {
+            // The access that raised this fault: by the same thread (traces with thread ids),
+            // in the requested range, under way when the fault was read (the trace prints tenths of
+            // microseconds). The woken thread can return before the receiver stamps the
+            // arrival (the wake-up is inside the placement ioctl): such a wake-up counts as 0.
+            let touch = touches
+                .range(offset..offset + len.max(1))
+                .flat_map(|(_, v)| v.iter().copied())
+                .filter(|&(t, l, who)| {
+                    t <= fault + 0.1
+                        && t + l + 0.1 >= fault
+                        && (tid.is_none() || who.is_none() || who == tid)
+                })
+                .reduce(|a, b| if b.0 > a.0 { b } else { a });
+            if let Some((t, l, _)) = touch {
                 out.delivery.push((fault - t).max(0.0));
                 out.wakeup.push((t + l - placed).max(0.0));
             }
@@ -147,15 +139,9 @@ pub fn stages(path: &Path) -> Result<Stages> {
     Ok(out)
 }
 
-/// `p` (0..=1) of `values`, by the nearest rank; 0 for none.
-fn percentile(values: &[f64], p: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
+/// A stage's percentiles for the table: `-` when it has no samples.
+fn cell(values: &[f64], q: f64) -> String {
+    percentile(values, q).map_or_else(|| "-".into(), |v| format!("{v:.1}"))
 }
 
 impl Stages {
@@ -179,7 +165,7 @@ impl Stages {
         rows
     }
 
-    /// A readable table.
+    /// A readable table (`-` for a stage without samples).
     pub fn to_table(&self) -> String {
         let mut out = format!(
             "{} requests, {} answered on the urgent connection (measured)\n\
@@ -188,11 +174,11 @@ impl Stages {
         );
         for (name, values) in self.rows() {
             out += &format!(
-                "{name:<32} {:>9.1} {:>9.1} {:>9.1} {:>9.1}\n",
-                percentile(values, 0.5),
-                percentile(values, 0.9),
-                percentile(values, 0.99),
-                percentile(values, 1.0)
+                "{name:<32} {:>9} {:>9} {:>9} {:>9}\n",
+                cell(values, 0.5),
+                cell(values, 0.9),
+                cell(values, 0.99),
+                cell(values, 1.0)
             );
         }
         out
@@ -200,7 +186,8 @@ impl Stages {
 
     /// One JSON object: `requests`, `measured`, `touches`, and per stage (`handler`,
     /// `round_trip`, `placement`, `total`, and from traces with touch events `delivery`,
-    /// `wakeup`, `touch`) its `samples`, `p50`, `p90`, `p99`, `max` in microseconds.
+    /// `wakeup`, `touch`) its `samples`, `p50`, `p90`, `p99`, `max` in microseconds (`null`
+    /// for a stage without samples).
     pub fn to_json(&self) -> String {
         let stage = |values: &[f64]| {
             serde_json::json!({
@@ -289,11 +276,49 @@ mod tests {
     }
 
     #[test]
-    fn percentiles_by_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 0.5), 50.0);
-        assert_eq!(percentile(&v, 0.99), 99.0);
-        assert_eq!(percentile(&v, 1.0), 100.0);
-        assert_eq!(percentile(&[], 0.5), 0.0);
+    fn a_hugetlb_touch_is_matched_inside_its_huge_page_by_its_thread() {
+        let path = std::env::temp_dir().join(format!("stages-huge-{}.csv", std::process::id()));
+        // hugetlbfs reports the fault at the huge page's start; two threads touch pages of it.
+        std::fs::write(
+            &path,
+            "t_us,event,offset,len,latency_us,resolution,channel,tid\n\
+             9.0,touch,2105344,4096,100.0,,,7\n\
+             9.5,touch,2113536,4096,100.0,,,8\n\
+             10.0,fault,2097152,4096,,,,7\n\
+             12.0,request,2097152,2097152,,,urgent,\n\
+             52.0,answer,2097152,65536,,,urgent,\n\
+             90.0,gathered,2097152,65536,,urgent,urgent,\n\
+             105.0,arrival,2097152,2097152,2.0,urgent,urgent,\n\
+             105.0,resolved,2097152,4096,95.0,urgent,urgent,\n",
+        )
+        .expect("write");
+        let stages = stages(&path).expect("stages");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(stages.measured, 1);
+        assert_eq!(stages.placement, vec![53.0]);
+        // Thread 7's touch (began at 9.0, ended at 109.0), not thread 8's.
+        assert_eq!(stages.delivery, vec![1.0]);
+        assert_eq!(stages.wakeup, vec![4.0]);
+    }
+
+    #[test]
+    fn a_stage_without_samples_is_a_dash_and_null() {
+        let stages = Stages {
+            requests: 1,
+            measured: 1,
+            round_trip: vec![40.0],
+            ..Stages::default()
+        };
+        let table = stages.to_table();
+        let handler = table
+            .lines()
+            .find(|l| l.starts_with("handler"))
+            .expect("handler row");
+        assert_eq!(handler.split_whitespace().filter(|&c| c == "-").count(), 4);
+        assert!(!table.contains(" 0.0 "), "{table}");
+        let json: serde_json::Value = serde_json::from_str(&stages.to_json()).expect("json");
+        assert!(json["handler"]["p50"].is_null());
+        assert_eq!(json["handler"]["samples"], 0);
+        assert_eq!(json["round_trip"]["p99"], 40.0);
     }
 }

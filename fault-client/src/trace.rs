@@ -1,60 +1,93 @@
-//! `--trace FILE`: one CSV line per fault and per arriving page, written by a background
-//! thread so the pager's threads only push a small record into a channel.
+//! `--trace FILE`: one CSV line per fault, per urgent request and answer, per chunk gathered
+//! into a staging huge page, per placement that made pages present, per fault resolution and
+//! per workload access that waited. A background thread writes the file, so the pager's threads
+//! only push a small record into a channel. [`read`] parses it back (for `fault-client plot`
+//! and `fault-client stages`).
 //!
-//! The format (documented in the README, read by `fault-client plot`):
+//! # The format
 //!
 //! ```text
-//! t_us,event,offset,len,latency_us,resolution,channel
-//! 1532.1,fault,1052672,4096,,,
-//! 1571.9,resolved,1052672,4096,39.8,urgent,urgent
-//! 1580.2,arrival,1048576,65536,,background,background
+//! t_us,event,offset,len,latency_us,resolution,channel,tid
+//! 1480.3,touch,1052672,4096,93.6,,,41873
+//! 1532.1,fault,1052672,4096,,,,41873
+//! 1533.0,request,1052672,4096,,,urgent,
+//! 1569.8,answer,1052672,4096,,,urgent,
+//! 1571.9,arrival,1052672,4096,2.0,urgent,urgent,
+//! 1571.9,resolved,1052672,4096,39.8,urgent,urgent,
+//! 1580.2,gathered,2097152,65536,,background,background,
+//! 1702.4,arrival,2097152,2097152,1.1,background,background,
 //! ```
 //!
-//! - `t_us`: microseconds since the run started.
-//! - `event`: `fault` (the handler read a fault message for the page at `offset`),
-//!   `resolved` (that fault's page became present: `latency_us` is from the fault message to
-//!   the placement that woke the thread), `arrival` (a frame's pages were placed), `request`
-//!   (a request for `offset..offset+len` is being written to the urgent connection), `answer`
-//!   (the urgent receiver has read a whole data or zero frame and is about to place it), or
-//!   `touch` (a workload thread's access to a missing page: `t_us` is when the access began,
-//!   `latency_us` how long it took, the workload's own latency sample).
-//!   Together they split a fault's latency into stages: touch → fault (the kernel delivering
-//!   the fault and the handler waking), fault → request (the handler), request → answer (the
-//!   network both ways and the server), answer → arrival (placement), arrival → end of the
-//!   touch (the woken thread getting a CPU).
-//! - `offset`, `len`: the range in the image, in bytes.
-//! - `resolution`: how the page got there: `urgent`, `background`, `zero`, or
-//!   `already_present` (the fault raced with a placement and was only woken); for arrivals,
-//!   `urgent`, `background`, `zero` or `duplicate` (every page was already present).
-//! - `channel`: the connection that carried the page (`urgent`, `background`, or `local` for
-//!   pages resolved without the network).
+//! Columns: `t_us`, microseconds since the run started; `event`; `offset` and `len`, the range
+//! in the image in bytes; `latency_us`, `resolution`, `channel` and `tid` where the event has
+//! them (empty otherwise). Each event is defined by what the kernel did:
+//!
+//! | event | when (`t_us`) | `latency_us` | `resolution` |
+//! |-------|---------------|--------------|--------------|
+//! | `fault` | the fault handler read a fault message for the 4 KiB page at `offset` (hugetlbfs reports the start of the huge page; `tid`: the faulting thread) | | |
+//! | `request` | a request for the range is written to the urgent connection (stamped before the write) | | |
+//! | `answer` | the urgent receiver has read a whole data or zero frame and is about to place it | | |
+//! | `gathered` | a chunk was written into a staging huge page: **not** present yet, its pages become present with their unit's `arrival` | | what the chunk carried: `urgent`, `background` or `zero` |
+//! | `arrival` | pages became present: the placement ioctl that mapped them returned (UFFDIO_COPY or ZEROPAGE of a frame; for a THP or hugetlb unit the MOVE, COPY or CONTINUE of the whole unit, or of each run of its pages around pages already present) | how long that ioctl took; the threads waiting on these pages were woken inside it | `urgent`, `background` or `zero` (how the frame that completed them came); `duplicate`: a frame every page of which was present already (nothing placed, no latency) |
+//! | `resolved` | exactly once per `fault`: when the ioctl that mapped the fault's page returned (the `t_us` of that `arrival`) | from the fault to then | the arrival's, or `already_present`: the page was mapped before the handler read the fault (`t_us` is the fault's, latency 0). Never `duplicate` |
+//! | `touch` | a workload access that waited on a userfault (the handler read a fault message from its thread while it ran): when it began (`tid`: the thread) | how long the access took: one sample of the report's `latency_us` | |
+//!
+//! `channel` is the connection that carried the pages (`urgent`, `background`, or `local` for
+//! pages filled without the network: discarded pages read as zeros, and `already_present`).
+//!
+//! A fault's stages follow from these events: touch → fault (the kernel delivering the fault
+//! and the handler waking), fault → request (the handler), request → answer (the network both
+//! ways and the server), answer → arrival (placement), arrival → end of the touch (the woken
+//! thread getting a CPU). The woken thread may return before the placing thread reads its
+//! clock after the ioctl, so a touch can end before its fault's `resolved` by at most that
+//! ioctl's `latency_us`: what always holds is that the ioctl began before the touch ended.
+//!
+//! Traces written before the `tid` column have 7 columns and no `gathered` events; [`read`]
+//! takes both.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-/// How a fault or a frame was resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use hugepage::Mapped;
+
+/// The header line of a trace.
+pub const HEADER: &str = "t_us,event,offset,len,latency_us,resolution,channel,tid";
+/// The header of traces written before the `tid` column.
+const HEADER_7: &str = "t_us,event,offset,len,latency_us,resolution,channel";
+
+/// How pages came, or how a fault was resolved (the `resolution` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Resolution {
     /// Placed from an answer on the urgent connection.
     Urgent,
     /// Placed from the background stream.
     Background,
-    /// Placed as a zero page.
+    /// Placed as zeros.
     Zero,
-    /// Already present when the fault was read (woken only).
+    /// A fault whose page was mapped before the handler read it (woken only).
     AlreadyPresent,
     /// A frame whose pages were all present already.
     Duplicate,
 }
 
 impl Resolution {
-    fn name(self) -> &'static str {
+    /// Every resolution, in the order plots stack them.
+    pub const ALL: [Resolution; 5] = [
+        Resolution::Urgent,
+        Resolution::Background,
+        Resolution::Zero,
+        Resolution::AlreadyPresent,
+        Resolution::Duplicate,
+    ];
+
+    /// The name in the trace.
+    pub fn name(self) -> &'static str {
         match self {
             Resolution::Urgent => "urgent",
             Resolution::Background => "background",
@@ -63,45 +96,242 @@ impl Resolution {
             Resolution::Duplicate => "duplicate",
         }
     }
+
+    fn parse(s: &str) -> Option<Resolution> {
+        Resolution::ALL.into_iter().find(|r| r.name() == s)
+    }
 }
 
-/// One line of the trace.
+/// The kinds of lines (the `event` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// `fault`.
+    Fault,
+    /// `request`.
+    Request,
+    /// `answer`.
+    Answer,
+    /// `gathered`.
+    Gathered,
+    /// `arrival`.
+    Arrival,
+    /// `resolved`.
+    Resolved,
+    /// `touch`.
+    Touch,
+}
+
+impl EventKind {
+    const ALL: [EventKind; 7] = [
+        EventKind::Fault,
+        EventKind::Request,
+        EventKind::Answer,
+        EventKind::Gathered,
+        EventKind::Arrival,
+        EventKind::Resolved,
+        EventKind::Touch,
+    ];
+
+    /// The name in the trace.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Fault => "fault",
+            EventKind::Request => "request",
+            EventKind::Answer => "answer",
+            EventKind::Gathered => "gathered",
+            EventKind::Arrival => "arrival",
+            EventKind::Resolved => "resolved",
+            EventKind::Touch => "touch",
+        }
+    }
+}
+
+/// One line of a trace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    /// Microseconds since the run started.
+    pub t_us: f64,
+    /// The event.
+    pub event: EventKind,
+    /// Image offset in bytes.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// `latency_us`, where the event has one.
+    pub latency_us: Option<f64>,
+    /// `resolution`, where the event has one.
+    pub resolution: Option<Resolution>,
+    /// `channel`, where the event has one.
+    pub channel: Option<String>,
+    /// `tid`, where the event has one.
+    pub tid: Option<u32>,
+}
+
+impl Line {
+    /// `t_us + latency_us`: when a `touch` ended.
+    pub fn end_us(&self) -> f64 {
+        self.t_us + self.latency_us.unwrap_or(0.0)
+    }
+}
+
+/// Errors of [`read`].
+#[derive(Debug, thiserror::Error)]
+pub enum ReadTraceError {
+    /// The file cannot be opened or read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The trace.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A line is not a trace line.
+    #[error("{path} line {line}: {what}: {text:?}")]
+    Line {
+        /// The trace.
+        path: PathBuf,
+        /// Line number, from 1.
+        line: usize,
+        /// What is wrong.
+        what: String,
+        /// The line.
+        text: String,
+    },
+}
+
+/// Reads the trace at `path`; an error names the line and the column that is wrong.
+pub fn read(path: &Path) -> Result<Vec<Line>, ReadTraceError> {
+    let io = |source| ReadTraceError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let mut lines = Vec::new();
+    for (index, text) in BufReader::new(file).lines().enumerate() {
+        let number = index + 1;
+        let text = text.map_err(io)?;
+        let text = text.trim_end_matches('\r');
+        if text.is_empty() || (number == 1 && (text == HEADER || text == HEADER_7)) {
+            continue;
+        }
+        let line = parse_line(text).map_err(|what| ReadTraceError::Line {
+            path: path.to_path_buf(),
+            line: number,
+            what,
+            text: text.to_string(),
+        })?;
+        lines.push(line);
+    }
+    Ok(lines)
+}
+
+/// Parses one line of 7 or 8 columns.
+pub fn parse_line(text: &str) -> Result<Line, String> {
+    let fields: Vec<&str> = text.split(',').collect();
+    let tid = match fields.len() {
+        7 => "",
+        8 => fields[7],
+        n => {
+            return Err(format!(
+                "expected 8 comma-separated fields ({HEADER}), found {n}"
+            ))
+        }
+    };
+    let [t_us, event, offset, len, latency_us, resolution, channel] = fields[..7] else {
+        return Err("expected 8 comma-separated fields".into());
+    };
+    let event = EventKind::ALL
+        .into_iter()
+        .find(|e| e.name() == event)
+        .ok_or_else(|| {
+            format!(
+                "unknown event {event:?} (expected fault, request, answer, gathered, arrival, \
+                 resolved or touch)"
+            )
+        })?;
+    let micros = |name: &str, text: &str| match text.parse::<f64>() {
+        Ok(us) if us.is_finite() && us >= 0.0 => Ok(us),
+        _ => Err(format!("{name} {text:?} is not a number of microseconds")),
+    };
+    let bytes = |name: &str, text: &str| {
+        text.parse::<u64>()
+            .map_err(|_| format!("{name} {text:?} is not a number of bytes"))
+    };
+    fn optional(text: &str) -> Option<&str> {
+        (!text.is_empty()).then_some(text)
+    }
+    Ok(Line {
+        t_us: micros("t_us", t_us)?,
+        event,
+        offset: bytes("offset", offset)?,
+        len: bytes("len", len)?,
+        latency_us: optional(latency_us)
+            .map(|l| micros("latency_us", l))
+            .transpose()?,
+        resolution: optional(resolution)
+            .map(|r| Resolution::parse(r).ok_or_else(|| format!("unknown resolution {r:?}")))
+            .transpose()?,
+        channel: optional(channel).map(str::to_string),
+        tid: optional(tid)
+            .map(|t| {
+                t.parse()
+                    .map_err(|_| format!("tid {t:?} is not a thread id"))
+            })
+            .transpose()?,
+    })
+}
+
+/// One line to write.
 #[derive(Debug, Clone, Copy)]
-enum Record {
-    Fault {
-        at: Instant,
-        offset: u64,
-        len: u64,
-    },
-    Resolved {
-        at: Instant,
-        offset: u64,
-        len: u64,
-        latency_us: f64,
-        how: Resolution,
-        channel: &'static str,
-    },
-    Arrival {
-        at: Instant,
-        offset: u64,
-        len: u64,
-        how: Resolution,
-        channel: &'static str,
-    },
-    /// A workload thread's access to a missing page, from its start, and how long it took.
-    Touch {
-        at: Instant,
-        offset: u64,
-        len: u64,
-        latency_us: f64,
-    },
-    /// `request` or `answer`, on the urgent connection.
-    Urgent {
-        at: Instant,
-        event: &'static str,
-        offset: u64,
-        len: u64,
-    },
+struct Record {
+    at: Instant,
+    event: EventKind,
+    offset: u64,
+    len: u64,
+    latency: Option<Duration>,
+    how: Option<Resolution>,
+    channel: Option<&'static str>,
+    tid: Option<u32>,
+}
+
+impl Record {
+    fn new(at: Instant, event: EventKind, offset: u64, len: u64) -> Record {
+        Record {
+            at,
+            event,
+            offset,
+            len,
+            latency: None,
+            how: None,
+            channel: None,
+            tid: None,
+        }
+    }
+
+    fn write(&self, out: &mut impl Write, start: Instant) -> std::io::Result<()> {
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        write!(
+            out,
+            "{:.1},{},{},{},",
+            us(self.at.saturating_duration_since(start)),
+            self.event.name(),
+            self.offset,
+            self.len
+        )?;
+        if let Some(latency) = self.latency {
+            write!(out, "{:.1}", us(latency))?;
+        }
+        write!(
+            out,
+            ",{},{},",
+            self.how.map_or("", Resolution::name),
+            self.channel.unwrap_or("")
+        )?;
+        if let Some(tid) = self.tid {
+            write!(out, "{tid}")?;
+        }
+        writeln!(out)
+    }
 }
 
 /// A trace being written.
@@ -110,63 +340,21 @@ pub struct Trace {
     start: Instant,
     tx: Mutex<Option<Sender<Record>>>,
     writer: Mutex<Option<JoinHandle<std::io::Result<()>>>>,
-    /// Faults waiting for their page: page offset → times the faults were read.
-    pending: Mutex<HashMap<u64, Vec<Instant>>>,
+    /// Faults waiting for their page: page offset → when each was read.
+    pending: Mutex<BTreeMap<u64, Vec<Instant>>>,
 }
 
 impl Trace {
     /// Creates `path` and starts the writer thread.
     pub fn create(path: &Path, start: Instant) -> std::io::Result<Trace> {
         let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
-        writeln!(out, "t_us,event,offset,len,latency_us,resolution,channel")?;
+        writeln!(out, "{HEADER}")?;
         let (tx, rx) = mpsc::channel::<Record>();
         let writer = std::thread::Builder::new()
             .name("trace-writer".into())
             .spawn(move || {
-                let us = |at: Instant| at.saturating_duration_since(start).as_secs_f64() * 1e6;
                 for record in rx {
-                    match record {
-                        Record::Fault { at, offset, len } => {
-                            writeln!(out, "{:.1},fault,{offset},{len},,,", us(at))?
-                        }
-                        Record::Resolved {
-                            at,
-                            offset,
-                            len,
-                            latency_us,
-                            how,
-                            channel,
-                        } => writeln!(
-                            out,
-                            "{:.1},resolved,{offset},{len},{latency_us:.1},{},{channel}",
-                            us(at),
-                            how.name()
-                        )?,
-                        Record::Arrival {
-                            at,
-                            offset,
-                            len,
-                            how,
-                            channel,
-                        } => writeln!(
-                            out,
-                            "{:.1},arrival,{offset},{len},,{},{channel}",
-                            us(at),
-                            how.name()
-                        )?,
-                        Record::Urgent {
-                            at,
-                            event,
-                            offset,
-                            len,
-                        } => writeln!(out, "{:.1},{event},{offset},{len},,,urgent", us(at))?,
-                        Record::Touch {
-                            at,
-                            offset,
-                            len,
-                            latency_us,
-                        } => writeln!(out, "{:.1},touch,{offset},{len},{latency_us:.1},,", us(at))?,
-                    }
+                    record.write(&mut out, start)?;
                 }
                 out.flush()
             })?;
@@ -174,7 +362,7 @@ impl Trace {
             start,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -184,51 +372,69 @@ impl Trace {
         }
     }
 
-    /// The handler read a fault on the page at `offset`.
-    pub fn fault(&self, offset: u64, len: u64) {
-        let at = Instant::now();
+    /// The handler read (at `at`, when its `read(2)` returned) a fault of thread `tid` on the
+    /// page at `offset`. Call it before looking at whether the page is present: a fault is
+    /// then resolved exactly once, by [`Trace::already_present`] or by the
+    /// [`Trace::arrival`] of its page.
+    pub fn fault(&self, at: Instant, offset: u64, len: u64, tid: Option<u32>) {
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(offset)
             .or_default()
             .push(at);
-        self.send(Record::Fault { at, offset, len });
+        self.send(Record {
+            tid,
+            ..Record::new(at, EventKind::Fault, offset, len)
+        });
     }
 
     /// A request for `offset..offset+len` was written to the urgent connection, starting at
     /// `at` (taken before the write: the answer can be read before the write returns).
     pub fn request(&self, at: Instant, offset: u64, len: u64) {
-        self.send(Record::Urgent {
-            at,
-            event: "request",
-            offset,
-            len,
-        });
-    }
-
-    /// A workload thread's access to the missing page at `offset` began at `at` and took
-    /// `took` (its latency sample).
-    pub fn touch(&self, at: Instant, took: std::time::Duration, offset: u64, len: u64) {
-        self.send(Record::Touch {
-            at,
-            offset,
-            len,
-            latency_us: took.as_secs_f64() * 1e6,
+        self.send(Record {
+            channel: Some("urgent"),
+            ..Record::new(at, EventKind::Request, offset, len)
         });
     }
 
     /// The urgent receiver read a frame for `offset..offset+len` and will place it now.
     pub fn answer(&self, offset: u64, len: u64) {
-        self.send(Record::Urgent {
-            at: Instant::now(),
-            event: "answer",
-            offset,
-            len,
+        self.send(Record {
+            channel: Some("urgent"),
+            ..Record::new(Instant::now(), EventKind::Answer, offset, len)
         });
     }
 
-    /// The fault on `offset` found its page already present.
+    /// An access of thread `tid` to the page at `offset` began at `at`, waited on a userfault
+    /// and took `took` (its latency sample).
+    pub fn touch(&self, at: Instant, took: Duration, offset: u64, len: u64, tid: u32) {
+        self.send(Record {
+            latency: Some(took),
+            tid: Some(tid),
+            ..Record::new(at, EventKind::Touch, offset, len)
+        });
+    }
+
+    /// A chunk for `offset..offset+len` went into a staging huge page (not present yet).
+    pub fn gathered(&self, offset: u64, len: u64, how: Resolution, channel: &'static str) {
+        self.send(Record {
+            how: Some(how),
+            channel: Some(channel),
+            ..Record::new(Instant::now(), EventKind::Gathered, offset, len)
+        });
+    }
+
+    /// A frame for `offset..offset+len` brought nothing: every page was present.
+    pub fn duplicate(&self, offset: u64, len: u64, channel: &'static str) {
+        self.send(Record {
+            how: Some(Resolution::Duplicate),
+            channel: Some(channel),
+            ..Record::new(Instant::now(), EventKind::Arrival, offset, len)
+        });
+    }
+
+    /// The fault(s) on the page at `offset` found it present when the handler read them.
     pub fn already_present(&self, offset: u64, len: u64) {
         let at = Instant::now();
         let faults = self
@@ -238,60 +444,52 @@ impl Trace {
             .remove(&offset)
             .unwrap_or_default();
         for fault in faults {
-            self.send(Record::Resolved {
-                at,
-                offset,
-                len,
-                latency_us: at.duration_since(fault).as_secs_f64() * 1e6,
-                how: Resolution::AlreadyPresent,
-                channel: "local",
+            self.send(Record {
+                latency: Some(at.saturating_duration_since(fault)),
+                how: Some(Resolution::AlreadyPresent),
+                channel: Some("local"),
+                ..Record::new(at, EventKind::Resolved, offset, len)
             });
         }
     }
 
-    /// Pages `offset..offset+len` were placed (`placed` pages of `page` bytes, the others
-    /// were present already), carried by `channel`.
-    pub fn arrival(
-        &self,
-        offset: u64,
-        len: u64,
-        page: u64,
-        placed: u64,
-        how: Resolution,
-        channel: &'static str,
-    ) {
-        let at = Instant::now();
-        let how = if placed == 0 {
-            Resolution::Duplicate
-        } else {
-            how
-        };
-        self.send(Record::Arrival {
-            at,
-            offset,
-            len,
-            how,
-            channel,
+    /// The pages of `mapped` became present (placed with `how`, carried by `channel`): one
+    /// `arrival`, and a `resolved` for every fault waiting in the range. `page` is the size of
+    /// a fault's page.
+    pub fn arrival(&self, mapped: &Mapped, page: u64, how: Resolution, channel: &'static str) {
+        let (offset, len) = (mapped.offset, mapped.len);
+        self.send(Record {
+            latency: Some(mapped.ended.saturating_duration_since(mapped.began)),
+            how: Some(how),
+            channel: Some(channel),
+            ..Record::new(mapped.ended, EventKind::Arrival, offset, len)
         });
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if pending.is_empty() {
-            return;
-        }
-        let mut p = offset;
-        while p < offset + len {
-            if let Some(faults) = pending.remove(&p) {
-                for fault in faults {
-                    self.send(Record::Resolved {
-                        at,
-                        offset: p,
-                        len: page,
-                        latency_us: at.duration_since(fault).as_secs_f64() * 1e6,
-                        how,
-                        channel,
-                    });
-                }
+        let pages: Vec<u64> = pending
+            .range(offset..offset.saturating_add(len))
+            .map(|(&p, _)| p)
+            .collect();
+        for p in pages {
+            for fault in pending.remove(&p).unwrap_or_default() {
+                // Read after the ioctl had returned (before the placer marked the page): the
+                // page was present when the handler read the fault.
+                let record = if fault > mapped.ended {
+                    Record {
+                        latency: Some(Duration::ZERO),
+                        how: Some(Resolution::AlreadyPresent),
+                        channel: Some("local"),
+                        ..Record::new(fault, EventKind::Resolved, p, page)
+                    }
+                } else {
+                    Record {
+                        latency: Some(mapped.ended.saturating_duration_since(fault)),
+                        how: Some(how),
+                        channel: Some(channel),
+                        ..Record::new(mapped.ended, EventKind::Resolved, p, page)
+                    }
+                };
+                self.send(record);
             }
-            p += page;
         }
     }
 
@@ -309,5 +507,81 @@ impl Trace {
             Some(Err(_)) => Err(std::io::Error::other("the trace writer panicked")),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_of_seven_and_eight_columns_parse() {
+        let old = parse_line("1.0,arrival,0,4096,,zero,local").expect("7 columns");
+        assert_eq!(old.resolution, Some(Resolution::Zero));
+        assert_eq!(old.tid, None);
+        let new = parse_line("2.5,touch,8192,4096,3.5,,,77").expect("8 columns");
+        assert_eq!(
+            (new.event, new.tid, new.end_us()),
+            (EventKind::Touch, Some(77), 6.0)
+        );
+        for bad in [
+            "1.0,fault,x,4096,,,,",
+            "1.0,resolved,0,4096,3.5,sideways,urgent,",
+            "1.0,fault,0,4096",
+            "inf,fault,0,4096,,,,",
+            "1.0,resolved,0,4096,-2,urgent,urgent,",
+            "1.0,touch,0,4096,1,,,me",
+        ] {
+            assert!(parse_line(bad).is_err(), "{bad}");
+        }
+        assert!(parse_line("1.0,fault,x,4096,,,,")
+            .expect_err("bad offset")
+            .contains("offset"));
+    }
+
+    #[test]
+    fn each_fault_is_resolved_once() {
+        let dir = std::env::temp_dir().join(format!("trace-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("t.csv");
+        let trace = Trace::create(&path, Instant::now()).expect("create");
+        trace.fault(Instant::now(), 8192, 4096, Some(5));
+        trace.fault(Instant::now(), 8192, 4096, Some(6));
+        trace.gathered(0, 65536, Resolution::Background, "background");
+        let began = Instant::now();
+        let mapped = Mapped {
+            offset: 0,
+            len: 2 << 20,
+            began,
+            ended: Instant::now(),
+        };
+        trace.arrival(&mapped, 4096, Resolution::Background, "background");
+        // A second arrival over the same page resolves nothing more.
+        trace.arrival(&mapped, 4096, Resolution::Urgent, "urgent");
+        trace.fault(Instant::now(), 4 << 20, 4096, Some(5));
+        trace.already_present(4 << 20, 4096);
+        trace.duplicate(0, 4096, "urgent");
+        trace.finish().expect("finish");
+        let lines = read(&path).expect("read");
+        let _ = std::fs::remove_dir_all(&dir);
+        let resolved: Vec<&Line> = lines
+            .iter()
+            .filter(|l| l.event == EventKind::Resolved)
+            .collect();
+        assert_eq!(resolved.len(), 3);
+        assert!(resolved[..2]
+            .iter()
+            .all(|l| l.resolution == Some(Resolution::Background) && l.offset == 8192));
+        assert_eq!(resolved[2].resolution, Some(Resolution::AlreadyPresent));
+        let kinds: Vec<EventKind> = lines.iter().map(|l| l.event).collect();
+        assert_eq!(
+            kinds.iter().filter(|&&k| k == EventKind::Gathered).count(),
+            1
+        );
+        assert_eq!(
+            kinds.iter().filter(|&&k| k == EventKind::Arrival).count(),
+            3
+        );
+        assert_eq!(lines[0].tid, Some(5));
     }
 }

@@ -28,11 +28,32 @@ const CASES: [&str; 13] = [
     "transfer-thp",
 ];
 
-const RATIOS: [&str; 4] = [
-    "remote_anon_p50_over_local_p50",
-    "thp_over_anon_transfer_time",
-    "hugetlb_2m_p50_over_anon_p50",
-    "thp_bg_p99_preempt_over_no_preempt",
+/// Each ratio: (key, numerator case, denominator case, the column it divides).
+const RATIOS: [(&str, &str, &str, &str); 4] = [
+    (
+        "remote_anon_p50_over_local_p50",
+        "remote-anon",
+        "local-roundtrip-4k",
+        "p50_us",
+    ),
+    (
+        "thp_over_anon_transfer_time",
+        "transfer-thp",
+        "transfer-anon",
+        "elapsed_s",
+    ),
+    (
+        "hugetlb_2m_p50_over_anon_p50",
+        "remote-hugetlb-2m",
+        "remote-anon",
+        "p50_us",
+    ),
+    (
+        "thp_bg_p99_preempt_over_no_preempt",
+        "remote-thp-bg",
+        "remote-thp-bg-nopreempt",
+        "p99_us",
+    ),
 ];
 
 /// The page-server binary next to fault-client; fails with what to run when it is missing.
@@ -100,7 +121,8 @@ fn allow_skip(case: &str, row: &Value) -> bool {
     true
 }
 
-fn check_row(case: &str, row: &Value) {
+/// `floor`: the local first-touch p50, under which no userfault can be.
+fn check_row(case: &str, row: &Value, floor: f64) {
     if allow_skip(case, row) {
         return;
     }
@@ -110,6 +132,25 @@ fn check_row(case: &str, row: &Value) {
         number(row, "throughput_mib_s");
         return;
     }
+    if row["kind"] == "remote" {
+        number(row, "elapsed_s");
+        number(row, "throughput_mib_s");
+        let samples = row["samples"].as_u64().expect("samples");
+        let faults = row["faults"].as_u64().expect("faults");
+        assert!(
+            samples <= faults * row["runs"].as_u64().unwrap_or(1),
+            "{case}: more samples than faults: {row}"
+        );
+        if samples == 0 {
+            // With the stream on, every touch may have found its page present: no latency,
+            // and no number pretending to be one.
+            assert!(row["background"] == true, "{case}: nothing faulted: {row}");
+            for key in ["p50_us", "p99_us", "mean_us"] {
+                assert!(row[key].is_null(), "{case}: {key} without samples: {row}");
+            }
+            return;
+        }
+    }
     let p50 = number(row, "p50_us");
     let p99 = number(row, "p99_us");
     number(row, "mean_us");
@@ -117,8 +158,10 @@ fn check_row(case: &str, row: &Value) {
     number(row, "faults");
     assert!(p99 >= p50, "{case}: p99 {p99} < p50 {p50}");
     if row["kind"] == "remote" {
-        number(row, "elapsed_s");
-        number(row, "throughput_mib_s");
+        assert!(
+            p50 >= floor,
+            "{case}: p50 {p50} us is below the plain first-touch fault's {floor} us: {row}"
+        );
     }
 }
 
@@ -132,19 +175,27 @@ fn quick_json_has_every_case_and_the_ratios() {
     let rows = json["rows"].as_array().expect("`rows` is a list");
     let names: Vec<&str> = rows.iter().filter_map(|r| r["case"].as_str()).collect();
     assert_eq!(names, CASES, "the rows, in table order");
+    let floor = number(&rows[1], "p50_us");
     for (case, row) in CASES.iter().zip(rows) {
-        check_row(case, row);
+        check_row(case, row, floor);
     }
+    // Every ratio is computed from the two rows' real numbers, or null when a row has none.
     let ratios = &json["ratios"];
-    for key in RATIOS {
+    let row = |case: &str| &rows[CASES.iter().position(|&c| c == case).expect("a case")];
+    for (key, top, bottom, column) in RATIOS {
         let value = &ratios[key];
-        match value.as_f64() {
-            Some(v) => assert!(v.is_finite() && v > 0.0, "ratio {key} is {v}"),
-            // Only a ratio over a skipped hugetlb row may be missing.
-            None => assert!(
-                value.is_null() && key.contains("hugetlb"),
-                "ratio {key} is {value}"
-            ),
+        match (row(top)[column].as_f64(), row(bottom)[column].as_f64()) {
+            (Some(n), Some(d)) => {
+                let v = value
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("ratio {key} is {value}"));
+                assert!(v.is_finite() && v > 0.0, "ratio {key} is {v}");
+                assert!(
+                    (v - n / d).abs() <= 1e-9 * v,
+                    "ratio {key}: {v} is not {n} / {d}"
+                );
+            }
+            _ => assert!(value.is_null(), "ratio {key} is {value} without both rows"),
         }
     }
     let notes = json["notes"].to_string();

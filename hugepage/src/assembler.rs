@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use uffd_core::place::{self, PlaceError, Stop};
 use uffd_core::region::{Region, RegionError};
@@ -25,7 +26,7 @@ use crate::chunks::{pieces, Piece};
 use crate::gathered::Gathered;
 use crate::hugetlb;
 use crate::memory::{Dst, Inner};
-use crate::runs::{place_runs, run_at, Placed};
+use crate::runs::{place_runs, run_at, MappedRun, Placed};
 use crate::thp::{self, ThpError, ThpStage};
 
 /// Errors of this module.
@@ -89,6 +90,8 @@ pub struct Progress {
     pub pages_placed: u64,
     /// 4 KiB pages of the data that were found already present (placed by another path).
     pub pages_present: u64,
+    /// 4 KiB pages written into a staging page by this call, to be placed with their unit.
+    pub pages_gathered: u64,
     /// Units this call finished: placed, or found placed by someone else. For anon, a unit is
     /// a 4 KiB page.
     pub units_completed: u64,
@@ -104,6 +107,7 @@ impl Progress {
     pub fn merge(&mut self, other: &Progress) {
         self.pages_placed += other.pages_placed;
         self.pages_present += other.pages_present;
+        self.pages_gathered += other.pages_gathered;
         self.units_completed += other.units_completed;
         self.units_not_huge += other.units_not_huge;
         self.stopped = self.stopped.or(other.stopped);
@@ -114,6 +118,33 @@ impl Progress {
         self.pages_present += placed.present;
         if placed.not_huge {
             self.units_not_huge += 1;
+        }
+    }
+}
+
+/// Pages that became present in the region: `len` bytes at image `offset`, mapped by one
+/// placement ioctl (a unit's UFFDIO_MOVE, COPY or CONTINUE, or one run of its pages) that was
+/// issued at `began` and returned at `ended`. The threads waiting on these pages were woken
+/// in between. See [`Assembler::take_mapped`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapped {
+    /// Image offset of the first page.
+    pub offset: u64,
+    /// Bytes made present.
+    pub len: u64,
+    /// Just before the ioctl.
+    pub began: Instant,
+    /// Just after it returned.
+    pub ended: Instant,
+}
+
+impl Mapped {
+    fn of_run(start: u64, run: &MappedRun) -> Mapped {
+        Mapped {
+            offset: start + run.first as u64 * PAGE,
+            len: run.pages as u64 * PAGE,
+            began: run.began,
+            ended: run.ended,
         }
     }
 }
@@ -151,6 +182,8 @@ pub struct Assembler {
     uffd: Arc<Userfaultfd>,
     slots: HashMap<u64, Slot>,
     spare: Vec<Stage>,
+    /// What the placements since the last [`Assembler::take_mapped`] made present.
+    mapped: Vec<Mapped>,
 }
 
 impl Assembler {
@@ -160,7 +193,17 @@ impl Assembler {
             uffd,
             slots: HashMap::new(),
             spare: Vec::new(),
+            mapped: Vec::new(),
         }
+    }
+
+    /// The pages made present since the last call, one entry per placement ioctl, in order.
+    /// A chunk that only went into a staging page is not here (see
+    /// [`Progress::pages_gathered`]): its pages become present with their unit. Callers that
+    /// time faults or count pages by range drain this after each call; others may ignore it
+    /// (it is cleared here only).
+    pub fn take_mapped(&mut self) -> Vec<Mapped> {
+        std::mem::take(&mut self.mapped)
     }
 
     /// Places or gathers `bytes` at image `offset` (both multiples of 4 KiB). `received` is
@@ -315,6 +358,8 @@ impl Assembler {
                 }
             })
         })?;
+        self.mapped
+            .extend(placed.mapped.iter().map(|run| Mapped::of_run(offset, run)));
         let mut progress = Progress::default();
         progress.absorb(&placed);
         progress.units_completed = placed.placed + placed.present;
@@ -388,6 +433,9 @@ impl Assembler {
                     // SAFETY: `dst` is valid for 4 KiB of writes (above).
                     unsafe { std::ptr::write_bytes(dst, 0, page) };
                 }
+            }
+            if !slot.have.has(i) {
+                progress.pages_gathered += 1;
             }
             slot.have.insert(i);
         }
@@ -468,6 +516,9 @@ impl Assembler {
                 first_page,
             )?,
         };
+        let start = unit * unit_len;
+        self.mapped
+            .extend(placed.mapped.iter().map(|run| Mapped::of_run(start, run)));
         progress.absorb(&placed);
         match placed.stopped {
             None => {
@@ -513,6 +564,9 @@ impl Assembler {
             }
             (None, None) => return Ok(()),
         };
+        let start = unit * unit_len;
+        self.mapped
+            .extend(placed.mapped.iter().map(|run| Mapped::of_run(start, run)));
         progress.absorb(&placed);
         match placed.stopped {
             None => progress.units_completed += 1,
@@ -626,6 +680,7 @@ mod tests {
             units_completed: 1,
             stopped: Some(Stop::Retry),
             units_not_huge: 0,
+            pages_gathered: 0,
         });
         assert_eq!(
             (a.pages_placed, a.pages_present, a.units_completed),

@@ -27,7 +27,7 @@ use uffd_core::place::{self, Outcome, PlaceError, Stop};
 use uffd_core::{PageBitmap, Userfaultfd};
 
 use crate::gathered::Gathered;
-use crate::runs::Placed;
+use crate::runs::{MappedRun, Placed};
 
 /// Result alias of this module (placement errors are the only failures here).
 pub type Result<T> = std::result::Result<T, PlaceError>;
@@ -41,8 +41,8 @@ pub(crate) fn copy_unit(
     received: &PageBitmap,
     first_page: usize,
 ) -> Result<Placed> {
-    let outcome = place::copy(uffd, dst, src, true)?;
-    Ok(account(outcome, have, received, first_page))
+    let (outcome, run) = whole_unit(have.pages(), || place::copy(uffd, dst, src, true));
+    Ok(account(outcome?, run, have, received, first_page))
 }
 
 /// Maps the unit at `dst` (whose page is in the memfd's page cache) with UFFDIO_CONTINUE.
@@ -54,13 +54,27 @@ pub(crate) fn continue_unit(
     received: &PageBitmap,
     first_page: usize,
 ) -> Result<Placed> {
-    let outcome = place::continue_(uffd, dst, len, true)?;
-    Ok(account(outcome, have, received, first_page))
+    let (outcome, run) = whole_unit(have.pages(), || place::continue_(uffd, dst, len, true));
+    Ok(account(outcome?, run, have, received, first_page))
 }
 
-/// Turns the outcome of a whole-unit placement into page counts and bits.
+/// Runs a whole-unit placement ioctl, timed: a unit of `pages` pages is mapped whole or not
+/// at all.
+fn whole_unit(
+    pages: usize,
+    op: impl FnOnce() -> Result<Outcome>,
+) -> (Result<Outcome>, Option<MappedRun>) {
+    MappedRun::timed(0, op, |outcome| match outcome {
+        Ok(Outcome::Placed(_)) => pages,
+        _ => 0,
+    })
+}
+
+/// Turns the outcome of a whole-unit placement (and `run`, its timing when it mapped the unit)
+/// into page counts and bits.
 fn account(
     outcome: Outcome,
+    run: Option<MappedRun>,
     have: &mut Gathered,
     received: &PageBitmap,
     first_page: usize,
@@ -71,6 +85,7 @@ fn account(
         // A hugetlb placement is all or nothing: every page of the unit is new.
         Outcome::Placed(_) => {
             out.placed = (0..pages).filter(|&i| received.set(first_page + i)).count() as u64;
+            out.mapped.extend(run);
             *have = Gathered::new(pages);
         }
         // Another connection (or the demand path) placed this huge page first.
@@ -92,7 +107,7 @@ mod tests {
     fn accounting_of_whole_unit_outcomes() {
         let received = PageBitmap::new(1024);
         let mut have = Gathered::full(512);
-        let placed = account(Outcome::Placed(2 << 20), &mut have, &received, 512);
+        let placed = account(Outcome::Placed(2 << 20), None, &mut have, &received, 512);
         assert_eq!((placed.placed, placed.present), (512, 0));
         assert_eq!(received.count(), 512);
         assert!(received.get(512) && !received.get(511));
@@ -100,12 +115,12 @@ mod tests {
 
         let mut have = Gathered::full(512);
         have.remove(3);
-        let placed = account(Outcome::AlreadyPresent, &mut have, &received, 0);
+        let placed = account(Outcome::AlreadyPresent, None, &mut have, &received, 0);
         assert_eq!((placed.placed, placed.present), (0, 511));
         assert_eq!(received.count(), 512, "no bit for someone else's page");
 
         let mut have = Gathered::full(512);
-        let placed = account(Outcome::Retry, &mut have, &received, 0);
+        let placed = account(Outcome::Retry, None, &mut have, &received, 0);
         assert_eq!(placed.stopped, Some(Stop::Retry));
         assert_eq!(have.count(), 512, "kept for the retry");
     }

@@ -74,7 +74,7 @@ pub mod smaps;
 pub mod status;
 pub mod thp;
 
-pub use assembler::{AssembleError, Assembler, Progress};
+pub use assembler::{AssembleError, Assembler, Mapped, Progress};
 pub use backing::{Backing, HugetlbPlacement, PAGE};
 pub use bench::{BenchConfig, BenchReport};
 pub use chunks::{Chunk, Order};

@@ -10,6 +10,8 @@
 //! Every gathered page is accounted exactly once: it leaves the [`Gathered`] set either as
 //! placed (its bit set by us) or as present (someone else's page).
 
+use std::time::Instant;
+
 use uffd_core::place::{self, Outcome, Stop};
 use uffd_core::PageBitmap;
 
@@ -17,8 +19,52 @@ use crate::backing::PAGE;
 use crate::gathered::Gathered;
 use crate::memory::Dst;
 
+/// Pages `first..first + pages` of a unit (or range) that one placement ioctl made present,
+/// and when that ioctl was issued and returned: the threads waiting on those pages were woken
+/// in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MappedRun {
+    /// First page, counted from the start of the unit (or range).
+    pub first: usize,
+    /// Pages made present.
+    pub pages: usize,
+    /// Just before the ioctl.
+    pub began: Instant,
+    /// Just after it returned.
+    pub ended: Instant,
+}
+
+impl MappedRun {
+    /// Times `op` and describes the `pages` it made present from `first` (none: None).
+    pub fn timed<T>(
+        first: usize,
+        op: impl FnOnce() -> T,
+        pages: impl Fn(&T) -> usize,
+    ) -> (T, Option<MappedRun>) {
+        let began = Instant::now();
+        let result = op();
+        let ended = Instant::now();
+        let n = pages(&result);
+        let run = (n > 0).then_some(MappedRun {
+            first,
+            pages: n,
+            began,
+            ended,
+        });
+        (result, run)
+    }
+}
+
+/// The 4 KiB pages a placement ioctl's `outcome` says it placed, at most `max`.
+pub(crate) fn pages_placed(outcome: &place::Result<Outcome>, max: usize) -> usize {
+    match outcome {
+        Ok(Outcome::Placed(bytes)) => usize::try_from(bytes / PAGE).unwrap_or(0).min(max),
+        _ => 0,
+    }
+}
+
 /// What placing a unit's runs did, in 4 KiB pages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Placed {
     /// Pages this call made present (their bits are set now).
     pub placed: u64,
@@ -28,6 +74,8 @@ pub(crate) struct Placed {
     pub stopped: Option<Stop>,
     /// A THP unit that ended up mapped by 4 KiB pages (collapse failed).
     pub not_huge: bool,
+    /// The runs of pages made present, one per ioctl that placed any.
+    pub mapped: Vec<MappedRun>,
 }
 
 /// Places every page of `have` whose bit (at `first_page + i` in `received`) is clear, one run
@@ -56,7 +104,9 @@ pub(crate) fn place_runs(
         while end < pages && have.has(end) && !received.get(first_page + end) {
             end += 1;
         }
-        match op(i, end - i)? {
+        let (outcome, run) = MappedRun::timed(i, || op(i, end - i), |o| pages_placed(o, end - i));
+        out.mapped.extend(run);
+        match outcome? {
             Outcome::Placed(bytes) => {
                 // The kernel reports bytes of this run; a short count means it stopped at a
                 // page that exists, which the next round finds with EEXIST.

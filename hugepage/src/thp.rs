@@ -54,7 +54,7 @@ use crate::backing::PAGE;
 use crate::gathered::Gathered;
 use crate::memory::Dst;
 use crate::pagemap::Pagemap;
-use crate::runs::{place_runs, run_at, Placed};
+use crate::runs::{pages_placed, place_runs, run_at, MappedRun, Placed};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -213,9 +213,16 @@ pub(crate) fn place(
     let whole = have.count() == PAGES && (0..PAGES).all(|i| !received.get(first_page + i));
     let mut moved = 0;
     if let (Some(dst), true) = (huge, whole) {
+        let src = stage.addr();
         // SAFETY: the staging page belongs to this unit's slot; no Rust reference points into
         // it (chunks are written through raw pointers), so its pages may leave.
-        match unsafe { place::move_(uffd, dst, stage.addr(), UNIT, true) }? {
+        let (outcome, run) = MappedRun::timed(
+            0,
+            || unsafe { place::move_(uffd, dst, src, UNIT, true) },
+            |o| pages_placed(o, PAGES),
+        );
+        out.mapped.extend(run);
+        match outcome? {
             Outcome::Placed(bytes) => {
                 // Short when a page appeared since the check (an urgent fault): the kernel
                 // stopped there and the runs below finish the unit.
@@ -257,6 +264,7 @@ pub(crate) fn place(
         })?;
         out.placed += runs.placed;
         out.present += runs.present;
+        out.mapped.extend(runs.mapped);
         if runs.stopped.is_some() {
             out.stopped = runs.stopped;
             return Ok(out);

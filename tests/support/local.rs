@@ -30,36 +30,26 @@
 //! - [`Fixture`], [`Handler`], [`PinGuard`], [`reserve_hugepages_2m`], [`anon_huge_kb`]: the
 //!   pieces, for benchmarks that time the placement ioctls alone.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use uffd_core::handler::{self, Resolve, GATE_TIMEOUT};
 use uffd_core::place::{self, Outcome};
 use uffd_core::region::{Memfd, HUGE_2M};
-use uffd_core::{page_size, Event, Latency, Modes, Region, Summary, Userfaultfd};
+use uffd_core::{page_size, Latency, Modes, Region, Summary, Userfaultfd};
 
 /// The byte every prepared page holds at [`VERIFY_OFFSET`] (COPY sources, CONTINUE page cache,
-/// MOVE sources, write-protected pages). Non-zero, so a kernel zero-fill is told apart.
-pub const FILL: u8 = 0xA5;
+/// MOVE sources, write-protected pages): the minimal handler's fill byte. Non-zero, so a
+/// kernel zero-fill is told apart.
+pub use uffd_core::handler::FILL;
 
 /// Where content is checked after a fault; the access itself is at offset 0.
-pub const VERIFY_OFFSET: usize = 8;
+pub const VERIFY_OFFSET: usize = handler::CHECK_OFFSET;
 
 /// The byte a write access stores at offset 0.
 const TOUCH: u8 = 0x5A;
-
-/// How long the handler sleeps in `poll(2)` before looking at its stop flag. Only shutdown
-/// waits for it; a fault message ends the poll at once.
-const POLL_SLICE: Duration = Duration::from_millis(20);
-
-/// How long the faulting thread waits for the handler to be back in its wait before giving up.
-const GATE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How often a placement that answered EAGAIN (`Outcome::Retry`) is tried again. No event
-/// features are negotiated here, so EAGAIN is not expected at all.
-const RETRIES: usize = 1000;
 
 // ---------------------------------------------------------------------------------------------
 // CPU pinning
@@ -545,103 +535,47 @@ impl Fixture {
 // The handler thread
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug)]
-struct HandlerState {
-    uffd: Arc<Userfaultfd>,
-    path: FaultPath,
-    stop: AtomicBool,
-    /// Fault messages resolved so far.
-    resolved: AtomicU64,
-    /// `resolved` as it was when the handler last went (back) to `poll(2)`; u64::MAX before.
-    waiting_at: AtomicU64,
-    /// MOVE: source minus destination, set per fixture.
-    move_delta: AtomicU64,
-    /// The first error, if any (the faulting thread was released by unregistering its page).
-    error: Mutex<Option<String>>,
-}
-
-impl HandlerState {
-    fn fail(&self, message: String) {
-        if let Ok(mut slot) = self.error.lock() {
-            slot.get_or_insert(message);
-        }
-    }
-}
-
-/// A minimal fault handler on its own (optionally pinned) thread: `poll(2)`, read the
-/// messages, resolve each fault with the ioctl of its [`FaultPath`] (which wakes the faulting
-/// thread). Stops and joins on drop.
+/// The minimal fault handler of [`uffd_core::handler`] on its own (optionally pinned) thread,
+/// resolving each fault with the ioctl of its [`FaultPath`] (which wakes the faulting thread).
+/// Stops and joins on drop.
 ///
-/// If resolving fails, it records the error and unregisters the faulting page so that the
-/// faulting thread is released (by an ordinary fault) instead of sleeping forever; see
-/// [`Handler::check`].
+/// If resolving fails, the handler records the error and unregisters the faulting page so
+/// that the faulting thread is released (by an ordinary fault) instead of sleeping forever;
+/// see [`Handler::check`].
 #[derive(Debug)]
 pub struct Handler {
-    state: Arc<HandlerState>,
-    thread: Option<JoinHandle<()>>,
+    inner: handler::Handler,
+    path: FaultPath,
+    /// MOVE: source minus destination, set per fixture.
+    move_delta: Arc<AtomicU64>,
 }
 
 impl Handler {
     /// Starts the handler thread for `path` on `uffd`, pinned to `cpu` if given. Returns once
     /// the thread runs (and is pinned).
     pub fn spawn(uffd: Arc<Userfaultfd>, path: FaultPath, cpu: Option<usize>) -> Result<Handler> {
-        let state = Arc::new(HandlerState {
-            uffd,
+        let move_delta = Arc::new(AtomicU64::new(0));
+        let resolve = resolver(path, Arc::clone(&move_delta));
+        let inner = handler::Handler::spawn(uffd, path.page_size() as u64, cpu, resolve)
+            .with_context(|| format!("fault handler for {}", path.name()))?;
+        Ok(Handler {
+            inner,
             path,
-            stop: AtomicBool::new(false),
-            resolved: AtomicU64::new(0),
-            waiting_at: AtomicU64::new(u64::MAX),
-            move_delta: AtomicU64::new(0),
-            error: Mutex::new(None),
-        });
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let thread_state = Arc::clone(&state);
-        let thread = std::thread::Builder::new()
-            .name(format!("uffd-handler-{}", path.name()))
-            .spawn(move || {
-                let pinned = cpu.map_or(Ok(()), pin_current_thread);
-                let ok = pinned.is_ok();
-                // The receiver waits for this message; if it is gone, nobody needs us.
-                let _ = ready_tx.send(pinned.map_err(|e| format!("{e:#}")));
-                if ok {
-                    serve(&thread_state);
-                }
-            })
-            .context("spawning the handler thread")?;
-        let handler = Handler {
-            state,
-            thread: Some(thread),
-        };
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(handler),
-            Ok(Err(err)) => bail!("handler thread: {err}"),
-            Err(_) => bail!("the handler thread exited before starting"),
-        }
+            move_delta,
+        })
     }
 
     /// Faults resolved so far.
     pub fn resolved(&self) -> u64 {
-        self.state.resolved.load(Ordering::Acquire)
+        self.inner.resolved()
     }
 
-    /// Waits (spinning, yielding the CPU) until the handler has resolved at least `resolved`
-    /// faults and gone back to its wait. Yielding lets a handler pinned to the caller's CPU run.
+    /// Waits (yielding the CPU) until the handler has resolved at least `resolved` faults and
+    /// gone back to its wait.
     pub fn wait_until_waiting(&self, resolved: u64, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let at = self.state.waiting_at.load(Ordering::Acquire);
-            if at != u64::MAX && at >= resolved {
-                return Ok(());
-            }
-            self.check()?;
-            ensure!(
-                Instant::now() < deadline,
-                "the handler did not come back to its wait within {timeout:?} \
-                 (resolved {} of {resolved})",
-                self.resolved()
-            );
-            std::thread::yield_now();
-        }
+        self.inner
+            .wait_until_waiting(resolved, timeout)
+            .with_context(|| self.path.name())
     }
 
     /// Sets where MOVE takes its pages from: `source = destination + delta` (wrapping).
@@ -651,112 +585,40 @@ impl Handler {
     /// see must be private anonymous memory of this process that no Rust reference points
     /// into (the pages leave it), e.g. [`Fixture::move_delta`] of the fixture being touched.
     pub unsafe fn set_move_delta(&self, delta: u64) {
-        self.state.move_delta.store(delta, Ordering::Release);
+        self.move_delta.store(delta, Ordering::Release);
     }
 
     /// The first error the handler met, if any.
     pub fn check(&self) -> Result<()> {
-        let slot = self
-            .state
-            .error
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the handler's error slot is poisoned"))?;
-        match slot.as_ref() {
-            Some(err) => bail!("fault handler ({}): {err}", self.state.path.name()),
-            None => Ok(()),
-        }
+        self.inner.check().with_context(|| self.path.name())
     }
 }
 
-impl Drop for Handler {
-    fn drop(&mut self) {
-        self.state.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                eprintln!("warning: the fault handler thread panicked");
+/// Resolves a fault of `path` on the page at its start with the path's ioctl.
+fn resolver(path: FaultPath, move_delta: Arc<AtomicU64>) -> Resolve {
+    let page = path.page_size() as u64;
+    let source = vec![FILL; path.page_size()];
+    Box::new(move |uffd, start| {
+        Ok(match path {
+            FaultPath::Copy4k | FaultPath::HugetlbCopy2m => {
+                place::copy(uffd, start, &source, true)?
             }
-        }
-    }
-}
-
-/// The handler loop.
-fn serve(state: &HandlerState) {
-    let uffd = &state.uffd;
-    let mut buf = Userfaultfd::event_buffer(16);
-    let mut events = Vec::with_capacity(16);
-    let source = vec![FILL; state.path.page_size()];
-    while !state.stop.load(Ordering::Acquire) {
-        state
-            .waiting_at
-            .store(state.resolved.load(Ordering::Acquire), Ordering::Release);
-        match uffd.wait_readable(POLL_SLICE) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(err) => {
-                state.fail(format!("poll: {err}"));
-                return;
-            }
-        }
-        events.clear();
-        if let Err(err) = uffd.read_events(&mut buf, &mut events) {
-            state.fail(format!("read: {err}"));
-            return;
-        }
-        for event in events.drain(..) {
-            // No event features are negotiated: faults are the only messages.
-            let Event::Fault { addr, .. } = event else {
-                continue;
-            };
-            let page = state.path.page_size() as u64;
-            let start = addr & !(page - 1);
-            if let Err(err) = resolve(state, start, &source) {
-                state.fail(format!("{err:#}"));
-                // Release the faulting thread: without registration the access is an ordinary
-                // fault. Its content will be wrong, which the caller learns from `check`.
-                if let Err(err) = uffd.unregister(start, page) {
-                    state.fail(format!("unregister after a failure: {err}"));
-                }
-            }
-            state.resolved.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-}
-
-/// Resolves the fault on the page at `start` with the path's ioctl (which wakes the thread).
-fn resolve(state: &HandlerState, start: u64, source: &[u8]) -> Result<()> {
-    let uffd = &*state.uffd;
-    let page = state.path.page_size() as u64;
-    for _ in 0..RETRIES {
-        let outcome = match state.path {
-            FaultPath::Copy4k | FaultPath::HugetlbCopy2m => place::copy(uffd, start, source, true)?,
             FaultPath::Zeropage4k => place::zeropage(uffd, start, page, true)?,
             FaultPath::ContinueShmem4k | FaultPath::ContinueHugetlb2m => {
                 place::continue_(uffd, start, page, true)?
             }
             FaultPath::Move4k => {
-                let src = start.wrapping_add(state.move_delta.load(Ordering::Acquire));
+                let src = start.wrapping_add(move_delta.load(Ordering::Acquire));
                 // SAFETY: `set_move_delta`'s contract: `src` is a populated private page of
                 // this process that nothing borrows.
                 unsafe { place::move_(uffd, start, src, page, true) }?
             }
             FaultPath::WriteProtect4k => {
-                uffd.write_protect(start, page, false)
-                    .context("UFFDIO_WRITEPROTECT (un-protect)")?;
-                return Ok(());
+                uffd.write_protect(start, page, false)?;
+                Outcome::Placed(page)
             }
-        };
-        match outcome {
-            Outcome::Placed(_) => return Ok(()),
-            // Placed by someone else (or a repeated message): only the wake is missing.
-            Outcome::AlreadyPresent => {
-                uffd.wake(start, page).context("UFFDIO_WAKE")?;
-                return Ok(());
-            }
-            Outcome::Retry => std::thread::yield_now(),
-            Outcome::Gone => bail!("the process owning the region exited"),
-        }
-    }
-    bail!("placement at {start:#x} answered EAGAIN {RETRIES} times")
+        })
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -987,11 +849,12 @@ impl CpuLoad {
     }
 }
 
-/// The median of `samples` (zero when empty).
+/// The median of `samples` (zero when empty), by the nearest rank like every percentile of
+/// the workspace ([`uffd_core::stats`]).
 pub fn median(samples: &[Duration]) -> Duration {
     let mut sorted = samples.to_vec();
     sorted.sort_unstable();
-    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+    uffd_core::stats::rank(sorted.len(), 0.5).map_or(Duration::ZERO, |r| sorted[r - 1])
 }
 
 /// p50/p90/p99/max/mean of `samples` in microseconds.

@@ -19,12 +19,15 @@
 //! - [`proto`]: the versioned wire protocol (frames, strict decoder); see `docs/protocol.md`.
 //! - [`wire`]: endpoints, connections, framed reading and writing.
 //! - [`bitmap`]: lock-free page bitmaps (received, requested, sent).
-//! - [`stats`]: latency histograms.
+//! - [`stats`]: latency histograms and the one percentile definition.
+//! - [`handler`]: a minimal in-process fault handler thread (poll, read, resolve), the
+//!   baseline round trip that benchmarks and tests use.
 //! - [`probe`](mod@probe): what the kernel and the process allow.
 //! - [`cpu`]: CPU affinity (for measurements) and real-time scheduling for the urgent path.
 
 pub mod bitmap;
 pub mod cpu;
+pub mod handler;
 pub mod pagemap;
 pub mod place;
 pub mod probe;

@@ -1,7 +1,15 @@
-//! Latency statistics: an HDR histogram of nanoseconds, summarised in microseconds.
+//! Latency statistics: an HDR histogram of nanoseconds, summarised in microseconds, and the
+//! one percentile definition every tool of the workspace uses.
 //!
 //! Each thread records into its own [`Latency`] (no shared state in the hot path); the
 //! histograms are merged once at the end.
+//!
+//! # Percentiles
+//! Everywhere a percentile is printed it is the **nearest rank**: the `q`-quantile of `n`
+//! sorted samples is the sample of rank `ceil(q * n)` (at least 1), so it is always one of the
+//! samples, p100 is the largest, and the median of an even count is the lower middle one.
+//! [`percentile`] computes it from samples; [`Latency`] from its histogram, which keeps three
+//! significant digits (hdrhistogram's `value_at_quantile` uses the same rank).
 
 use std::time::Duration;
 
@@ -87,9 +95,49 @@ impl Latency {
     }
 }
 
+/// The rank (from 1) of the `q`-quantile (0..=1) among `n` sorted samples: `ceil(q * n)`,
+/// at least 1 and at most `n`. None when `n` is 0.
+pub fn rank(n: usize, q: f64) -> Option<usize> {
+    (n > 0).then(|| ((q.clamp(0.0, 1.0) * n as f64).ceil() as usize).clamp(1, n))
+}
+
+/// The nearest-rank `q`-quantile (0..=1) of `samples` (any order); None when there are none.
+pub fn percentile(samples: &[f64], q: f64) -> Option<f64> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    percentile_sorted(&sorted, q)
+}
+
+/// [`percentile`] of samples sorted in ascending order (no copy).
+pub fn percentile_sorted(sorted: &[f64], q: f64) -> Option<f64> {
+    rank(sorted.len(), q).map(|r| sorted[r - 1])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), Some(50.0));
+        assert_eq!(percentile(&v, 0.99), Some(99.0));
+        assert_eq!(percentile(&v, 1.0), Some(100.0));
+        assert_eq!(percentile(&v, 0.0), Some(1.0));
+        assert_eq!(percentile(&[2.0, 1.0], 0.5), Some(1.0), "lower middle");
+        assert_eq!(percentile(&[7.0], 0.99), Some(7.0));
+        assert_eq!(percentile(&[], 0.5), None);
+        // The histogram agrees, to its three significant digits.
+        let mut h = Latency::new();
+        for &us in &v {
+            h.record(Duration::from_micros(us as u64));
+        }
+        for q in [0.5, 0.9, 0.99] {
+            let want = percentile(&v, q).unwrap_or(0.0);
+            let got = h.quantile(q).as_secs_f64() * 1e6;
+            assert!((got - want).abs() <= want * 1e-3, "q {q}: {got} vs {want}");
+        }
+    }
 
     #[test]
     fn summary_in_microseconds() {

@@ -157,6 +157,10 @@ pub enum Event {
         write: bool,
         /// Missing, write-protect or minor.
         kind: FaultKind,
+        /// The faulting thread's id (`gettid(2)`), when UFFD_FEATURE_THREAD_ID was negotiated:
+        /// it tells which thread waits on this fault, so a measurement can count only the
+        /// accesses that really waited.
+        tid: Option<u32>,
     },
     /// The process forked: the child's registered ranges report to `child`.
     Fork {
@@ -337,8 +341,15 @@ impl Userfaultfd {
     fn convert(&self, event: userfaultfd::Event) -> Event {
         use userfaultfd::Event as E;
         match event {
-            E::Pagefault { kind, rw, addr, .. } => Event::Fault {
+            E::Pagefault {
+                kind,
+                rw,
+                addr,
+                thread_id,
+            } => Event::Fault {
                 addr: addr as u64,
+                tid: (self.features & sys::feature::THREAD_ID != 0)
+                    .then(|| u32::try_from(thread_id.as_raw()).unwrap_or(0)),
                 write: rw == userfaultfd::ReadWrite::Write,
                 kind: match kind {
                     userfaultfd::FaultKind::Missing => FaultKind::Missing,
