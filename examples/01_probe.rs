@@ -8,17 +8,12 @@
 //!
 //! Run: `cargo run --release --example 01_probe`
 
-use std::os::fd::{FromRawFd, OwnedFd};
-
 use anyhow::{bail, ensure, Context, Result};
 use nix::errno::Errno;
 use uffd_core::probe::names;
 use uffd_core::sys::{self, feature, ioctl_bit};
+use uffd_core::uffd::{OpenOptions, Origin};
 use uffd_core::Userfaultfd;
-
-/// `UFFD_USER_MODE_ONLY` (include/uapi/linux/userfaultfd.h): handle only faults of user-mode
-/// accesses; a kernel-mode access (say `read(2)` into the range) fails with EFAULT instead.
-const UFFD_USER_MODE_ONLY: libc::c_int = 1;
 
 fn main() -> Result<()> {
     let p = uffd_core::probe();
@@ -52,27 +47,27 @@ fn main() -> Result<()> {
         "UFFDIO_API did not offer API, REGISTER and UNREGISTER"
     );
 
-    // The syscall door, tried directly with UFFD_USER_MODE_ONLY: the one kind of descriptor an
-    // unprivileged process may still create when vm.unprivileged_userfaultfd is 0.
-    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY;
-    // SAFETY: the syscall takes one integer argument and returns a new descriptor or -1.
-    let ret = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
-    match Errno::result(ret) {
-        Ok(fd) => {
-            let fd = i32::try_from(fd).context("descriptor out of range")?;
-            // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let api = sys::api(std::os::fd::AsRawFd::as_raw_fd(&fd), 0)
-                .context("UFFDIO_API on the user-mode-only descriptor")?;
+    // The syscall door alone, with UFFD_USER_MODE_ONLY: the one kind of descriptor an
+    // unprivileged process may still create when vm.unprivileged_userfaultfd is 0. It handles
+    // only faults of user-mode accesses; a kernel-mode access (say `read(2)` into the range)
+    // fails with EFAULT instead.
+    let user_mode_only = OpenOptions {
+        user_mode_only: true,
+        door: Some(Origin::Syscall),
+    };
+    match Userfaultfd::open_with(0, user_mode_only) {
+        Ok(uffd) => {
             println!(
                 "userfaultfd(UFFD_USER_MODE_ONLY): ok, same features: {}",
-                api.features == p.features
+                uffd.available_features() == p.features
+            );
+            ensure!(
+                uffd.available_features() == p.features,
+                "the user-mode-only descriptor offers other features"
             );
         }
-        Err(errno) => println!(
-            "userfaultfd(UFFD_USER_MODE_ONLY): {errno} (fix: CAP_SYS_PTRACE, or \
-             `sysctl vm.unprivileged_userfaultfd=1`, or use /dev/userfaultfd)"
-        ),
+        // The error names the fixes: CAP_SYS_PTRACE, the sysctl, or /dev/userfaultfd.
+        Err(err) => println!("userfaultfd(UFFD_USER_MODE_ONLY): {err}"),
     }
 
     // UFFDIO_API is accepted once per descriptor: a second handshake is EINVAL. This is why

@@ -24,7 +24,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
-use uffd_core::{sys, Modes, Region, Userfaultfd};
+use uffd_core::place::{self, Outcome};
+use uffd_core::{Event, Modes, Region, Userfaultfd};
 
 const PAGES: usize = 4;
 
@@ -53,11 +54,14 @@ fn main() -> Result<()> {
     let region = Region::anonymous(PAGES * PAGE).context("mmap")?;
     uffd.register(region.addr(), region.len() as u64, Modes::MISSING)
         .context("UFFDIO_REGISTER")?;
-    // ...then pass it on: one byte of data carrying the descriptor in an SCM_RIGHTS message.
+    // ...then pass it on in an SCM_RIGHTS message. The receiver cannot ask the kernel which
+    // features were negotiated (UFFDIO_API answers once per descriptor), so the message's
+    // data says: they decide what the fault messages carry.
     let fds = [uffd.raw_fd()];
+    let features = uffd.features().to_le_bytes();
     sendmsg::<()>(
         sock.as_raw_fd(),
-        &[IoSlice::new(b"U")],
+        &[IoSlice::new(&features)],
         &[ControlMessage::ScmRights(&fds)],
         MsgFlags::empty(),
         None,
@@ -101,8 +105,10 @@ fn main() -> Result<()> {
 
 /// The handler process: receives the descriptor, then serves faults until the socket closes.
 fn handler(mut sock: UnixStream) -> Result<()> {
-    let uffd = receive_fd(&sock)?;
-    println!("handler: received descriptor {}", uffd.as_raw_fd());
+    let (fd, features) = receive_fd(&sock)?;
+    let uffd = Userfaultfd::from_owned_fd(fd, features).context("taking over the descriptor")?;
+    println!("handler: received descriptor {}", uffd.raw_fd());
+    let (mut buffer, mut events) = (Userfaultfd::event_buffer(PAGES), Vec::new());
     let mut served = 0u32;
     loop {
         let mut fds = [
@@ -117,41 +123,31 @@ fn handler(mut sock: UnixStream) -> Result<()> {
         if !uffd_ready {
             bail!("nothing happened for 5 s");
         }
-        // uffd_core::Userfaultfd only opens new descriptors, so this process reads the raw
-        // `struct uffd_msg` (32 bytes) and places with uffd_core::sys directly.
-        let mut msg = [0u8; 32];
-        let n = nix::unistd::read(&uffd, &mut msg).context("read(uffd)")?;
-        ensure!(n == msg.len(), "short read of a uffd_msg");
-        ensure!(
-            msg[0] == UFFD_EVENT_PAGEFAULT,
-            "unexpected event {:#x}",
-            msg[0]
-        );
-        let addr = u64::from_ne_bytes(msg[16..24].try_into()?) & !(PAGE as u64 - 1);
-        let content = page_of(b'a' + (served as u8));
-        // SAFETY: `content` is a live buffer of one page, readable during the call.
-        let answer = unsafe { sys::copy(uffd.as_raw_fd(), addr, content.as_ptr(), PAGE as u64, 0) };
-        answer
-            .result
-            .with_context(|| format!("UFFDIO_COPY at {addr:#x}"))?;
-        served += 1;
-        println!(
-            "handler: fault at {addr:#x} -> UFFDIO_COPY '{}'",
-            char::from(content[0])
-        );
+        // From here on the descriptor is served exactly as in the process that created it.
+        uffd.read_events(&mut buffer, &mut events)?;
+        for event in events.drain(..) {
+            let Event::Fault { addr, .. } = event else {
+                bail!("unexpected event {event:?}");
+            };
+            let content = page_of(b'a' + (served as u8));
+            let outcome = place::copy(&uffd, addr, &content, true)?;
+            ensure!(outcome == Outcome::Placed(PAGE as u64), "COPY: {outcome:?}");
+            served += 1;
+            println!(
+                "handler: fault at {addr:#x} -> UFFDIO_COPY '{}'",
+                char::from(content[0])
+            );
+        }
     }
     sock.write_all(&served.to_le_bytes())
         .context("sending the count")?;
     Ok(())
 }
 
-/// `UFFD_EVENT_PAGEFAULT`, the first byte of a fault message.
-const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
-
-/// Receives one descriptor sent with SCM_RIGHTS.
-fn receive_fd(sock: &UnixStream) -> Result<OwnedFd> {
-    let mut byte = [0u8; 1];
-    let mut iov = [IoSliceMut::new(&mut byte)];
+/// Receives one descriptor sent with SCM_RIGHTS, and the feature bits sent with it.
+fn receive_fd(sock: &UnixStream) -> Result<(OwnedFd, u64)> {
+    let mut features = [0u8; 8];
+    let mut iov = [IoSliceMut::new(&mut features)];
     let mut space = nix::cmsg_space!([RawFd; 1]);
     let msg = recvmsg::<()>(
         sock.as_raw_fd(),
@@ -160,13 +156,15 @@ fn receive_fd(sock: &UnixStream) -> Result<OwnedFd> {
         MsgFlags::MSG_CMSG_CLOEXEC,
     )
     .context("recvmsg")?;
+    let (bytes, mut received) = (msg.bytes, None);
     for cmsg in msg.cmsgs().context("control messages")? {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: the kernel installed this descriptor for us; nothing else owns it.
-                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
+            received = fds.first().copied();
         }
     }
-    bail!("no descriptor in the message")
+    let fd = received.context("no descriptor in the message")?;
+    // SAFETY: the kernel installed this descriptor for us; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    ensure!(bytes == features.len(), "short message: {bytes} bytes");
+    Ok((fd, u64::from_le_bytes(features)))
 }

@@ -11,13 +11,12 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use common::{write_byte, PAGE};
-use hugepage::pagemap::Pagemap;
 use nix::errno::Errno;
 use nix::sys::mman::MmapAdvise;
 use uffd_core::place::{self, Outcome};
-use uffd_core::region::HUGE_2M;
+use uffd_core::region::{advise_range, Advice, HUGE_2M};
 use uffd_core::sys::feature;
-use uffd_core::{Modes, Region, Userfaultfd};
+use uffd_core::{Modes, Pagemap, Region, Userfaultfd};
 
 const HUGE: u64 = HUGE_2M as u64;
 
@@ -131,9 +130,7 @@ fn content(addr: u64) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts(addr as *const u8, HUGE_2M) }.to_vec()
 }
 
-/// `madvise(MADV_COLLAPSE)` over one unit (the library's is private to `hugepage::thp`).
+/// `madvise(MADV_COLLAPSE)` over one unit, with the kernel's answer as an errno to print.
 fn collapse(addr: u64) -> Result<(), Errno> {
-    // SAFETY: MADV_COLLAPSE never changes the content of the range or unmaps it.
-    let ret = unsafe { libc::madvise(addr as *mut libc::c_void, HUGE_2M, libc::MADV_COLLAPSE) };
-    Errno::result(ret).map(drop)
+    advise_range(addr, HUGE, Advice::Collapse).map_err(|err| err.errno)
 }

@@ -9,8 +9,6 @@
 
 mod common;
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -18,7 +16,7 @@ use common::{join, next_event, page_of, read_byte, scope_or_exit, write_byte, PA
 use uffd_core::place::{self, Source};
 use uffd_core::sys::feature;
 use uffd_core::uffd::FaultKind;
-use uffd_core::{Event, Modes, Region, Userfaultfd};
+use uffd_core::{Event, Modes, Pagemap, Region, Userfaultfd};
 
 const PAGES: usize = 16;
 
@@ -94,7 +92,8 @@ fn async_dirty_tracking() -> Result<()> {
     uffd.register(region.addr(), region.len() as u64, modes)?;
     let at = |page: usize| region.addr() + (page * PAGE) as u64;
     uffd.write_protect(region.addr(), region.len() as u64, true)?;
-    let pagemap = File::open("/proc/self/pagemap").context("open /proc/self/pagemap")?;
+    // PAGEMAP_SCAN with PM_SCAN_WP_MATCHING: report the written pages, protect them again.
+    let pagemap = Pagemap::open()?;
     let scan = || written_pages(&pagemap, region.addr(), PAGES);
 
     for page in [3, 7, 11] {
@@ -118,64 +117,12 @@ fn async_dirty_tracking() -> Result<()> {
     Ok(())
 }
 
-// PAGEMAP_SCAN (Linux 6.7, include/uapi/linux/fs.h). hugepage::pagemap scans for huge pages
-// only; the write-protect form is written out here.
-const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
-const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
-const PAGE_IS_WRITTEN: u64 = 1 << 1;
-
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-struct PageRegion {
-    start: u64,
-    end: u64,
-    categories: u64,
-}
-
-#[repr(C)]
-#[derive(Debug, Default)]
-struct PmScanArg {
-    size: u64,
-    flags: u64,
-    start: u64,
-    end: u64,
-    walk_end: u64,
-    vec: u64,
-    vec_len: u64,
-    max_pages: u64,
-    category_inverted: u64,
-    category_mask: u64,
-    category_anyof_mask: u64,
-    return_mask: u64,
-}
-
-nix::ioctl_readwrite!(pagemap_scan, b'f', 16, PmScanArg);
-
 /// The pages of `start..` written since the last scan, write-protecting them again.
-fn written_pages(pagemap: &File, start: u64, pages: usize) -> Result<Vec<usize>> {
-    let mut regions = [PageRegion::default(); 16];
-    let mut arg = PmScanArg {
-        size: std::mem::size_of::<PmScanArg>() as u64,
-        flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-        start,
-        end: start + (pages * PAGE) as u64,
-        vec: regions.as_mut_ptr() as u64,
-        vec_len: regions.len() as u64,
-        category_mask: PAGE_IS_WRITTEN,
-        return_mask: PAGE_IS_WRITTEN,
-        ..PmScanArg::default()
-    };
-    // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points to `regions`, writable for
-    // `vec_len` entries during the call; the kernel walks only our own page tables.
-    let found = unsafe { pagemap_scan(pagemap.as_raw_fd(), &mut arg) }.context("PAGEMAP_SCAN")?;
-    ensure!(
-        arg.walk_end == arg.end,
-        "the scan stopped early (more than 16 runs)"
-    );
-    let runs = &regions[..usize::try_from(found)?];
+fn written_pages(pagemap: &Pagemap, start: u64, pages: usize) -> Result<Vec<usize>> {
+    let runs = pagemap.take_written(start, (pages * PAGE) as u64)?;
     Ok(runs
         .iter()
-        .flat_map(|r| (r.start..r.end).step_by(PAGE))
+        .flat_map(|&(run, len)| (run..run + len).step_by(PAGE))
         .map(|addr| ((addr - start) / PAGE as u64) as usize)
         .collect())
 }

@@ -17,7 +17,8 @@
 //! - `gathered` / `runs` (private): which pages a unit holds; placing runs around present pages.
 //! - [`chunks`]: cutting chunks at unit boundaries; chunk orders for the bench and tests.
 //! - [`pool`]: hugetlb pools: availability, growing them, the sysctl to fix them.
-//! - [`smaps`], [`pagemap`]: how the kernel really maps a range (AnonHugePages, PAGEMAP_SCAN).
+//! - [`smaps`], [`pagemap`]: how the kernel really maps a range (AnonHugePages, PAGEMAP_SCAN;
+//!   `pagemap` is [`uffd_core::pagemap`], re-exported here).
 //! - [`pattern`]: a deterministic image to assemble and verify.
 //! - [`bench`](mod@bench), [`status`], [`cli`]: what the `hugepage` binary runs.
 //!
@@ -65,7 +66,7 @@ mod gathered;
 pub mod hugetlb;
 pub mod memory;
 mod moves;
-pub mod pagemap;
+pub use uffd_core::pagemap;
 pub mod pattern;
 pub mod pool;
 mod runs;

@@ -385,8 +385,8 @@ impl Memory {
             } else {
                 crate::thp::collapse_placed(&self.inner.pagemap, start, unit)
             };
-            if let Err(errno) = collapsed {
-                tracing::debug!(unit = i, %errno, "final MADV_COLLAPSE failed");
+            if let Err(err) = collapsed {
+                tracing::debug!(unit = i, %err, "final collapse failed");
             }
             if collapsed.is_ok() {
                 huge += 1;

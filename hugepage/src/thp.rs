@@ -45,10 +45,9 @@
 //! milliseconds for the same reason; the pager does that between frames, outside its events
 //! lock ([`crate::Assembler::prepare_spare`]), so the fault handler never waits for it.
 
-use nix::errno::Errno;
 use nix::sys::mman::MmapAdvise;
 use uffd_core::place::{self, Outcome, PlaceError, Stop};
-use uffd_core::region::{Region, RegionError, HUGE_2M};
+use uffd_core::region::{advise_range, Advice, AdviseError, Region, RegionError, HUGE_2M};
 use uffd_core::{PageBitmap, Userfaultfd};
 
 use crate::backing::PAGE;
@@ -120,7 +119,7 @@ impl ThpStage {
             // page is private and holds nothing. Last resort: MADV_COLLAPSE holds the mmap
             // lock for writing, and every fault of the process waits for it.
             self.collapses += 1;
-            self.huge = collapse(self.addr(), UNIT).is_ok()
+            self.huge = advise_range(self.addr(), UNIT, Advice::Collapse).is_ok()
                 && pagemap.is_huge(self.addr(), UNIT).unwrap_or(false);
             tracing::debug!(huge = self.huge, "staging page was not a THP; collapsed");
         }
@@ -162,16 +161,6 @@ impl ThpStage {
     }
 }
 
-/// `madvise(MADV_COLLAPSE)` over `addr..addr+len`.
-pub(crate) fn collapse(addr: u64, len: u64) -> std::result::Result<(), Errno> {
-    let len = usize::try_from(len).map_err(|_| Errno::EINVAL)?;
-    // SAFETY: MADV_COLLAPSE never changes the content of the range or unmaps it: it copies
-    // the present pages into a new huge page and swaps the mapping under the mmap lock; an
-    // unmapped or unsuitable range is refused with an error.
-    let ret = unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_COLLAPSE) };
-    Errno::result(ret).map(drop)
-}
-
 /// Collapses the placed unit at `addr..addr+len` (every page present) into a THP.
 ///
 /// First, every page of it that maps the shared zero page gets a private zeroed page instead:
@@ -186,24 +175,21 @@ pub(crate) fn collapse_placed(
     pagemap: &Pagemap,
     addr: u64,
     len: u64,
-) -> std::result::Result<(), Errno> {
+) -> std::result::Result<(), AdviseError> {
     for (start, bytes) in pagemap.zero_page_runs(addr, len).unwrap_or_default() {
-        let bytes = usize::try_from(bytes).map_err(|_| Errno::EINVAL)?;
-        // SAFETY: the run lies in the region and maps the zero page, so it is present: the
-        // write faults only replace the zero page by private zeroed pages (no userfault, no
-        // content change). It cannot have become none since the scan while a placement holds
-        // the events lock for reading: an MADV_DONTNEED zaps only after its REMOVE event is
-        // read, which waits for that lock; after a munmap or mremap no mapping is left there
-        // and the advice fails (ENOMEM), which is only logged. (The final pass,
+        // The run lies in the region and maps the zero page, so it is present: the write
+        // faults only replace the zero page by private zeroed pages (no userfault, no content
+        // change). It cannot have become none since the scan while a placement holds the
+        // events lock for reading: an MADV_DONTNEED zaps only after its REMOVE event is read,
+        // which waits for that lock; after a munmap or mremap no mapping is left there and the
+        // advice fails (ENOMEM), which is only logged. (The final pass,
         // `Memory::collapse_remaining`, holds no lock: a page zapped there is a plain
         // userfault that the fault handler resolves.)
-        let ret =
-            unsafe { libc::madvise(start as *mut libc::c_void, bytes, libc::MADV_POPULATE_WRITE) };
-        if let Err(errno) = Errno::result(ret) {
-            tracing::debug!(start, %errno, "MADV_POPULATE_WRITE of zero pages failed");
+        if let Err(err) = advise_range(start, bytes, Advice::PopulateWrite) {
+            tracing::debug!(%err, "MADV_POPULATE_WRITE of zero pages failed");
         }
     }
-    collapse(addr, len)
+    advise_range(addr, len, Advice::Collapse)
 }
 
 /// Places one complete unit at `dst` (where its pages are now) from `stage`. `have` holds
@@ -312,8 +298,8 @@ pub(crate) fn place(
             if stage.ready {
                 stage.discard()?;
             }
-            if let Err(errno) = collapse_placed(pagemap, dst, UNIT) {
-                tracing::debug!(dst, %errno, "MADV_COLLAPSE failed: the unit stays 4K-mapped");
+            if let Err(err) = collapse_placed(pagemap, dst, UNIT) {
+                tracing::debug!(%err, "the unit stays 4K-mapped");
                 out.not_huge = true;
             }
         }

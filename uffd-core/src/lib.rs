@@ -8,10 +8,13 @@
 //!
 //! # Layout
 //! - [`sys`]: the raw ioctls, and the only `ioctl(2)` calls (COPY, ZEROPAGE, CONTINUE, MOVE,
-//!   POISON, WAKE, API).
+//!   POISON, WAKE, API; USERFAULTFD_IOC_NEW on `/dev/userfaultfd`; PAGEMAP_SCAN on
+//!   `/proc/self/pagemap`).
 //! - [`uffd`]: the descriptor: creation, UFFDIO_API, registration, reading fault and event
 //!   messages.
 //! - [`region`]: mappings that own their `munmap`.
+//! - [`pagemap`]: PAGEMAP_SCAN: which pages are huge or the zero page; async write-protect
+//!   dirty tracking.
 //! - [`place`]: placement with outcomes as values (`Placed`, `AlreadyPresent`, `Retry`, `Gone`).
 //! - [`proto`]: the versioned wire protocol (frames, strict decoder); see `docs/protocol.md`.
 //! - [`wire`]: endpoints, connections, framed reading and writing.
@@ -25,6 +28,7 @@
 pub mod bitmap;
 pub mod cpu;
 pub mod handler;
+pub mod pagemap;
 pub mod place;
 pub mod probe;
 pub mod proto;
@@ -35,6 +39,7 @@ pub mod uffd;
 pub mod wire;
 
 pub use bitmap::PageBitmap;
+pub use pagemap::Pagemap;
 pub use place::{Filled, Outcome, PlaceError, Source};
 pub use probe::{probe, Probe};
 pub use proto::{Frame, Limits, ProtoError};

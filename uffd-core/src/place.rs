@@ -50,10 +50,29 @@ pub enum Op {
     Poison,
 }
 
+impl Op {
+    /// The ioctl's name as the uapi header spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Copy => "UFFDIO_COPY",
+            Op::Zeropage => "UFFDIO_ZEROPAGE",
+            Op::Continue => "UFFDIO_CONTINUE",
+            Op::Move => "UFFDIO_MOVE",
+            Op::Poison => "UFFDIO_POISON",
+        }
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A placement that failed for a reason a pager cannot handle (bad range, wrong mapping type,
 /// out of memory).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("UFFDIO_{op:?} of {len} bytes at {dst:#x} failed: {errno}")]
+#[error("{op} of {len} bytes at {dst:#x} failed: {errno}")]
 pub struct PlaceError {
     /// The ioctl.
     pub op: Op,
@@ -282,5 +301,8 @@ mod tests {
         // Address 0 is never registered.
         let err = copy(&uffd, 0, &vec![0u8; page_size()], true).expect_err("EINVAL/ENOENT");
         assert_eq!(err.op, Op::Copy);
+        // The message names the ioctl as the uapi header and the man pages spell it.
+        let expected = format!("UFFDIO_COPY of {} bytes at 0x0 failed: ", page_size());
+        assert!(err.to_string().starts_with(&expected), "{err}");
     }
 }

@@ -98,6 +98,7 @@ pub fn probe() -> Probe {
             let how = match uffd.origin() {
                 Origin::Device => "/dev/userfaultfd",
                 Origin::Syscall => "userfaultfd(2) syscall",
+                Origin::Received => "a descriptor handed over",
             };
             (
                 Ok(how.to_string()),

@@ -1,13 +1,20 @@
 //! The raw userfaultfd ioctls: the only place in the workspace that talks to the kernel's
 //! `ioctl(2)` interface directly.
 //!
-//! The `userfaultfd` crate creates the descriptor, registers ranges and decodes messages. The
+//! The `userfaultfd` crate registers ranges and decodes messages. The
 //! placement ioctls live here instead because the crate lacks `UFFDIO_MOVE` and `UFFDIO_POISON`
 //! and reports a kernel `EAGAIN` from `UFFDIO_COPY` as `PartiallyCopied(huge number)` (the
 //! kernel writes `-EAGAIN` into the `copy` field). Each wrapper returns the raw kernel answer:
 //! the `errno` and the progress field, so that [`crate::place`] can turn them into outcomes.
 //!
 //! Layouts follow `include/uapi/linux/userfaultfd.h` (Linux 6.8 for MOVE, 6.6 for POISON).
+//!
+//! Two ioctls on other files live here too, so that this stays the only place:
+//! USERFAULTFD_IOC_NEW on `/dev/userfaultfd`, which creates a descriptor (with flags the crate
+//! does not offer, such as `UFFD_USER_MODE_ONLY`), and `PAGEMAP_SCAN` on `/proc/<pid>/pagemap`
+//! (`include/uapi/linux/fs.h`, Linux 6.7), which reads what the kernel recorded for a range of
+//! pages (present, huge, written since write-protected...) and, for async write-protect, arms
+//! the protection again; [`crate::pagemap`] wraps it.
 
 use std::os::fd::RawFd;
 
@@ -49,8 +56,53 @@ pub struct uffdio_poison {
     pub updated: i64,
 }
 
+/// `struct page_region` (include/uapi/linux/fs.h, Linux 6.7): a run of pages that share the
+/// categories PAGEMAP_SCAN reports.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct page_region {
+    /// Start of the run.
+    pub start: u64,
+    /// End of the run (exclusive).
+    pub end: u64,
+    /// `PAGE_IS_*` bits of the run (only those asked for in `return_mask`).
+    pub categories: u64,
+}
+
+/// `struct pm_scan_arg` (include/uapi/linux/fs.h, Linux 6.7).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct pm_scan_arg {
+    /// `size_of::<pm_scan_arg>()`: the version of the structure.
+    pub size: u64,
+    /// `PM_SCAN_*` bits.
+    pub flags: u64,
+    /// Start of the range to walk.
+    pub start: u64,
+    /// End of the range (exclusive).
+    pub end: u64,
+    /// Out: where the walk stopped (`end` when it covered the whole range).
+    pub walk_end: u64,
+    /// Address of the `page_region` array the kernel fills.
+    pub vec: u64,
+    /// Entries in that array.
+    pub vec_len: u64,
+    /// Stop after reporting this many pages (0: no limit).
+    pub max_pages: u64,
+    /// Categories that match when clear rather than set.
+    pub category_inverted: u64,
+    /// A page is reported only if it matches all of these...
+    pub category_mask: u64,
+    /// ...and at least one of these (0: no such condition).
+    pub category_anyof_mask: u64,
+    /// Categories written into each reported run.
+    pub return_mask: u64,
+}
+
 const _: () = assert!(std::mem::size_of::<uffdio_move>() == 40);
 const _: () = assert!(std::mem::size_of::<uffdio_poison>() == 32);
+const _: () = assert!(std::mem::size_of::<page_region>() == 24);
+const _: () = assert!(std::mem::size_of::<pm_scan_arg>() == 96);
 
 #[cfg(test)]
 mod tests {
@@ -66,6 +118,10 @@ mod tests {
         assert_eq!(nix::request_code_readwrite!(UFFDIO, 0x07, 32), 0xC020_AA07);
         assert_eq!(nix::request_code_readwrite!(UFFDIO, 0x08, 32), 0xC020_AA08);
         assert_eq!(nix::request_code_read!(UFFDIO, 0x02, 16), 0x8010_AA02);
+        // USERFAULTFD_IOC_NEW on /dev/userfaultfd: _IO(0xAA, 0x00).
+        assert_eq!(nix::request_code_none!(UFFDIO, 0x00), 0xAA00);
+        // PAGEMAP_SCAN: _IOWR('f', 16, struct pm_scan_arg) in include/uapi/linux/fs.h.
+        assert_eq!(nix::request_code_readwrite!(b'f', 16, 96), 0xC060_6610);
     }
 
     #[test]
@@ -81,6 +137,10 @@ mod tests {
         wake(uffd.raw_fd(), region.addr(), 4096).expect("UFFDIO_WAKE");
     }
 }
+
+/// `UFFD_USER_MODE_ONLY`, a creation flag (of the syscall and of USERFAULTFD_IOC_NEW): handle
+/// only faults of user-mode accesses.
+pub const USER_MODE_ONLY: i32 = 1;
 
 /// Do not wake the threads waiting on the range (COPY, ZEROPAGE, CONTINUE, MOVE, POISON).
 pub const MODE_DONTWAKE: u64 = 1;
@@ -198,6 +258,10 @@ mod ioctls {
     // UFFDIO_WAKE is declared _IOR in the uapi header (0x8010AA02), although the kernel
     // only reads the range: the direction bits must match or the ioctl is EINVAL.
     nix::ioctl_read!(wake, UFFDIO, 0x02, uffdio_range);
+    nix::ioctl_readwrite!(pagemap_scan, b'f', 16, pm_scan_arg);
+    // USERFAULTFD_IOC_NEW is `_IO(0xAA, 0x00)`: no argument structure, the open flags are
+    // passed as the integer argument itself.
+    nix::ioctl_write_int_bad!(ioc_new, nix::request_code_none!(UFFDIO, 0x00));
 }
 
 /// The answer of a range ioctl: the kernel's errno (if any) and its progress field.
@@ -207,6 +271,14 @@ pub struct RangeAnswer {
     pub result: Result<(), Errno>,
     /// The progress field: bytes done, or a negative errno written by the kernel.
     pub progress: i64,
+}
+
+/// USERFAULTFD_IOC_NEW (Linux 6.1) on `dev`, an open `/dev/userfaultfd`: a new userfaultfd
+/// created with `flags` (`O_CLOEXEC`, `O_NONBLOCK`, [`USER_MODE_ONLY`]), which the caller owns.
+pub fn ioc_new(dev: RawFd, flags: i32) -> Result<RawFd, Errno> {
+    // SAFETY: the request takes the flags as a plain integer argument (no memory is passed)
+    // and returns a new descriptor or an error.
+    unsafe { ioctls::ioc_new(dev, flags) }
 }
 
 /// UFFDIO_API: handshake on a new descriptor, asking for `features`. Returns the structure
@@ -329,4 +401,23 @@ pub fn wake(fd: RawFd, start: u64, len: u64) -> Result<(), Errno> {
     let mut arg = uffdio_range { start, len };
     // SAFETY: `arg` is a valid `uffdio_range` that the kernel only reads.
     unsafe { ioctls::wake(fd, &mut arg) }.map(drop)
+}
+
+/// PAGEMAP_SCAN on `fd`, an open `/proc/<pid>/pagemap`: walks `arg.start..arg.end` as `arg`
+/// asks, writes the runs found into `out` and returns how many it wrote. The walk stops early
+/// when `out` is full (or `max_pages` is reached): `arg.walk_end` says where. `size`, `vec` and
+/// `vec_len` are set here from `out`.
+pub fn pagemap_scan(
+    fd: RawFd,
+    arg: &mut pm_scan_arg,
+    out: &mut [page_region],
+) -> Result<usize, Errno> {
+    arg.size = std::mem::size_of::<pm_scan_arg>() as u64;
+    arg.vec = out.as_mut_ptr() as u64;
+    arg.vec_len = out.len() as u64;
+    // SAFETY: `arg` is a valid `pm_scan_arg` whose `vec` points to `out`, exclusively borrowed
+    // and writable for `vec_len` entries for the whole call; the kernel writes only `arg` and
+    // those entries (it walks page tables, it never changes page content).
+    let filled = unsafe { ioctls::pagemap_scan(fd, arg) }?;
+    Ok(usize::try_from(filled).unwrap_or(0).min(out.len()))
 }
