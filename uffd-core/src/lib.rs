@@ -17,6 +17,8 @@
 //! - [`wire`]: endpoints, connections, framed reading and writing.
 //! - [`bitmap`]: lock-free page bitmaps (received, requested, sent).
 //! - [`stats`]: latency histograms.
+//! - [`repeat`]: repeated log events told as one summary line per period.
+//! - [`synthetic`]: synthetic images, generated page by page from `(seed, index)`.
 //! - [`probe`](mod@probe): what the kernel and the process allow.
 //! - [`cpu`]: CPU affinity (for measurements) and real-time scheduling for the urgent path.
 
@@ -26,7 +28,9 @@ pub mod place;
 pub mod probe;
 pub mod proto;
 pub mod region;
+pub mod repeat;
 pub mod stats;
+pub mod synthetic;
 pub mod sys;
 pub mod uffd;
 pub mod wire;
@@ -37,6 +41,7 @@ pub use probe::{probe, Probe};
 pub use proto::{Frame, Limits, ProtoError};
 pub use region::{page_size, Region};
 pub use stats::{Latency, Summary};
+pub use synthetic::Synthetic;
 pub use uffd::{Event, Modes, Userfaultfd};
 pub use wire::{
     BatchReader, Conn, Endpoint, FrameBatch, FrameReader, FrameWriter, Listener, WireError,
