@@ -9,10 +9,12 @@
 //!   `fault-client run --workload none` against it (the background stream alone fills the
 //!   region); the client's `elapsed_s` and its CPU time, the server's peak RSS.
 //!
-//! **Sessions.** One `page-server --synthetic IMAGE`; for each N, N `fault-client run
-//! --workload none --verify` processes at once; aggregate throughput (N x image / wall time
-//! until the last exits), per-session throughput, the server's threads (most seen while the
-//! clients ran) and peak RSS, and whether every client verified.
+//! **Sessions.** One `page-server --synthetic IMAGE`; for each N, `rounds` batches of N
+//! `fault-client run --workload none --verify` processes at once: aggregate throughput
+//! (N x image / wall time from the first spawn to the last exit, process start-up and exit
+//! included), per-session throughput (image / the client's own `elapsed_s`), the server's
+//! threads (most seen while the clients ran), its peak RSS so far (VmHWM), and whether every
+//! client verified.
 //!
 //! Binaries are taken from the directory of this bench's executable's parent (build them
 //! first: `cargo build --release -p page-server -p fault-client`). `scripts/scale-bench.sh`
@@ -102,20 +104,22 @@ fn meminfo(field: &str) -> Option<u64> {
     kib_field(&text, field)
 }
 
+/// A field of /proc/meminfo or /proc/PID/status: a number, in bytes if given in kB.
 fn kib_field(text: &str, field: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(field))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib << 10)
+    let mut words = line.split_whitespace().skip(1);
+    let n: u64 = words.next()?.parse().ok()?;
+    Some(if words.next() == Some("kB") {
+        n << 10
+    } else {
+        n
+    })
 }
 
-/// A field of /proc/PID/status (kB fields in bytes, others as they are).
+/// A field of /proc/PID/status.
 fn status(pid: u32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    if let Some(v) = kib_field(&text, field) {
-        return Some(v);
-    }
-    let line = text.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    kib_field(&text, field)
 }
 
 /// A page-server child, killed on drop.
@@ -291,58 +295,89 @@ fn sizes(bin: &Path, args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// One batch of `n` concurrent clients.
+struct Batch {
+    /// N x image / wall time from the first spawn to the last exit.
+    aggregate: f64,
+    /// Median of image / the client's own `elapsed_s`.
+    per_session: f64,
+    /// Most server threads seen while the clients ran.
+    threads: u64,
+    verified: bool,
+}
+
+fn batch(bin: &Path, server: &ServerProc, n: usize, image_mib: f64) -> Result<Batch> {
+    let started = Instant::now();
+    let children: Vec<Child> = (0..n)
+        .map(|_| spawn_client(bin, &server.addr, true))
+        .collect::<Result<_>>()?;
+    let pid = server.pid();
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !done.load(Ordering::Acquire) {
+                most = most.max(status(pid, "Threads:").unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            most
+        })
+    };
+    let runs: Result<Vec<ClientRun>> = children
+        .into_iter()
+        .map(|c| finish_client(c, started))
+        .collect();
+    done.store(true, Ordering::Release);
+    let threads = sampler.join().unwrap_or(0);
+    let runs = runs?;
+    let wall = runs.iter().map(|r| r.wall).max().unwrap_or_default();
+    Ok(Batch {
+        aggregate: image_mib * n as f64 / wall.as_secs_f64(),
+        per_session: median(runs.iter().map(|r| image_mib / r.elapsed_s).collect()),
+        threads,
+        verified: runs.iter().all(|r| r.verified == Some(true)),
+    })
+}
+
 fn sessions(bin: &Path, args: &Args) -> Result<()> {
     let image = &args.session_image;
     let server = ServerProc::start(bin, &["--synthetic", image, "--max-sessions", "1024"])?;
-    let image_bytes = parse_size(image)?;
+    let image_mib = parse_size(image)? as f64 / f64::from(1 << 20);
     println!();
-    println!("## throughput against concurrent sessions ({image} synthetic image each, verified)");
+    println!(
+        "## throughput against concurrent sessions ({image} synthetic image each, verified; \
+         medians of {} rounds)",
+        args.rounds
+    );
     println!();
-    println!("| sessions | aggregate MiB/s | per session MiB/s (median) | aggregate / one session | server threads (most) | server peak RSS MiB | all verified |");
+    println!("| sessions | aggregate MiB/s | per session MiB/s | aggregate / one session | server threads (most) | server peak RSS MiB | all verified |");
     println!("|---|---|---|---|---|---|---|");
     let mut one = None;
     for &n in &args.sessions {
-        let started = Instant::now();
-        let children: Vec<Child> = (0..n)
-            .map(|_| spawn_client(bin, &server.addr, true))
+        let batches: Vec<Batch> = (0..args.rounds)
+            .map(|_| batch(bin, &server, n, image_mib))
             .collect::<Result<_>>()?;
-        // Sample the server's threads while the clients run.
-        let pid = server.pid();
-        let done = Arc::new(AtomicBool::new(false));
-        let sampler = {
-            let done = Arc::clone(&done);
-            std::thread::spawn(move || {
-                let mut most = 0;
-                while !done.load(Ordering::Acquire) {
-                    most = most.max(status(pid, "Threads:").unwrap_or(0));
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                most
-            })
-        };
-        let runs: Result<Vec<ClientRun>> = children
-            .into_iter()
-            .map(|c| finish_client(c, started))
-            .collect();
-        done.store(true, Ordering::Release);
-        let runs = runs?;
-        let wall = runs
-            .iter()
-            .map(|r| r.wall)
-            .max()
-            .unwrap_or_default()
-            .as_secs_f64();
-        let threads = sampler.join().unwrap_or(0);
-        let mib = image_bytes as f64 / f64::from(1 << 20);
-        let aggregate = mib * n as f64 / wall;
-        let per = median(runs.iter().map(|r| mib / r.elapsed_s).collect());
+        let aggregate = median(batches.iter().map(|b| b.aggregate).collect());
+        eprintln!(
+            "{n} sessions: aggregate {:?} MiB/s",
+            batches
+                .iter()
+                .map(|b| b.aggregate.round())
+                .collect::<Vec<_>>()
+        );
         let one_session = *one.get_or_insert(aggregate);
-        let verified = runs.iter().all(|r| r.verified == Some(true));
         println!(
-            "| {n} | {aggregate:.0} | {per:.0} | {:.2} | {threads} | {:.0} | {} |",
+            "| {n} | {aggregate:.0} | {:.0} | {:.2} | {} | {:.0} | {} |",
+            median(batches.iter().map(|b| b.per_session).collect()),
             aggregate / one_session,
-            status(pid, "VmHWM:").unwrap_or(0) as f64 / f64::from(1 << 20),
-            if verified { "yes" } else { "NO" },
+            batches.iter().map(|b| b.threads).max().unwrap_or(0),
+            status(server.pid(), "VmHWM:").unwrap_or(0) as f64 / f64::from(1 << 20),
+            if batches.iter().all(|b| b.verified) {
+                "yes"
+            } else {
+                "NO"
+            },
         );
     }
     Ok(())

@@ -10,4 +10,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p page-server -p fault-client
 cargo bench --bench scale --no-run
-exec flock /tmp/uffd-bench.lock cargo bench --bench scale -- "$@"
+# -o: the lock stays with flock, not with the page-servers the bench starts.
+exec flock -o /tmp/uffd-bench.lock cargo bench --bench scale -- "$@"
