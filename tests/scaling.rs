@@ -14,6 +14,27 @@ use fault_client::client::{Client, ClientOptions};
 use fault_client::{RunConfig, Workload};
 use uffd_core::Synthetic;
 
+/// Waits for the run of `client` to fail, at most `limit` after `since`; returns the error
+/// and the reconnections made.
+fn failure_within(client: Client, since: Instant, limit: Duration) -> (String, u64) {
+    let pager = Arc::clone(client.pager());
+    let reconnects = || pager.counters.reconnects.load(Ordering::Relaxed);
+    let waiter = std::thread::spawn(move || client.wait_complete());
+    while !waiter.is_finished() {
+        assert!(
+            since.elapsed() < limit,
+            "the client did not stop within {limit:?} ({} reconnects so far)",
+            reconnects()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = waiter
+        .join()
+        .expect("waiter")
+        .expect_err("the run must fail");
+    (err.to_string(), reconnects())
+}
+
 fn page_of(client: &Client, p: u64) -> Vec<u8> {
     client.touch(p);
     let addr = client.pager().page_addr(p) as *const u8;
@@ -43,27 +64,11 @@ fn truncated_image_file_ends_the_session_with_the_reason_and_the_server_serves_o
         .open(&path)
         .and_then(|f| f.set_len(new_len))
         .expect("truncate");
-    let truncated = Instant::now();
-    let pager = Arc::clone(client.pager());
-    let waiter = std::thread::spawn(move || client.wait_complete());
-    while !waiter.is_finished() {
-        assert!(
-            truncated.elapsed() < Duration::from_secs(15),
-            "the client did not stop within 15 s of the truncation ({} reconnects so far)",
-            pager.counters.reconnects.load(Ordering::Relaxed)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let err = waiter
-        .join()
-        .expect("waiter")
-        .expect_err("the run must fail");
-    let message = err.to_string();
+    let (message, reconnects) = failure_within(client, Instant::now(), Duration::from_secs(15));
     assert!(
         message.contains("SourceFailed") && message.contains("shrank"),
         "the error must say the image file shrank: {message}"
     );
-    let reconnects = pager.counters.reconnects.load(Ordering::Relaxed);
     assert!(reconnects <= 3, "a reconnect loop: {reconnects} reconnects");
     // The server still serves: another session gets pages below the new end, right.
     let mut options = ClientOptions::new(server.endpoint.clone());
@@ -152,5 +157,55 @@ fn many_concurrent_sessions_all_verify_from_a_server_smaller_than_one_image() {
         "the server held {} MiB serving {SESSIONS} sessions of a {} MiB image",
         most_rss >> 20,
         IMAGE >> 20
+    );
+}
+
+/// A server that completes every handshake and then closes the connection at once, without
+/// sending a page: every reconnection "works" and brings nothing.
+fn welcome_then_close(listener: std::net::TcpListener) {
+    use std::io::{Read, Write};
+    use uffd_core::proto::{self, Welcome};
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { return };
+        // The hello (and a resuming client's have frames): whatever arrives within 50 ms.
+        let _ = conn.set_read_timeout(Some(Duration::from_millis(50)));
+        let mut sink = [0u8; 4096];
+        while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+        let mut frame = bytes::BytesMut::new();
+        uffd_core::Frame::Welcome(Welcome {
+            version: proto::VERSION,
+            flags: 0,
+            session: 7,
+            image_size: 1 << 20,
+            page_size: PAGE as u32,
+            image_id: 42,
+        })
+        .encode(&mut frame);
+        let _ = conn.write_all(&frame);
+    }
+}
+
+#[test]
+fn a_link_that_brings_no_page_backs_off_and_gives_up_after_the_reconnect_timeout() {
+    if !have_uffd() {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || welcome_then_close(listener));
+    let mut options = ClientOptions::new(endpoint.parse().expect("endpoint"));
+    options.reconnect_timeout = Duration::from_secs(2);
+    let started = Instant::now();
+    let client = Client::open(&options).expect("client");
+    let (message, reconnects) = failure_within(client, started, Duration::from_secs(15));
+    assert!(
+        message.contains("no new page for 2s"),
+        "the error must say no page came: {message}"
+    );
+    // Back-off: 20 ms doubling to 1 s, so a handful of reconnections in 2 s, not thousands.
+    assert!(
+        (2..=15).contains(&reconnects),
+        "{reconnects} reconnects in {:?}",
+        started.elapsed()
     );
 }
