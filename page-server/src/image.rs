@@ -34,6 +34,9 @@ pub enum ImageError {
     /// A zero fraction outside 0..=1.
     #[error("zero fraction {0} is not between 0 and 1")]
     ZeroFraction(f64),
+    /// Larger than a session may serve.
+    #[error("an image of {0} bytes is larger than the protocol's limit of 64 TiB")]
+    TooLarge(u64),
     /// A synthetic image with a bad page size.
     #[error("{0}")]
     Synthetic(SyntheticError),
@@ -106,6 +109,9 @@ impl Image {
         if len == 0 {
             return Err(ImageError::Empty);
         }
+        if len > uffd_core::proto::MAX_IMAGE {
+            return Err(ImageError::TooLarge(len));
+        }
         let pages = usize::try_from(len.div_ceil(page_size)).unwrap_or(usize::MAX);
         let zero = PageBitmap::new(pages);
         let mut checksums = vec![0u64; pages];
@@ -159,6 +165,9 @@ impl Image {
     /// probability `zero_fraction`, else pseudo-random bytes, decided and generated from
     /// `(seed, i)` when the page is sent.
     pub fn synthetic(len: u64, seed: u64, zero_fraction: f64, page_size: u64) -> Result<Image> {
+        if len > uffd_core::proto::MAX_IMAGE {
+            return Err(ImageError::TooLarge(len));
+        }
         let synthetic =
             Synthetic::new(len, seed, zero_fraction, page_size).map_err(|err| match err {
                 SyntheticError::Empty => ImageError::Empty,
@@ -432,6 +441,11 @@ mod tests {
             Image::synthetic(4096, 1, 1.5, 4096),
             Err(ImageError::ZeroFraction(_))
         ));
+        assert!(matches!(
+            Image::synthetic((64 << 40) + 1, 1, 0.0, 4096),
+            Err(ImageError::TooLarge(_))
+        ));
+        assert!(Image::synthetic(64 << 40, 1, 0.0, 4096).is_ok());
         assert!(matches!(
             Image::from_file(Path::new("/nonexistent/image"), 4096),
             Err(ImageError::Open { .. })
