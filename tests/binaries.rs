@@ -2,8 +2,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -12,36 +11,7 @@ use common::binary;
 /// These tests count processes: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-struct Server(Child, String);
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(binary("page-server"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn page-server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("first line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .expect("listening line")
-            .to_string();
-        Server(child, addr)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::ServerProcess as Server;
 
 #[test]
 fn run_json_has_the_documented_keys() {

@@ -94,7 +94,7 @@ fn page_bytes(client: &Client, p: u64) -> &[u8] {
 }
 
 fn is_image_page(client: &Client, image: &Image, p: u64) -> bool {
-    page_bytes(client, p) == image.slice(p * PAGE, PAGE)
+    page_bytes(client, p) == image.bytes(p * PAGE, PAGE).expect("image bytes")
 }
 
 /// The pages of the image that differ from it in the client's region (all are read).
@@ -707,11 +707,16 @@ fn fork_case(background: bool) {
         .filter(|&&p| !pager.received.get(p as usize))
         .count();
     assert!(missing_at_fork > 0, "the child must find missing pages");
+    let expected: Vec<Vec<u8>> = child_pages
+        .iter()
+        .map(|&p| server.image.bytes(p * PAGE, PAGE).expect("image bytes"))
+        .collect();
     let checks: Vec<Check> = child_pages
         .iter()
-        .map(|&p| Check {
+        .zip(&expected)
+        .map(|(&p, bytes)| Check {
             addr: pager.page_addr(p) as *const u8,
-            expected: server.image.slice(p * PAGE, PAGE).as_ptr(),
+            expected: bytes.as_ptr(),
         })
         .collect();
     let status = fork_and_check(&checks, Duration::from_secs(30));

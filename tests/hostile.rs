@@ -477,7 +477,10 @@ fn fault_client_across_idle_timeouts() {
         let addr = client.pager().page_addr(p) as *const u8;
         // SAFETY: page `p` is present (just touched) in the client's region, which lives as
         // long as the client; nothing writes it.
-        unsafe { std::slice::from_raw_parts(addr, PAGE as usize) == image.slice(p * PAGE, PAGE) }
+        unsafe {
+            std::slice::from_raw_parts(addr, PAGE as usize)
+                == image.bytes(p * PAGE, PAGE).expect("image bytes")
+        }
     };
     // On demand only, silent for ten idle timeouts between two faults: never cut.
     let mut options = ClientOptions::new(server.endpoint.clone());

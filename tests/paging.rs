@@ -104,7 +104,7 @@ fn unaligned_image_dumps_byte_for_byte() {
     std::fs::remove_file(&dump).expect("rm dump");
     assert_eq!(bytes.len() as u64, len);
     assert!(
-        bytes == server.image.slice(0, len),
+        bytes == server.image.bytes(0, len).expect("image bytes"),
         "dump differs from the image"
     );
 }

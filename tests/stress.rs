@@ -110,7 +110,7 @@ fn stress(image_bytes: u64, threads: usize, run_for: Duration, drop_every: u64) 
         let ok = if pager.discarded.get(p as usize) {
             bytes.iter().all(|&b| b == 0)
         } else {
-            bytes == server.image.slice(p * PAGE, PAGE)
+            bytes == server.image.bytes(p * PAGE, PAGE).expect("image bytes")
         };
         if !ok {
             wrong += 1;

@@ -96,8 +96,9 @@ pub struct RunArgs {
     /// Do not open the background stream: pages arrive only when faulted.
     #[arg(long)]
     pub no_background: bool,
-    /// At the end, check every page against the server's checksums (touching the rest, so
-    /// the whole image arrives).
+    /// At the end, check every page against the server's checksums, or, for a synthetic
+    /// image, against the page regenerated here from its seed (touching the rest, so the
+    /// whole image arrives).
     #[arg(long)]
     pub verify: bool,
     /// Write the final region (the image's true length) to FILE.
@@ -108,7 +109,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
     /// After a lost connection, keep reconnecting (and resume the session) for this many
-    /// seconds before giving up; 0 fails at the first loss.
+    /// seconds without a new page before giving up (a link lost again and again without a
+    /// new page is retried with back-off, and counts as no progress); 0 fails at the first
+    /// loss.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub reconnect_timeout: u64,
     /// Seed of the workload's random choices.

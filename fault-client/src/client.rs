@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use uffd_core::proto::Role;
 use uffd_core::{sys, Endpoint, Latency, Userfaultfd};
 
-use crate::connect::{connect, ConnectError, HelloParams};
+use crate::connect::{connect, ConnectError, HelloParams, Reference};
 use crate::link::LinkConfig;
 use crate::pager::{self, Pager};
 use crate::report::Report;
@@ -171,7 +171,7 @@ impl ClientOptions {
 pub struct Client {
     pager: Arc<Pager>,
     helpers: Vec<std::thread::JoinHandle<()>>,
-    checksums: Option<Vec<u64>>,
+    reference: Option<Reference>,
     image_size: u64,
 }
 
@@ -236,7 +236,7 @@ impl Client {
             None => None,
         };
         let pager = Arc::new(Pager::new(memory, uffd, image_size, trace));
-        let checksums = urgent.checksums.clone();
+        let reference = urgent.reference.clone();
         let link = crate::link::start(
             &pager,
             LinkConfig {
@@ -252,7 +252,7 @@ impl Client {
         let mut client = Client {
             pager: Arc::clone(&pager),
             helpers: vec![link],
-            checksums,
+            reference,
             image_size,
         };
         let p = Arc::clone(&pager);
@@ -409,8 +409,8 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
         let _ = pager.memory.collapse_remaining();
     }
 
-    let verified = match &client.checksums {
-        Some(sums) => Some(verify(&pager, sums)?),
+    let verified = match &client.reference {
+        Some(reference) => Some(verify(&pager, reference)?),
         None => None,
     };
     if let Some(path) = &config.dump {
@@ -434,9 +434,9 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
     Ok(report)
 }
 
-/// Touches every page (so the whole image arrives), then compares each page's checksum with
-/// the server's.
-fn verify(pager: &Pager, checksums: &[u64]) -> Result<bool, ClientError> {
+/// Touches every page (so the whole image arrives), then compares each page with the
+/// reference: the server's checksum, or the synthetic page regenerated here.
+fn verify(pager: &Pager, reference: &Reference) -> Result<bool, ClientError> {
     for index in (0..pager.pages).filter(|&i| !pager.gone.get(i as usize)) {
         // SAFETY: the address is inside the registered region; a missing page is fetched
         // on demand and this thread blocks until it is placed.
@@ -446,24 +446,39 @@ fn verify(pager: &Pager, checksums: &[u64]) -> Result<bool, ClientError> {
         }
     }
     let page = usize::try_from(pager.page).unwrap_or(4096);
-    let zero_sum = uffd_core::checksum(&vec![0u8; page]);
+    let mut expected = vec![0u8; page];
     let mut bad = 0u64;
-    for (index, &expected) in checksums.iter().enumerate() {
-        if pager.gone.get(index) {
+    for index in 0..pager.pages {
+        if pager.gone.get(index as usize) {
             continue; // unmapped by the application
         }
-        // A page the application discarded reads as zeros (see crate::events).
-        let expected = if pager.discarded.get(index) {
-            zero_sum
-        } else {
-            expected
-        };
-        let addr = pager.page_addr(index as u64) as *const u8;
+        let addr = pager.page_addr(index) as *const u8;
         // SAFETY: every page is present (touched above) and nothing writes the region now.
         let bytes = unsafe { std::slice::from_raw_parts(addr, page) };
-        if uffd_core::checksum(bytes) != expected {
+        // A page the application discarded reads as zeros (see crate::events).
+        let discarded = pager.discarded.get(index as usize);
+        let same = match reference {
+            Reference::Checksums(sums) => {
+                let sum = if discarded {
+                    expected.fill(0);
+                    uffd_core::checksum(&expected)
+                } else {
+                    sums.get(index as usize).copied().unwrap_or_default()
+                };
+                uffd_core::checksum(bytes) == sum
+            }
+            Reference::Synthetic(synthetic) => {
+                if discarded {
+                    expected.fill(0);
+                } else {
+                    synthetic.fill(index, &mut expected);
+                }
+                bytes == &expected[..]
+            }
+        };
+        if !same {
             if bad < 10 {
-                tracing::warn!("page {index} does not match the server's checksum");
+                tracing::warn!("page {index} differs from the server's image");
             }
             bad += 1;
         }

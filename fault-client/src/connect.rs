@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use uffd_core::proto::{self, ErrorCode, Hello, Role, Welcome};
-use uffd_core::{Conn, Endpoint, Frame, FrameReader, FrameWriter, Limits, WireError};
+use uffd_core::{Conn, Endpoint, Frame, FrameReader, FrameWriter, Limits, Synthetic, WireError};
 
 /// Errors while connecting.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,15 @@ pub enum ConnectError {
     /// The connection closed during the handshake.
     #[error("the page server closed the connection during the handshake")]
     Closed,
+    /// The server described a synthetic image that does not regenerate here to the image it
+    /// serves (another generator): verification against it would mean nothing.
+    #[error("the server's synthetic image (seed {seed}, zero fraction {zero_fraction}) does not match its image id")]
+    Synthetic {
+        /// Its seed.
+        seed: u64,
+        /// Its zero fraction.
+        zero_fraction: f64,
+    },
     /// The server's page size differs from ours.
     #[error("the server's page size is {server} bytes, this machine's is {local}")]
     PageSize {
@@ -53,8 +62,17 @@ pub struct Connected {
     pub reader: FrameReader<Conn>,
     /// Writes frames to the server.
     pub writer: FrameWriter<Conn>,
-    /// Per-page checksums, when asked for.
-    pub checksums: Option<Vec<u64>>,
+    /// What to verify the region against, when asked for.
+    pub reference: Option<Reference>,
+}
+
+/// What a region is verified against.
+#[derive(Debug, Clone)]
+pub enum Reference {
+    /// The server's checksum of each page.
+    Checksums(Vec<u64>),
+    /// A synthetic image, whose pages the client regenerates itself.
+    Synthetic(Synthetic),
 }
 
 /// Parameters of a hello.
@@ -112,7 +130,7 @@ fn connect_with(
             version: proto::VERSION,
             role,
             flags: if want_checksums {
-                proto::HELLO_WANT_CHECKSUMS
+                proto::HELLO_WANT_CHECKSUMS | proto::HELLO_SYNTHETIC_OK
             } else {
                 0
             } | if have.is_some() {
@@ -160,7 +178,27 @@ fn connect_with(
         });
     }
     let limits = Limits::new(welcome.image_size, page);
-    let checksums = if welcome.flags & proto::WELCOME_CHECKSUMS_FOLLOW != 0 {
+    let reference = if welcome.flags & proto::WELCOME_SYNTHETIC_FOLLOWS != 0 {
+        match reader.read_frame(&limits)? {
+            Some(Frame::Synthetic {
+                seed,
+                zero_fraction,
+            }) => {
+                let mismatch = || ConnectError::Synthetic {
+                    seed,
+                    zero_fraction,
+                };
+                let synthetic = Synthetic::new(welcome.image_size, seed, zero_fraction, page)
+                    .map_err(|_| mismatch())?;
+                if synthetic.id() != welcome.image_id {
+                    return Err(mismatch());
+                }
+                Some(Reference::Synthetic(synthetic))
+            }
+            Some(other) => return Err(ConnectError::Unexpected(other.kind())),
+            None => return Err(ConnectError::Closed),
+        }
+    } else if welcome.flags & proto::WELCOME_CHECKSUMS_FOLLOW != 0 {
         let pages = limits.pages();
         // Grown as frames arrive: the welcome's size is not trusted with a big allocation.
         let mut sums = Vec::new();
@@ -175,7 +213,7 @@ fn connect_with(
                 None => return Err(ConnectError::Closed),
             }
         }
-        Some(sums)
+        Some(Reference::Checksums(sums))
     } else {
         None
     };
@@ -187,6 +225,6 @@ fn connect_with(
         welcome,
         reader,
         writer,
-        checksums,
+        reference,
     })
 }

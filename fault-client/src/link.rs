@@ -5,9 +5,11 @@
 //! waiting on the userfaultfd); the supervisor thread reconnects with bounded back-off,
 //! resumes the session by sending its `received` bitmap (so the server sends only what is
 //! missing, including pages that were on the wire when the connection died), re-sends every
-//! request still unanswered, and starts new receivers. A different image on the other side,
-//! a refused token or the `--reconnect-timeout` running out end the run with a clear error;
-//! a faulting thread is never released onto a page that did not come from the server.
+//! request still unanswered, and starts new receivers. A link lost again and again without a
+//! new page is no progress: the supervisor backs off, and gives up once that has lasted the
+//! `--reconnect-timeout`. A different image on the other side, a refused token, a server
+//! that cannot read its image, or the timeout end the run with a clear error; a faulting
+//! thread is never released onto a page that did not come from the server.
 //!
 //! Each set of connections is a *generation*; a receiver of an old generation that fails
 //! while the supervisor replaces it does not trigger another reconnection.
@@ -18,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use uffd_core::proto::{ErrorCode, Role};
+use uffd_core::repeat::{Repeats, Tell};
 use uffd_core::{Conn, Frame, WireError};
 
 use crate::connect::{self, ConnectError, Connected, HelloParams};
@@ -142,6 +145,8 @@ fn install(
 
 fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
     let mut generation = 0;
+    let mut streak = Streak::new(pager);
+    let reconnects = Repeats::default();
     // None: the pager is stopping.
     while let Some(why) = pager.wait_lost() {
         // Shut the connections down first: the fault handler may be blocked writing a request
@@ -154,12 +159,32 @@ fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
         if config.reconnect_timeout.is_zero() {
             return pager.fail(why);
         }
-        tracing::info!("{why}; reconnecting");
-        let started = Instant::now();
-        let mut delay = Duration::from_millis(20);
+        // A link that is lost again and again without a new page is not progress: back off,
+        // and give up once that has lasted the reconnect timeout.
+        let pause = streak.lost(pager, config.reconnect_timeout);
+        if streak.hopeless(config.reconnect_timeout) {
+            return pager.fail(format!(
+                "no new page for {:?} (--reconnect-timeout): the connection to the page \
+                 server was lost {} times (last: {why})",
+                config.reconnect_timeout, streak.losses
+            ));
+        }
+        match reconnects.event() {
+            Tell::Nothing => {}
+            Tell::This => tracing::info!("{why}; reconnecting"),
+            Tell::Summary(n, period) => tracing::info!(
+                "{n} reconnects in the last {:.0} s (latest: {why})",
+                period.as_secs_f64()
+            ),
+        }
+        let mut delay = pause;
         generation += 1;
         let next = loop {
-            if pager.stopping() {
+            if !delay.is_zero() {
+                std::thread::sleep(delay);
+            }
+            // A receiver may have found the server's reason (an error frame) meanwhile.
+            if pager.stopping() || pager.fatal().is_some() {
                 return;
             }
             match reconnect(pager, config, generation) {
@@ -167,7 +192,7 @@ fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
                 Err(err) if permanent(&err) => {
                     return pager.fail(format!("recovery impossible: {err}"));
                 }
-                Err(err) if started.elapsed() >= config.reconnect_timeout => {
+                Err(err) if streak.hopeless(config.reconnect_timeout) => {
                     return pager.fail(format!(
                         "lost the page server ({why}) and could not reconnect within {:?}: {err}",
                         config.reconnect_timeout
@@ -175,17 +200,92 @@ fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
                 }
                 Err(err) => {
                     tracing::debug!("reconnect failed: {err}");
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(1));
+                    delay = (delay * 2).clamp(FIRST_DELAY, MAX_DELAY);
                 }
             }
         };
         pager.counters.reconnects.fetch_add(1, Ordering::Relaxed);
-        tracing::info!("reconnected after {:?}", started.elapsed());
+        streak.reconnected();
+        tracing::debug!("reconnected; no new page for {:?}", streak.since());
         current = next;
     }
     current.close();
     *pager.lock_urgent() = None;
+}
+
+/// First pause between reconnection attempts.
+const FIRST_DELAY: Duration = Duration::from_millis(20);
+/// Longest pause between reconnection attempts.
+const MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// Losses of the link since the last one that followed progress.
+#[derive(Debug)]
+struct Streak {
+    /// Pages present at the last loss.
+    pages: u64,
+    /// When the link was (re)established last.
+    connected: Instant,
+    /// When the clock of "no new page" started: at the last loss that followed progress
+    /// (None before the first loss).
+    since: Option<Instant>,
+    /// Losses in this streak.
+    losses: u64,
+    /// Pause before the next reconnection.
+    delay: Duration,
+}
+
+impl Streak {
+    fn new(pager: &Pager) -> Streak {
+        Streak {
+            pages: pages_present(pager),
+            connected: Instant::now(),
+            since: None,
+            losses: 0,
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// Records a loss; returns how long to wait before reconnecting. A generation that
+    /// brought new pages, or stayed up for `timeout`, was progress: reconnect at once.
+    fn lost(&mut self, pager: &Pager, timeout: Duration) -> Duration {
+        let now = Instant::now();
+        let pages = pages_present(pager);
+        let progress = pages > self.pages || now.duration_since(self.connected) >= timeout;
+        self.pages = pages;
+        if progress {
+            self.since = Some(now);
+            self.losses = 1;
+            self.delay = Duration::ZERO;
+        } else {
+            self.since.get_or_insert(now);
+            self.losses += 1;
+            self.delay = (self.delay * 2).clamp(FIRST_DELAY, MAX_DELAY);
+        }
+        self.delay
+    }
+
+    /// The link is back.
+    fn reconnected(&mut self) {
+        self.connected = Instant::now();
+    }
+
+    /// True once the streak has lasted `timeout` without a new page.
+    fn hopeless(&self, timeout: Duration) -> bool {
+        self.since.is_some_and(|at| at.elapsed() >= timeout)
+    }
+
+    fn since(&self) -> Duration {
+        self.since.map_or(Duration::ZERO, |at| at.elapsed())
+    }
+}
+
+/// Pages placed so far (data and zero pages, from either connection).
+fn pages_present(pager: &Pager) -> u64 {
+    let c = &pager.counters;
+    [&c.pages_urgent, &c.pages_background, &c.pages_zero]
+        .iter()
+        .map(|n| n.load(Ordering::Relaxed))
+        .sum()
 }
 
 fn reconnect(
@@ -213,7 +313,7 @@ fn permanent(err: &ConnectError) -> bool {
     matches!(
         err,
         ConnectError::Refused {
-            code: ErrorCode::ImageMismatch | ErrorCode::Unauthorized,
+            code: ErrorCode::ImageMismatch | ErrorCode::Unauthorized | ErrorCode::SourceFailed,
             ..
         } | ConnectError::PageSize { .. }
     )

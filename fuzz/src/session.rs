@@ -6,7 +6,8 @@
 //! - every byte the server sends decodes as frames against the image's limits;
 //! - the first frame the client sent decides the answer: nothing (an incomplete or absent
 //!   hello), exactly one error frame with the right code, or a welcome with the image's true
-//!   size, page size and id, followed by the checksums if asked (equal to the image's);
+//!   size, page size and id, followed by the checksums if asked (equal to the image's), or
+//!   the synthetic image's parameters if the hello says the client can regenerate it;
 //! - an error frame is the last thing on a connection, which is then closed, within 10 s;
 //! - data frames carry the image's bytes and never a zero page, zero frames only zero pages;
 //!   an urgent connection only gets pages it asked for; no page is sent twice in a session;
@@ -76,7 +77,7 @@ pub fn configure(config: &mut Config, variant_b: bool, tolerate_leaks: bool) {
 pub struct HelloOp {
     /// Role byte: 1 urgent, 2 background, anything else is written as is.
     pub role: u8,
-    /// Hello flags (1: send checksums).
+    /// Hello flags (1: send checksums, 4: a synthetic image's parameters will do).
     pub flags: u8,
     /// 0: new session; 1: join connection 0's session; n: the unknown id n * 0x0101..01.
     pub session: u8,
@@ -698,6 +699,8 @@ enum Expect {
 struct Welcomed {
     role: Role,
     checksums: bool,
+    /// Asked for checksums, and a synthetic image's parameters will do (and it is one).
+    synthetic: bool,
     may_refuse: Option<ErrorCode>,
     /// The session id the welcome must carry (joins and resumptions name it).
     session: Option<u64>,
@@ -750,6 +753,9 @@ fn expect(target: &Target<'_>, conn: &Live, resumed: &BTreeSet<u64>) -> Expect {
     let mut welcomed = Welcomed {
         role: hello.role,
         checksums: hello.flags & proto::HELLO_WANT_CHECKSUMS != 0,
+        synthetic: hello.flags & proto::HELLO_WANT_CHECKSUMS != 0
+            && hello.flags & proto::HELLO_SYNTHETIC_OK != 0
+            && target.image.synthetic_params().is_some(),
         may_refuse: None,
         session: None,
         resumed: false,
@@ -1002,7 +1008,9 @@ fn check_connection(
                 || welcome.image_size != image.len()
                 || u64::from(welcome.page_size) != image.page_size()
                 || welcome.image_id != image.id()
-                || (welcome.flags & proto::WELCOME_CHECKSUMS_FOLLOW != 0) != w.checksums
+                || (welcome.flags & proto::WELCOME_CHECKSUMS_FOLLOW != 0)
+                    != (w.checksums && !w.synthetic)
+                || (welcome.flags & proto::WELCOME_SYNTHETIC_FOLLOWS != 0) != w.synthetic
                 || w.session.is_some_and(|id| id != welcome.session)
                 || welcome.session == 0
             {
@@ -1022,7 +1030,27 @@ fn check_connection(
     }
     seen.urgent = w.role == Role::Urgent;
     seen.have = w.have.clone();
-    if w.checksums {
+    if w.synthetic {
+        let params = image
+            .synthetic_params()
+            .map(|s| (s.seed(), s.zero_fraction()));
+        match rest.split_first() {
+            Some((
+                Frame::Synthetic {
+                    seed,
+                    zero_fraction,
+                },
+                tail,
+            )) if Some((*seed, *zero_fraction)) == params => rest = tail,
+            _ if relaxed && rest.is_empty() => return Ok(seen),
+            _ => {
+                return Err(format!(
+                    "expected the synthetic frame, got {}",
+                    describe(rest)
+                ))
+            }
+        }
+    } else if w.checksums {
         let mut next = 0u64;
         while next < image.pages() {
             let Some((frame @ Frame::Checksums { first_page, .. }, tail)) = rest.split_first()
@@ -1037,7 +1065,7 @@ fn check_connection(
             }
             for (k, sum) in frame.checksums().enumerate() {
                 let page = next + k as u64;
-                if image.checksums().get(page as usize) != Some(&sum) {
+                if image.checksums(page, 1).ok() != Some(vec![sum]) {
                     return Err(format!("wrong checksum of page {page}"));
                 }
             }
@@ -1049,7 +1077,7 @@ fn check_connection(
         let last = k + 1 == rest.len();
         match *frame {
             Frame::Data { offset, bytes } => {
-                if bytes != image.slice(offset, bytes.len() as u64) {
+                if image.bytes(offset, bytes.len() as u64).ok().as_deref() != Some(bytes) {
                     return Err(format!("wrong bytes in data at {offset:#x}"));
                 }
                 for p in offset / PAGE..(offset + bytes.len() as u64) / PAGE {
@@ -1121,7 +1149,7 @@ pub fn still_serves(target: &Target<'_>, page: u64) {
         Ok(Some(Frame::Data { offset, bytes })) => {
             assert_eq!((offset, bytes.len() as u64), (page * PAGE, PAGE));
             assert!(
-                bytes == target.image.slice(offset, PAGE),
+                image_bytes_are(target.image, offset, bytes),
                 "wrong page bytes"
             );
         }
@@ -1136,4 +1164,8 @@ pub fn still_serves(target: &Target<'_>, page: u64) {
         Ok(None) => {}
         other => panic!("expected the close after the answer, got {other:?}"),
     }
+}
+
+fn image_bytes_are(image: &Image, offset: u64, bytes: &[u8]) -> bool {
+    image.bytes(offset, bytes.len() as u64).ok().as_deref() == Some(bytes)
 }

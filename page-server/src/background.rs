@@ -13,6 +13,7 @@ use crate::ServeError;
 /// the end frame) or the session closed.
 pub fn stream<W: Write>(session: &Session, writer: &mut FrameWriter<W>) -> Result<(), ServeError> {
     let mut from = 0;
+    let mut buf = Vec::new();
     loop {
         // Between units: urgent answers first.
         if !session.wait_urgent_idle() {
@@ -29,6 +30,7 @@ pub fn stream<W: Write>(session: &Session, writer: &mut FrameWriter<W>) -> Resul
             &claim,
             policy.chunk,
             &policy,
+            &mut buf,
             || session.yield_to_urgent(),
         );
         session.unit_done();

@@ -26,12 +26,16 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
     pub listen: Endpoint,
 
-    /// Serve this file (mapped read-only; a size that is not a multiple of the page size is
-    /// served zero-padded, and the handshake carries the true length).
+    /// Serve this file (read page by page as clients need it; a size that is not a multiple
+    /// of the page size is served zero-padded, and the handshake carries the true length). A
+    /// file that shrinks while served ends the sessions that need its lost pages with an
+    /// error that says so; the server goes on serving.
     #[arg(long, value_name = "FILE")]
     pub image: Option<PathBuf>,
 
-    /// Serve a deterministic synthetic image of this size (e.g. 256MiB, 1GiB).
+    /// Serve a deterministic synthetic image of this size (e.g. 256MiB, 1GiB, 1TiB): each page
+    /// is generated from the seed when it is sent, so any size starts at once and costs no
+    /// memory.
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
     pub synthetic: Option<u64>,
 
@@ -199,11 +203,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         config.token = Some(token);
     }
     tracing::info!(
-        "serving {} ({} bytes, {} pages, {} zero)",
+        "serving {} ({} bytes, {} pages)",
         image.description(),
         image.len(),
-        image.pages(),
-        image.zero_pages()
+        image.pages()
     );
     let server = Server::bind(config, Arc::new(image))?;
     let endpoint = server.local_endpoint()?;

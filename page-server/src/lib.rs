@@ -70,4 +70,7 @@ pub enum ServeError {
     /// that long, or the urgent connection was silent that long with nothing left to send.
     #[error("no progress for {0:?} (--idle-timeout)")]
     Idle(std::time::Duration),
+    /// The image cannot produce a page any more (its file shrank or fails to read).
+    #[error("image source failed: {0}")]
+    Source(#[from] image::ImageError),
 }

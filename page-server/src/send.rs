@@ -1,5 +1,7 @@
 //! Writing claimed pages: runs of data pages become data frames of at most one chunk, runs of
-//! zero pages become zero frames (zero pages never travel as data).
+//! zero pages become zero frames (zero pages never travel as data). Data is read from the
+//! image into the sender's own buffer first (a file is read with `pread`, a synthetic image
+//! generated), so a source that fails is an error of this send, never a signal.
 
 use std::io::{self, Write};
 
@@ -7,6 +9,7 @@ use uffd_core::{Frame, FrameWriter};
 
 use crate::image::Image;
 use crate::session::{Claim, Policy};
+use crate::ServeError;
 
 /// Fault injection (`--drop-every N`): fails the connection once it has sent N frames.
 pub fn check_drop<W: Write>(writer: &FrameWriter<W>, policy: &Policy) -> io::Result<()> {
@@ -19,17 +22,20 @@ pub fn check_drop<W: Write>(writer: &FrameWriter<W>, policy: &Policy) -> io::Res
     }
 }
 
-/// Writes `claim` (page index runs) as frames of at most `chunk` data bytes. Before every data
-/// frame but the first, `between_chunks` is asked whether to go on (it may block, e.g. to let
-/// urgent answers through); a false answer stops the send with `Ok(false)`.
+/// Writes `claim` (page index runs) as frames of at most `chunk` data bytes, read from the
+/// image into `buf` (the calling sender's own buffer, grown to the largest frame it sends).
+/// Before every data frame but the first, `between_chunks` is asked whether to go on (it may
+/// block, e.g. to let urgent answers through); a false answer stops the send with `Ok(false)`.
+/// A page the image cannot produce is [`ServeError::Source`].
 pub fn send_claim<W: Write>(
     writer: &mut FrameWriter<W>,
     image: &Image,
     claim: &Claim,
     chunk: u64,
     policy: &Policy,
+    buf: &mut Vec<u8>,
     mut between_chunks: impl FnMut() -> bool,
-) -> io::Result<bool> {
+) -> Result<bool, ServeError> {
     let page = image.page_size();
     let mut first_frame = true;
     for &(start, end) in claim {
@@ -48,14 +54,22 @@ pub fn send_claim<W: Write>(
             if zero {
                 writer.send(&Frame::Zero { offset, len })?;
             } else {
-                writer.send(&Frame::Data {
-                    offset,
-                    bytes: image.slice(offset, len),
-                })?;
+                let bytes = &mut buf_of(buf, len)[..];
+                image.read_into(offset, bytes)?;
+                writer.send(&Frame::Data { offset, bytes })?;
             }
             check_drop(writer, policy)?;
             p = q;
         }
     }
     Ok(true)
+}
+
+/// The first `len` bytes of `buf`, grown if needed.
+fn buf_of(buf: &mut Vec<u8>, len: u64) -> &mut [u8] {
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    &mut buf[..len]
 }

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use uffd_core::proto::{self, ErrorCode, Hello, Role, Welcome};
+use uffd_core::repeat::{Repeats, Tell};
 use uffd_core::{Conn, Endpoint, Frame, FrameReader, FrameWriter, Limits, Listener};
 
 use crate::image::Image;
@@ -98,6 +99,11 @@ struct Shared {
     pending: AtomicUsize,
     /// Connection threads running.
     connections: AtomicUsize,
+    /// Connections and sessions closed on an error, for the log (a client that keeps
+    /// failing must not write a line each time).
+    closes: Repeats,
+    /// Sessions resumed, for the log.
+    resumes: Repeats,
 }
 
 impl Shared {
@@ -130,6 +136,8 @@ impl Server {
                 sessions: Mutex::new(HashMap::new()),
                 pending: AtomicUsize::new(0),
                 connections: AtomicUsize::new(0),
+                closes: Repeats::default(),
+                resumes: Repeats::default(),
             }),
         })
     }
@@ -479,7 +487,9 @@ fn serve_and_close(conn: Conn, shared: &Shared, slot: PendingSlot) {
     match serve_connection(shared, &mut reader, &mut writer, tracked, slot) {
         Ok(()) => tracing::debug!(%peer, "connection closed"),
         Err(err) => {
-            tracing::info!(%peer, "closing connection: {err}");
+            info_repeated(&shared.closes, "connections closed on an error", || {
+                format!("closing connection from {peer}: {err}")
+            });
             tell(&mut writer, &err);
         }
     }
@@ -552,12 +562,11 @@ fn serve_connection(
         },
         Role::Background => ReadLimit::None,
     };
-    let want_sums = hello.flags & proto::HELLO_WANT_CHECKSUMS != 0;
     let welcomed = reader
         .get_ref()
         .set_limit(limit)
         .map_err(ServeError::from)
-        .and_then(|()| welcome(shared, writer, &session, want_sums));
+        .and_then(|()| welcome(shared, writer, &session, hello.flags));
     let result = match hello.role {
         Role::Urgent => {
             // Checked at start-up (`cli::run`).
@@ -571,7 +580,13 @@ fn serve_connection(
                     "ending the session: urgent connection: {err}"
                 );
             } else if let Err(err) = &r {
-                tracing::info!(session = session.id, "closing session: {err}");
+                if matches!(err, ServeError::Source(_)) {
+                    tracing::warn!(session = session.id, "ending the session: {err}");
+                } else {
+                    info_repeated(&shared.closes, "connections closed on an error", || {
+                        format!("closing session {}: {err}", session.id)
+                    });
+                }
                 tell(writer, err);
                 if let Ok(mut conn) = writer.get_ref().conn.try_clone() {
                     conn.linger_close(1 << 20, Duration::from_millis(200));
@@ -587,6 +602,15 @@ fn serve_connection(
                 .and_then(|()| crate::background::stream(&session, writer))
                 .map_err(|err| idle(err, idle_timeout));
             session.detach_background();
+            if let Err(err @ ServeError::Source(_)) = &r {
+                // Every session that needs the pages it could not read fails the same way:
+                // tell the client why before its connections are closed, so it stops with the
+                // reason instead of reconnecting to the same failure.
+                tracing::warn!(session = session.id, "ending the session: {err}");
+                tell(writer, err);
+                end_session(shared, &session);
+                return Ok(());
+            }
             if let Err(err @ ServeError::Idle(_)) = &r {
                 // The client stopped reading its stream: end the whole session (a live
                 // client reconnects and resumes it).
@@ -606,16 +630,24 @@ fn serve_connection(
     result
 }
 
-/// Sends the welcome, and the checksums if asked for.
+/// Sends the welcome and, if the hello asks for checksums, either the synthetic image's
+/// parameters (a client that can regenerate it says so, `HELLO_SYNTHETIC_OK`) or the checksums.
 fn welcome(
     shared: &Shared,
     writer: &mut FrameWriter<Outbound>,
     session: &Session,
-    want_sums: bool,
+    hello_flags: u8,
 ) -> Result<(), ServeError> {
+    let want_sums = hello_flags & proto::HELLO_WANT_CHECKSUMS != 0;
+    let synthetic = shared
+        .image
+        .synthetic_params()
+        .filter(|_| want_sums && hello_flags & proto::HELLO_SYNTHETIC_OK != 0);
     writer.send(&Frame::Welcome(Welcome {
         version: proto::VERSION,
-        flags: if want_sums {
+        flags: if synthetic.is_some() {
+            proto::WELCOME_SYNTHETIC_FOLLOWS
+        } else if want_sums {
             proto::WELCOME_CHECKSUMS_FOLLOW
         } else {
             0
@@ -625,7 +657,12 @@ fn welcome(
         page_size: u32::try_from(shared.image.page_size()).unwrap_or(u32::MAX),
         image_id: shared.image.id(),
     }))?;
-    if want_sums {
+    if let Some(synthetic) = synthetic {
+        writer.send(&Frame::Synthetic {
+            seed: synthetic.seed(),
+            zero_fraction: synthetic.zero_fraction(),
+        })?;
+    } else if want_sums {
         send_checksums(writer, &shared.image)?;
     }
     Ok(())
@@ -714,13 +751,28 @@ fn open_session(
     if have.is_empty() {
         tracing::info!(session = id, unit, "session opened");
     } else {
-        tracing::info!(
-            session = id,
-            present = session.sent_pages(),
-            "session resumed"
-        );
+        info_repeated(&shared.resumes, "sessions resumed", || {
+            format!(
+                "session {id} resumed ({} pages present)",
+                session.sent_pages()
+            )
+        });
     }
     Ok(session)
+}
+
+/// Logs a repeated event at info level: the event itself (`line`) if it is the first for a
+/// while, else at most one summary per period ("N `what` in the last 10 s").
+fn info_repeated(repeats: &Repeats, what: &str, line: impl FnOnce() -> String) {
+    match repeats.event() {
+        Tell::Nothing => {}
+        Tell::This => tracing::info!("{}", line()),
+        Tell::Summary(n, period) => tracing::info!(
+            "{n} {what} in the last {:.0} s (latest: {})",
+            period.as_secs_f64(),
+            line()
+        ),
+    }
 }
 
 /// Reads the have frames of a resuming client: its whole received bitmap, in order.
@@ -739,14 +791,19 @@ fn read_have(reader: &mut FrameReader<Inbound>, shared: &Shared) -> Result<Vec<u
     Ok(have)
 }
 
+/// Sends every page checksum, a frame's worth at a time (for a synthetic image they are
+/// computed here, so nothing of the size of the image is held).
 fn send_checksums(writer: &mut FrameWriter<Outbound>, image: &Image) -> Result<(), ServeError> {
-    let per_frame = (proto::MAX_PAYLOAD - 8) / 8;
-    for (i, sums) in image.checksums().chunks(per_frame).enumerate() {
-        let raw = proto::encode_u64s(sums.iter().copied());
+    let per_frame = ((proto::MAX_PAYLOAD - 8) / 8) as u64;
+    let mut first = 0;
+    while first < image.pages() {
+        let count = per_frame.min(image.pages() - first);
+        let raw = proto::encode_u64s(image.checksums(first, count)?);
         writer.send(&Frame::Checksums {
-            first_page: (i * per_frame) as u64,
+            first_page: first,
             raw: &raw,
         })?;
+        first += count;
     }
     Ok(())
 }
@@ -768,6 +825,7 @@ impl ServeError {
             ServeError::TooManySessions(_) => Some(ErrorCode::TooManySessions),
             ServeError::Unauthorized => Some(ErrorCode::Unauthorized),
             ServeError::ImageMismatch => Some(ErrorCode::ImageMismatch),
+            ServeError::Source(_) => Some(ErrorCode::SourceFailed),
         }
     }
 }

@@ -17,6 +17,7 @@ pub fn serve<R: Read, W: Write>(
     limits: &Limits,
 ) -> Result<(), ServeError> {
     let page = session.image.page_size();
+    let mut buf = Vec::new();
     while let Some(frame) = reader.read_frame(limits)? {
         match frame {
             Frame::Request { offset, len } => {
@@ -32,6 +33,7 @@ pub fn serve<R: Read, W: Write>(
                     &claim,
                     uffd_core::proto::MAX_CHUNK as u64,
                     &session.policy,
+                    &mut buf,
                     || true,
                 );
                 session.urgent_done();

@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests: in-process servers and the workspace binaries.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -110,4 +112,50 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A `page-server` process listening on a free loopback port (`.1`), killed on drop.
+pub struct ServerProcess(pub Child, pub String);
+
+impl ServerProcess {
+    /// Starts `page-server --listen 127.0.0.1:0 ARGS` and waits for its address.
+    pub fn start(args: &[&str]) -> ServerProcess {
+        let mut child = Command::new(binary("page-server"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn page-server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("first line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("page-server did not start: it printed {line:?}"))
+            .to_string();
+        ServerProcess(child, addr)
+    }
+
+    /// Its resident memory now, in bytes.
+    pub fn rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).expect("status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS");
+        kib << 10
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -22,6 +22,8 @@
 //! - [`stats`]: latency histograms and the one percentile definition.
 //! - [`handler`]: a minimal in-process fault handler thread (poll, read, resolve), the
 //!   baseline round trip that benchmarks and tests use.
+//! - [`repeat`]: repeated log events told as one summary line per period.
+//! - [`synthetic`]: synthetic images, generated page by page from `(seed, index)`.
 //! - [`probe`](mod@probe): what the kernel and the process allow.
 //! - [`cpu`]: CPU affinity (for measurements) and real-time scheduling for the urgent path.
 
@@ -33,7 +35,9 @@ pub mod place;
 pub mod probe;
 pub mod proto;
 pub mod region;
+pub mod repeat;
 pub mod stats;
+pub mod synthetic;
 pub mod sys;
 pub mod uffd;
 pub mod wire;
@@ -45,6 +49,7 @@ pub use probe::{probe, Probe};
 pub use proto::{Frame, Limits, ProtoError};
 pub use region::{page_size, Region};
 pub use stats::{Latency, Summary};
+pub use synthetic::Synthetic;
 pub use uffd::{Event, Modes, Userfaultfd};
 pub use wire::{
     BatchReader, Conn, Endpoint, FrameBatch, FrameReader, FrameWriter, Listener, WireError,

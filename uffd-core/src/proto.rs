@@ -38,6 +38,13 @@ pub const HELLO_WANT_CHECKSUMS: u8 = 1;
 pub const HELLO_RESUME: u8 = 2;
 /// Welcome flag: checksum frames follow this welcome.
 pub const WELCOME_CHECKSUMS_FOLLOW: u8 = 1;
+/// Hello flag (with [`HELLO_WANT_CHECKSUMS`]): the client can regenerate a synthetic image
+/// itself ([`crate::synthetic`]), so for one the server may describe it instead of sending
+/// a checksum per page.
+pub const HELLO_SYNTHETIC_OK: u8 = 4;
+/// Welcome flag: a synthetic frame (the image's parameters) follows this welcome, in place of
+/// the checksum frames.
+pub const WELCOME_SYNTHETIC_FOLLOWS: u8 = 2;
 
 /// Why a frame was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,6 +127,8 @@ pub enum Kind {
     Error = 8,
     /// Client → server: pages the client already has (a received-bitmap slice), for resuming.
     Have = 9,
+    /// Server → client: the parameters of a synthetic image, in place of its checksums.
+    Synthetic = 12,
 }
 
 impl Kind {
@@ -134,6 +143,7 @@ impl Kind {
             7 => Kind::End,
             8 => Kind::Error,
             9 => Kind::Have,
+            12 => Kind::Synthetic,
             other => return Err(ProtoError::UnknownKind(other)),
         })
     }
@@ -149,6 +159,7 @@ impl Kind {
             Kind::End => "end",
             Kind::Error => "error",
             Kind::Have => "have",
+            Kind::Synthetic => "synthetic",
         }
     }
 }
@@ -183,6 +194,8 @@ pub enum ErrorCode {
     Shutdown = 7,
     /// Anything else.
     Internal = 8,
+    /// The server cannot read its image any more (a file that shrank or fails to read).
+    SourceFailed = 9,
 }
 
 impl ErrorCode {
@@ -196,6 +209,7 @@ impl ErrorCode {
             5 => ErrorCode::Unauthorized,
             6 => ErrorCode::ImageMismatch,
             7 => ErrorCode::Shutdown,
+            9 => ErrorCode::SourceFailed,
             _ => ErrorCode::Internal,
         }
     }
@@ -331,7 +345,7 @@ pub struct Welcome {
 }
 
 /// A frame, borrowing its variable-length fields from the buffer it was decoded from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Frame<'a> {
     /// See [`Hello`].
     Hello(Hello<'a>),
@@ -380,6 +394,13 @@ pub enum Frame<'a> {
         first_word: u64,
         /// Raw little-endian words; see [`Frame::have_words`].
         raw: &'a [u8],
+    },
+    /// The image is synthetic ([`crate::Synthetic`] with the welcome's size and page size).
+    Synthetic {
+        /// Its seed.
+        seed: u64,
+        /// Its fraction of zero pages, 0..=1.
+        zero_fraction: f64,
     },
 }
 
@@ -431,6 +452,7 @@ impl<'a> Frame<'a> {
             Frame::End => Kind::End,
             Frame::Error { .. } => Kind::Error,
             Frame::Have { .. } => Kind::Have,
+            Frame::Synthetic { .. } => Kind::Synthetic,
         }
     }
 
@@ -577,6 +599,18 @@ impl<'a> Frame<'a> {
                 p = &[];
                 Frame::Have { first_word, raw }
             }
+            Kind::Synthetic => {
+                need(kind, p, 16)?;
+                let seed = p.get_u64_le();
+                let zero_fraction = f64::from_bits(p.get_u64_le());
+                if !(0.0..=1.0).contains(&zero_fraction) {
+                    return Err(malformed(kind, "zero fraction outside 0..=1"));
+                }
+                Frame::Synthetic {
+                    seed,
+                    zero_fraction,
+                }
+            }
         };
         done(kind, p)?;
         Ok(frame)
@@ -655,6 +689,14 @@ impl<'a> Frame<'a> {
                 Header::put(Kind::Have, 0, 8 + raw.len(), dst);
                 dst.put_u64_le(first_word);
                 dst.put_slice(raw);
+            }
+            Frame::Synthetic {
+                seed,
+                zero_fraction,
+            } => {
+                Header::put(Kind::Synthetic, 0, 16, dst);
+                dst.put_u64_le(seed);
+                dst.put_u64_le(zero_fraction.to_bits());
             }
         }
     }
@@ -772,6 +814,36 @@ mod tests {
             first_word: 0,
             raw: &words,
         });
+        roundtrip(Frame::Synthetic {
+            seed: 42,
+            zero_fraction: 0.25,
+        });
+    }
+
+    #[test]
+    fn synthetic_frame_bytes_and_bounds() {
+        let mut buf = BytesMut::new();
+        Frame::Synthetic {
+            seed: 7,
+            zero_fraction: 0.5,
+        }
+        .encode(&mut buf);
+        let mut expected = vec![12, 0, 0, 0, 16, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0];
+        expected.extend_from_slice(&0.5f64.to_bits().to_le_bytes());
+        assert_eq!(&buf[..], &expected[..]);
+        for bad in [1.5f64, -0.1, f64::NAN] {
+            let mut buf = BytesMut::new();
+            Frame::Synthetic {
+                seed: 7,
+                zero_fraction: bad,
+            }
+            .encode(&mut buf);
+            assert!(
+                matches!(decode(&buf, &limits()), Err(ProtoError::Malformed { .. })),
+                "{bad}"
+            );
+        }
+        assert_eq!(ErrorCode::from_u16(9), ErrorCode::SourceFailed);
     }
 
     #[test]

@@ -335,11 +335,13 @@ pub struct FrameReader<R> {
 }
 
 impl<R: Read> FrameReader<R> {
-    /// Wraps a stream. The payload buffer is allocated once, at the largest frame size.
+    /// Wraps a stream. The payload buffer grows to the largest frame read (at most
+    /// `MAX_PAYLOAD`): a server's connection that only carries hellos and requests costs a
+    /// few KiB, not a 2 MiB buffer that a thread's malloc arena would have to zero.
     pub fn new(inner: R) -> Self {
         FrameReader {
             inner,
-            payload: vec![0; proto::MAX_PAYLOAD],
+            payload: Vec::new(),
             bytes_read: 0,
         }
     }
@@ -366,8 +368,13 @@ impl<R: Read> FrameReader<R> {
         if !read_full(&mut self.inner, &mut head, true)? {
             return Ok(None);
         }
-        let header = Header::parse(head, limits.max_payload.min(self.payload.len()))?;
-        let payload = &mut self.payload[..header.len as usize];
+        let header = Header::parse(head, limits.max_payload.min(proto::MAX_PAYLOAD))?;
+        let len = header.len as usize;
+        if self.payload.len() < len {
+            self.payload
+                .resize(len.next_power_of_two().min(proto::MAX_PAYLOAD), 0);
+        }
+        let payload = &mut self.payload[..len];
         read_full(&mut self.inner, payload, false)?;
         self.bytes_read += (HEADER_LEN + payload.len()) as u64;
         Ok(Some(Frame::parse(header, payload, limits)?))

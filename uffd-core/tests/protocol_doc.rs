@@ -119,3 +119,14 @@ fn magic_is_the_documented_bytes() {
     assert_eq!(&hello[8..12], &[0x4C, 0x44, 0x46, 0x55]);
     assert_eq!(uffd_core::proto::MAGIC, 0x5546_444C);
 }
+
+#[test]
+fn synthetic_dump_is_exact() {
+    check(
+        "synthetic",
+        &Frame::Synthetic {
+            seed: 7,
+            zero_fraction: 0.5,
+        },
+    );
+}
