@@ -289,6 +289,10 @@ mod tests {
             let got = unsafe { region.as_ptr().add(i * page + CHECK_OFFSET).read_volatile() };
             assert_eq!(got, FILL);
         }
+        // The woken thread may run before the handler counts its fault: wait for the count.
+        handler
+            .wait_until_waiting(4, GATE_TIMEOUT)
+            .expect("all four counted");
         handler.check().expect("no error");
         assert_eq!(handler.resolved(), 4);
     }
