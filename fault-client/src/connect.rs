@@ -70,6 +70,11 @@ pub struct HelloParams {
     pub token: Vec<u8>,
 }
 
+/// The longest a TCP connect may take (per address).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest the server may take to answer a hello (and send the checksums).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Connects and performs the handshake for `role`.
 pub fn connect(
     endpoint: &Endpoint,
@@ -77,17 +82,37 @@ pub fn connect(
     params: &HelloParams,
     want_checksums: bool,
 ) -> Result<Connected, ConnectError> {
-    connect_with(endpoint, role, params, want_checksums, None)
+    connect_with(
+        endpoint,
+        role,
+        params,
+        want_checksums,
+        None,
+        HANDSHAKE_TIMEOUT,
+    )
+}
+
+/// [`connect`], giving up after `within` (at most the usual 5 s to connect and 30 s for the
+/// handshake): a reconnection must not outlast `--reconnect-timeout`.
+pub fn connect_within(
+    endpoint: &Endpoint,
+    role: Role,
+    params: &HelloParams,
+    within: Duration,
+) -> Result<Connected, ConnectError> {
+    connect_with(endpoint, role, params, false, None, within)
 }
 
 /// Connects the urgent connection of an existing session again, telling the server which
 /// pages the client has (`have`: its received bitmap words), so that only the rest is sent.
+/// Gives up after `within` (at most 5 s to connect and 30 s for the handshake).
 pub fn resume(
     endpoint: &Endpoint,
     params: &HelloParams,
     have: &[u64],
+    within: Duration,
 ) -> Result<Connected, ConnectError> {
-    connect_with(endpoint, Role::Urgent, params, false, Some(have))
+    connect_with(endpoint, Role::Urgent, params, false, Some(have), within)
 }
 
 fn connect_with(
@@ -96,8 +121,10 @@ fn connect_with(
     params: &HelloParams,
     want_checksums: bool,
     have: Option<&[u64]>,
+    within: Duration,
 ) -> Result<Connected, ConnectError> {
-    let conn = Conn::connect(endpoint, Duration::from_secs(5)).map_err(|source| {
+    let within = within.max(Duration::from_millis(100));
+    let conn = Conn::connect(endpoint, CONNECT_TIMEOUT.min(within)).map_err(|source| {
         ConnectError::Unreachable {
             addr: endpoint.to_string(),
             source,
@@ -140,7 +167,7 @@ fn connect_with(
     }
     reader
         .get_ref()
-        .set_read_timeout(Some(Duration::from_secs(30)))
+        .set_read_timeout(Some(HANDSHAKE_TIMEOUT.min(within)))
         .map_err(WireError::Io)?;
     let welcome = match reader.read_frame(&Limits::handshake(page))? {
         Some(Frame::Welcome(w)) => w,

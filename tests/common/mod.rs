@@ -111,3 +111,68 @@ pub fn binary(name: &str) -> PathBuf {
     );
     path
 }
+
+/// A page server on a thread of the test, whose counters the test reads
+/// (`Server::sessions`, `connections`, `pending`); stopped on drop.
+pub struct Observed {
+    pub server: Arc<Server>,
+    pub endpoint: Endpoint,
+    shutdown: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Observed {
+    pub fn start(image: Image, tweak: impl FnOnce(&mut Config)) -> Observed {
+        let mut config = Config::new("127.0.0.1:0".parse().expect("endpoint"));
+        tweak(&mut config);
+        let server = Arc::new(Server::bind(config, Arc::new(image)).expect("bind"));
+        let endpoint = server.local_endpoint().expect("endpoint");
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (server, shutdown) = (Arc::clone(&server), Arc::clone(&shutdown));
+            std::thread::spawn(move || server.serve(&shutdown).expect("serve"))
+        };
+        Observed {
+            server,
+            endpoint,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    /// The TCP `host:port` (the tests' servers listen on TCP).
+    pub fn addr(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Tcp(a) => a.clone(),
+            Endpoint::Unix(_) => unreachable!("tests use TCP"),
+        }
+    }
+
+    /// Waits up to 10 s until the server has no session and no connection thread left.
+    pub fn wait_idle(&self) {
+        eventually("no session and no connection left", || {
+            self.server.sessions() == 0 && self.server.connections() == 0
+        });
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Waits up to 10 s for `done`, failing the test with `what` otherwise.
+pub fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
