@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use common::{eventually, synthetic, Observed, TestServer, PAGE};
+use common::{eventually, hello, synthetic, Observed, TestServer, PAGE};
 use page_server::Image;
 use uffd_core::proto::{self, ErrorCode, Frame, Hello, Limits, Role};
 use uffd_core::{Conn, Endpoint, FrameReader, FrameWriter};
@@ -24,21 +24,6 @@ fn tcp(endpoint: &Endpoint) -> String {
         Endpoint::Tcp(a) => a.clone(),
         Endpoint::Unix(_) => unreachable!("tests use TCP"),
     }
-}
-
-fn hello(role: Role, session: u64) -> BytesMut {
-    let mut buf = BytesMut::new();
-    Frame::Hello(Hello {
-        version: proto::VERSION,
-        role,
-        flags: 0,
-        session,
-        unit: PAGE,
-        image_id: 0,
-        token: b"",
-    })
-    .encode(&mut buf);
-    buf
 }
 
 /// Sends `bytes` on a fresh connection; returns the error frame the server answers with,

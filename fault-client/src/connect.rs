@@ -31,6 +31,18 @@ pub enum ConnectError {
     /// Something other than a welcome came back.
     #[error("handshake with the page server failed: unexpected {0:?} frame")]
     Unexpected(proto::Kind),
+    /// The server accepted the connection but sent no answer to the hello in time (a
+    /// stopped or overloaded server: its kernel accepts connections on its behalf).
+    #[error(
+        "the page server at {addr} accepted the connection but did not answer its hello within {:.1} s",
+        .waited.as_secs_f64()
+    )]
+    NoWelcome {
+        /// The address.
+        addr: String,
+        /// How long the client waited.
+        waited: Duration,
+    },
     /// The connection closed during the handshake.
     #[error("the page server closed the connection during the handshake")]
     Closed,
@@ -165,11 +177,21 @@ fn connect_with(
                 .map_err(WireError::Io)?;
         }
     }
+    let waited = HANDSHAKE_TIMEOUT.min(within);
     reader
         .get_ref()
-        .set_read_timeout(Some(HANDSHAKE_TIMEOUT.min(within)))
+        .set_read_timeout(Some(waited))
         .map_err(WireError::Io)?;
-    let welcome = match reader.read_frame(&Limits::handshake(page))? {
+    let answer = match reader.read_frame(&Limits::handshake(page)) {
+        Err(WireError::Io(err)) if err.kind() == std::io::ErrorKind::WouldBlock => {
+            return Err(ConnectError::NoWelcome {
+                addr: endpoint.to_string(),
+                waited,
+            })
+        }
+        other => other?,
+    };
+    let welcome = match answer {
         Some(Frame::Welcome(w)) => w,
         Some(Frame::Error { code, message }) => {
             return Err(ConnectError::Refused {

@@ -176,3 +176,33 @@ pub fn eventually(what: &str, done: impl Fn() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// Reads a spawned page-server's first stdout line, `listening on ADDR`, and returns ADDR.
+pub fn listening_on(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("the server's stdout is piped"))
+        .read_line(&mut line)
+        .expect("the listening line");
+    line.trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("not a listening line: {line:?}"))
+        .to_string()
+}
+
+/// A hello for a new session (`session` 0) or joining one, base pages, no token.
+pub fn hello(role: uffd_core::proto::Role, session: u64) -> bytes::BytesMut {
+    use uffd_core::proto::{self, Frame, Hello};
+    let mut buf = bytes::BytesMut::new();
+    Frame::Hello(Hello {
+        version: proto::VERSION,
+        role,
+        flags: 0,
+        session,
+        unit: PAGE,
+        image_id: 0,
+        token: b"",
+    })
+    .encode(&mut buf);
+    buf
+}

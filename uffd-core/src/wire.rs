@@ -322,17 +322,24 @@ pub enum Listener {
 }
 
 impl Listener {
-    /// Binds `endpoint`. A stale Unix socket file is replaced.
+    /// Binds `endpoint`. A stale Unix socket file is replaced. The listen backlog is the
+    /// system's maximum (`net.core.somaxconn`) rather than the standard library's 128: when
+    /// the backlog is full the kernel drops new SYNs, and a real client arriving in a burst of
+    /// connections would wait a second for its retransmission.
     pub fn bind(endpoint: &Endpoint) -> io::Result<Listener> {
-        match endpoint {
-            Endpoint::Tcp(addr) => TcpListener::bind(addr.as_str()).map(Listener::Tcp),
+        use nix::sys::socket::{listen, Backlog};
+        let listener = match endpoint {
+            Endpoint::Tcp(addr) => TcpListener::bind(addr.as_str()).map(Listener::Tcp)?,
             Endpoint::Unix(path) => {
                 if path.exists() && UnixStream::connect(path).is_err() {
                     std::fs::remove_file(path)?;
                 }
-                UnixListener::bind(path).map(|l| Listener::Unix(l, path.clone()))
+                UnixListener::bind(path).map(|l| Listener::Unix(l, path.clone()))?
             }
-        }
+        };
+        // Calling listen(2) again on a listening socket only changes its backlog.
+        listen(&listener, Backlog::MAXCONN)?;
+        Ok(listener)
     }
 
     /// The bound address as an endpoint (the real port when bound to port 0).
