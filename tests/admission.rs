@@ -133,6 +133,35 @@ fn slow_hellos_and_churn_do_not_lock_out_a_real_client() {
     );
 }
 
+#[test]
+fn one_address_is_held_to_its_share() {
+    let server = Observed::start(synthetic(1 << 20, 13, 0.1), |c| {
+        c.max_pending_per_source = Some(3);
+        c.handshake_timeout = Duration::from_secs(60);
+    });
+    // Five idle connections from 127.0.0.1: its three newest stay, its two oldest are dropped
+    // with an error frame naming the limit.
+    let idle: Vec<TcpStream> = (0..5)
+        .map(|_| TcpStream::connect(server.addr()).expect("connect"))
+        .collect();
+    eventually("three pending", || server.server.pending() == 3);
+    for stream in &idle[..2] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut reader =
+            uffd_core::FrameReader::new(uffd_core::Conn::Tcp(stream.try_clone().expect("clone")));
+        let limits = uffd_core::Limits::handshake(PAGE);
+        match reader.read_frame(&limits) {
+            Ok(Some(uffd_core::Frame::Error { message, .. })) => {
+                assert!(message.contains("--max-pending-per-source"), "{message}")
+            }
+            other => panic!("expected an error frame, got {other:?}"),
+        }
+    }
+    assert_eq!(server.server.pending(), 3);
+}
+
 /// The page-server binary.
 fn page_server_bin() -> PathBuf {
     std::env::var_os("PAGE_SERVER_BIN")
