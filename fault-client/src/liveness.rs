@@ -115,7 +115,11 @@ pub fn watch(pager: &Pager, stall_timeout: Duration, background: bool) {
     // Once per generation: the next one is reported only after the supervisor opened it.
     let mut reported = None;
     while !pager.stopping() && pager.fatal().is_none() {
-        std::thread::sleep(tick);
+        // In short naps: a stopping pager waits for this thread to end.
+        let started = Instant::now();
+        while started.elapsed() < tick && !pager.stopping() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let generation = pager.generation.load(Ordering::Acquire);
         if reported == Some(generation)
             || pager.liveness.silence() < stall_timeout

@@ -203,8 +203,11 @@ impl<'a> Admission<'a> {
                     // Out of descriptors: the oldest pending connection makes room (the new
                     // one waits in the listen backlog until the next turn).
                     self.drops.count("out of file descriptors");
-                    if let Some(&id) = self.table.keys().next() {
-                        self.evict(id, "the server is out of file descriptors");
+                    match self.table.keys().next() {
+                        Some(&id) => self.evict(id, "the server is out of file descriptors"),
+                        // Sessions hold them all: the listener stays ready, so pause rather
+                        // than spin until one ends.
+                        None => std::thread::sleep(Duration::from_millis(10)),
                     }
                     return;
                 }
