@@ -220,8 +220,8 @@ impl Server {
     }
 }
 
-/// A handshake thread: one of `Config::max_pending`, given back when dropped (after the
-/// welcome, or when the connection ends before it).
+/// A handshake thread: one of `Config::max_pending`, given back when dropped (once the
+/// session is registered or joined, or when the connection ends before that).
 #[derive(Debug)]
 struct HandshakeSlot(Arc<Shared>);
 
