@@ -127,7 +127,42 @@ pub fn resume(
     connect_with(endpoint, Role::Urgent, params, false, Some(have), within)
 }
 
+/// Attempts at most this many handshakes while the server answers "too many sessions".
+const ATTEMPTS: u32 = 5;
+
+/// [`handshake`], again after a short pause while the server answers "too many sessions"
+/// (error 4): a server flooded with connections drops the oldest that have not sent their
+/// hello, which may, rarely, be this one; the next attempt gets in.
 fn connect_with(
+    endpoint: &Endpoint,
+    role: Role,
+    params: &HelloParams,
+    want_checksums: bool,
+    have: Option<&[u64]>,
+    within: Duration,
+) -> Result<Connected, ConnectError> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(20);
+    let mut attempt = 1;
+    loop {
+        let left = within.saturating_sub(started.elapsed());
+        match handshake(endpoint, role, params, want_checksums, have, left) {
+            Err(ConnectError::Refused {
+                code: ErrorCode::TooManySessions,
+                message,
+            }) if attempt < ATTEMPTS && left > pause => {
+                tracing::debug!("page server busy ({message}); trying again");
+                std::thread::sleep(pause);
+                pause *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One connection and handshake, giving up after `within`.
+fn handshake(
     endpoint: &Endpoint,
     role: Role,
     params: &HelloParams,

@@ -142,11 +142,13 @@ impl<'a> Admission<'a> {
         self.listener.set_nonblocking(true)?;
         while !shutdown.load(Ordering::Acquire) {
             let (accept, ready) = self.wait()?;
-            if accept {
-                self.accept_some();
-            }
+            // Hellos and closes first: a connection whose hello is in, or whose peer has gone,
+            // must not be pushed out by the connections accepted next.
             for id in ready {
                 self.progress(id, &mut admit);
+            }
+            if accept {
+                self.accept_some();
             }
             self.expire(Instant::now());
             self.published.store(self.table.len(), Ordering::Release);
@@ -192,10 +194,10 @@ impl<'a> Admission<'a> {
         Ok((accept, ids))
     }
 
-    /// Accepts what the listener has, up to half a table per turn so that the hellos of
-    /// connections accepted earlier are read before a burst can push them out.
+    /// Accepts what the listener has, up to an eighth of a table per turn, so that a burst
+    /// needs several turns to push a connection out, and its hello is read at each turn.
     fn accept_some(&mut self) {
-        for _ in 0..(self.rules.max_pending / 2).max(16) {
+        for _ in 0..(self.rules.max_pending / 8).max(16) {
             match self.listener.accept() {
                 Ok(conn) => self.add(conn),
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
