@@ -235,7 +235,8 @@ fn ten_thousand_idle_connections() {
         "open-files limit {limit} too low"
     );
     // The default table (the flood pushes itself out), and one that holds the whole flood.
-    for max_pending in ["128", "20000"] {
+    // (table size, whether each connection sends the first byte of a hello and stops there)
+    for (max_pending, dribble) in [("128", false), ("20000", false), ("20000", true)] {
         let server = spawn_server(&["--max-pending", max_pending, "--max-sessions", "64"]);
         let pid = server.child.id();
         let baseline = median((0..5).map(|_| handshake_time(&server.endpoint)).collect());
@@ -245,8 +246,15 @@ fn ten_thousand_idle_connections() {
             Endpoint::Unix(_) => unreachable!(),
         };
         let flood_started = Instant::now();
+        let first_byte = common::hello(Role::Urgent, 0);
         let idle: Vec<TcpStream> = (0..FLOOD)
-            .map(|_| TcpStream::connect(&addr).expect("connect"))
+            .map(|_| {
+                let mut s = TcpStream::connect(&addr).expect("connect");
+                if dribble {
+                    let _ = s.write_all(&first_byte[..1]);
+                }
+                s
+            })
             .collect();
         let flood_took = flood_started.elapsed();
         std::thread::sleep(Duration::from_millis(500));
@@ -254,7 +262,7 @@ fn ten_thousand_idle_connections() {
         let run = served(&server.endpoint);
         let (threads, rss) = (status(pid, "Threads"), status(pid, "VmRSS"));
         eprintln!(
-            "--max-pending {max_pending}: {FLOOD} idle connections opened in {flood_took:?}; \
+            "--max-pending {max_pending}, dribbling {dribble}: {FLOOD} idle connections opened in {flood_took:?}; \
              handshake median {baseline:?} before, {during:?} during; a verified run (64 MiB) \
              {run:?}; server threads {threads0} -> {threads}, VmRSS {rss0} -> {rss} kB"
         );

@@ -302,6 +302,16 @@ fn connections_beyond_max_pending_push_out_the_oldest() {
         assert!(message.contains("waited longest"), "{message}");
     }
     assert_eq!(server.server.pending(), 4);
+    // The four newest are still waiting: nothing was sent to them.
+    for stream in &idle[50..] {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let err = (&*stream)
+            .read(&mut [0u8; 64])
+            .expect_err("the newest connections are kept, unanswered");
+        assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "{err}");
+    }
     assert_eq!(
         server.server.connections(),
         0,
