@@ -479,3 +479,87 @@ impl Tally {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    /// A pending entry reading from one end of a socket pair; the other end is returned.
+    fn pending() -> (Pending, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().expect("pair");
+        let conn = Conn::Unix(ours);
+        conn.set_nonblocking(true).expect("non-blocking");
+        let pending = Pending {
+            conn,
+            source: None,
+            deadline: Instant::now() + Duration::from_secs(5),
+            state: State::Hello {
+                buf: Vec::new(),
+                filled: 0,
+            },
+        };
+        (pending, theirs)
+    }
+
+    fn hello() -> Vec<u8> {
+        let mut buf = bytes::BytesMut::new();
+        Frame::Hello(proto::Hello {
+            version: proto::VERSION,
+            role: proto::Role::Urgent,
+            flags: 0,
+            session: 0,
+            unit: 4096,
+            image_id: 0,
+            token: b"secret",
+        })
+        .encode(&mut buf);
+        buf.to_vec()
+    }
+
+    fn first(pending: &Pending) -> &[u8] {
+        match &pending.state {
+            State::Hello { buf, filled } => &buf[..*filled],
+            State::Closing => &[],
+        }
+    }
+
+    #[test]
+    fn a_hello_in_pieces_arrives_whole_and_nothing_more_is_read() {
+        let (mut p, mut peer) = pending();
+        let hello = hello();
+        assert!(matches!(read_some(&mut p, 1 << 20), Step::Wait));
+        for piece in hello.chunks(5) {
+            assert!(matches!(read_some(&mut p, 1 << 20), Step::Wait));
+            peer.write_all(piece).expect("write");
+        }
+        // A request right behind the hello stays in the socket for the handshake thread.
+        peer.write_all(&[4, 0, 0, 0, 16, 0, 0, 0]).expect("write");
+        assert!(matches!(read_some(&mut p, 1 << 20), Step::Arrived));
+        assert_eq!(first(&p), &hello[..]);
+    }
+
+    #[test]
+    fn another_first_frame_is_handed_over_after_its_header() {
+        let (mut p, mut peer) = pending();
+        let mut request = bytes::BytesMut::new();
+        Frame::Request {
+            offset: 0,
+            len: 4096,
+        }
+        .encode(&mut request);
+        peer.write_all(&request).expect("write");
+        assert!(matches!(read_some(&mut p, 1 << 20), Step::Arrived));
+        assert_eq!(first(&p), &request[..HEADER_LEN]);
+    }
+
+    #[test]
+    fn a_bad_header_or_the_end_of_stream() {
+        let (mut p, mut peer) = pending();
+        peer.write_all(b"GET / HTTP/1.1\r\n").expect("write");
+        assert!(matches!(read_some(&mut p, 1 << 20), Step::Bad(_)));
+        let (mut p, peer) = pending();
+        drop(peer);
+        assert!(matches!(read_some(&mut p, 1 << 20), Step::Gone));
+    }
+}
