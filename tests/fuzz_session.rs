@@ -698,8 +698,9 @@ fn idle_connection_flood_memory() {
     std::thread::sleep(Duration::from_millis(300));
     let base = status(pid, "VmRSS");
     let base_vm = status(pid, "VmSize");
-    // Connections that never send their hello: each holds a server thread until the
-    // 10 s handshake timeout.
+    // Connections that never send their hello: they wait in the server's admission loop
+    // (no thread), the oldest dropped beyond --max-pending, the rest closed at the hello
+    // timeout.
     let mut idle = Vec::new();
     for _ in 0..500 {
         match TcpStream::connect(&server.addr) {

@@ -114,6 +114,14 @@ pub struct RunArgs {
     /// loss.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub reconnect_timeout: u64,
+    /// Count the page server as lost after SECS without a sign of life from it while the
+    /// client waits for pages (a request unanswered, the stream unfinished): a link gone
+    /// silent, a stopped server. Then reconnect and resume as after a dropped connection;
+    /// after --reconnect-timeout the run ends with "no answer from the page server for SECS
+    /// s; the link may be down" and exit status 1. Also the connections' TCP_USER_TIMEOUT
+    /// and keepalive. A client waiting for nothing may stay silent for ever.
+    #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub stall_timeout: u64,
     /// Seed of the workload's random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -182,6 +190,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config.urgent_priority = args.urgent_rt_priority;
             config.hugetlb = args.hugetlb_placement;
             config.reconnect_timeout = std::time::Duration::from_secs(args.reconnect_timeout);
+            config.stall_timeout = std::time::Duration::from_secs(args.stall_timeout);
             if let Some(path) = args.token_file {
                 let token = std::fs::read(&path).map_err(|e| {
                     anyhow::anyhow!("cannot read token file {}: {e}", path.display())

@@ -46,6 +46,10 @@ pub enum ClientError {
     },
 }
 
+/// Default `stall_timeout`: long enough for a server busy with many clients, short enough
+/// that a dead link is noticed within seconds.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -71,6 +75,8 @@ pub struct RunConfig {
     pub trace: Option<PathBuf>,
     /// How long to keep reconnecting after a connection is lost (zero: fail at once).
     pub reconnect_timeout: Duration,
+    /// Silence that counts as a lost connection (see [`ClientOptions::stall_timeout`]).
+    pub stall_timeout: Duration,
     /// How the region is backed.
     pub backing: Backing,
     /// How hugetlbfs units are placed.
@@ -101,6 +107,7 @@ impl RunConfig {
             token: Vec::new(),
             trace: None,
             reconnect_timeout: Duration::from_secs(30),
+            stall_timeout: STALL_TIMEOUT,
             backing: Backing::Anon,
             hugetlb: HugetlbPlacement::Copy,
             quiet: false,
@@ -134,6 +141,10 @@ pub struct ClientOptions {
     pub fail_fast: bool,
     /// Keep reconnecting this long after a connection is lost (zero: fail at once).
     pub reconnect_timeout: Duration,
+    /// The server counts as lost after this long without a sign of life while the client
+    /// waits for it (a request unanswered, the stream unfinished): a silent link, a stopped
+    /// server ([`crate::liveness`]). Also the connections' `TCP_USER_TIMEOUT` and keepalive.
+    pub stall_timeout: Duration,
     /// Cap the background connection's TCP receive window at this many bytes
     /// (`TCP_WINDOW_CLAMP`): at most that much background data is in flight, so on a link
     /// whose bottleneck is one FIFO queue an urgent answer waits behind at most that much.
@@ -159,6 +170,7 @@ impl ClientOptions {
             hugetlb: HugetlbPlacement::Copy,
             fail_fast: false,
             reconnect_timeout: Duration::from_secs(30),
+            stall_timeout: STALL_TIMEOUT,
             background_window: None,
             urgent_priority: None,
         }
@@ -244,6 +256,7 @@ impl Client {
                 params,
                 background,
                 reconnect_timeout: options.reconnect_timeout,
+                stall_timeout: options.stall_timeout,
                 background_window: options.background_window,
                 urgent_priority: options.urgent_priority,
             },
@@ -325,6 +338,7 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
         token: config.token.clone(),
         trace: config.trace.clone(),
         reconnect_timeout: config.reconnect_timeout,
+        stall_timeout: config.stall_timeout,
         backing: config.backing,
         hugetlb: config.hugetlb,
         fail_fast: config.fail_fast,
@@ -434,17 +448,34 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
     Ok(report)
 }
 
-/// Touches every page (so the whole image arrives), then compares each page with the
-/// reference: the server's checksum, or the synthetic page regenerated here.
-fn verify(pager: &Pager, reference: &Reference) -> Result<bool, ClientError> {
-    for index in (0..pager.pages).filter(|&i| !pager.gone.get(i as usize)) {
-        // SAFETY: the address is inside the registered region; a missing page is fetched
-        // on demand and this thread blocks until it is placed.
-        unsafe { std::ptr::read_volatile(pager.page_addr(index) as *const u8) };
-        if let Some(why) = pager.fatal() {
-            return Err(ClientError::Transfer(why));
-        }
-    }
+/// Touches every page still mapped, so the whole image arrives. The touching is done by a
+/// helper thread: a touch blocks until its page is placed, and if the server is lost for good
+/// that is never; the caller returns the error instead (the blocked helper ends with the
+/// process, never released onto a page that did not come from the server).
+fn fetch_all(pager: &Arc<Pager>) -> Result<(), ClientError> {
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (p, finished) = (Arc::clone(pager), Arc::clone(&done));
+    std::thread::Builder::new()
+        .name("fetch-all".into())
+        .spawn(move || {
+            for index in (0..p.pages).filter(|&i| !p.gone.get(i as usize)) {
+                // SAFETY: the address is inside the registered region; a missing page is
+                // fetched on demand and this thread blocks until it is placed.
+                unsafe { std::ptr::read_volatile(p.page_addr(index) as *const u8) };
+            }
+            finished.store(true, Ordering::Release);
+            p.notify();
+        })
+        .map_err(ClientError::Spawn)?;
+    pager
+        .wait_until(|| done.load(Ordering::Acquire))
+        .map_err(ClientError::Transfer)
+}
+
+/// Fetches every page, then compares each page with the reference: the server's checksum,
+/// or the synthetic page regenerated here.
+fn verify(pager: &Arc<Pager>, reference: &Reference) -> Result<bool, ClientError> {
+    fetch_all(pager)?;
     let page = usize::try_from(pager.page).unwrap_or(4096);
     let mut expected = vec![0u8; page];
     let mut bad = 0u64;
@@ -453,7 +484,7 @@ fn verify(pager: &Pager, reference: &Reference) -> Result<bool, ClientError> {
             continue; // unmapped by the application
         }
         let addr = pager.page_addr(index) as *const u8;
-        // SAFETY: every page is present (touched above) and nothing writes the region now.
+        // SAFETY: every page is present (fetched above) and nothing writes the region now.
         let bytes = unsafe { std::slice::from_raw_parts(addr, page) };
         // A page the application discarded reads as zeros (see crate::events).
         let discarded = pager.discarded.get(index as usize);
@@ -486,14 +517,8 @@ fn verify(pager: &Pager, reference: &Reference) -> Result<bool, ClientError> {
     Ok(bad == 0)
 }
 
-fn dump(pager: &Pager, image_size: u64, path: &PathBuf) -> Result<(), ClientError> {
-    for index in 0..pager.pages {
-        // SAFETY: as in `verify`: the page is fetched on demand if missing.
-        unsafe { std::ptr::read_volatile(pager.page_addr(index) as *const u8) };
-    }
-    if let Some(why) = pager.fatal() {
-        return Err(ClientError::Transfer(why));
-    }
+fn dump(pager: &Arc<Pager>, image_size: u64, path: &PathBuf) -> Result<(), ClientError> {
+    fetch_all(pager)?;
     // SAFETY: every page is present and nothing writes the region now.
     let bytes = unsafe {
         std::slice::from_raw_parts(

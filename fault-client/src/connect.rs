@@ -31,6 +31,18 @@ pub enum ConnectError {
     /// Something other than a welcome came back.
     #[error("handshake with the page server failed: unexpected {0:?} frame")]
     Unexpected(proto::Kind),
+    /// The server accepted the connection but sent no answer to the hello in time (a
+    /// stopped or overloaded server: its kernel accepts connections on its behalf).
+    #[error(
+        "the page server at {addr} accepted the connection but did not answer its hello within {:.1} s",
+        .waited.as_secs_f64()
+    )]
+    NoWelcome {
+        /// The address.
+        addr: String,
+        /// How long the client waited.
+        waited: Duration,
+    },
     /// The connection closed during the handshake.
     #[error("the page server closed the connection during the handshake")]
     Closed,
@@ -88,6 +100,11 @@ pub struct HelloParams {
     pub token: Vec<u8>,
 }
 
+/// The longest a TCP connect may take (per address).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest the server may take to answer a hello (and send the checksums).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Connects and performs the handshake for `role`.
 pub fn connect(
     endpoint: &Endpoint,
@@ -95,27 +112,84 @@ pub fn connect(
     params: &HelloParams,
     want_checksums: bool,
 ) -> Result<Connected, ConnectError> {
-    connect_with(endpoint, role, params, want_checksums, None)
+    connect_with(
+        endpoint,
+        role,
+        params,
+        want_checksums,
+        None,
+        HANDSHAKE_TIMEOUT,
+    )
+}
+
+/// [`connect`], giving up after `within` (at most the usual 5 s to connect and 30 s for the
+/// handshake): a reconnection must not outlast `--reconnect-timeout`.
+pub fn connect_within(
+    endpoint: &Endpoint,
+    role: Role,
+    params: &HelloParams,
+    within: Duration,
+) -> Result<Connected, ConnectError> {
+    connect_with(endpoint, role, params, false, None, within)
 }
 
 /// Connects the urgent connection of an existing session again, telling the server which
 /// pages the client has (`have`: its received bitmap words), so that only the rest is sent.
+/// Gives up after `within` (at most 5 s to connect and 30 s for the handshake).
 pub fn resume(
     endpoint: &Endpoint,
     params: &HelloParams,
     have: &[u64],
+    within: Duration,
 ) -> Result<Connected, ConnectError> {
-    connect_with(endpoint, Role::Urgent, params, false, Some(have))
+    connect_with(endpoint, Role::Urgent, params, false, Some(have), within)
 }
 
+/// Attempts at most this many handshakes while the server answers "too many sessions".
+const ATTEMPTS: u32 = 5;
+
+/// [`handshake`], again after a short pause while the server answers "too many sessions"
+/// (error 4): a server flooded with connections drops the oldest that have not sent their
+/// hello, which may, rarely, be this one; the next attempt gets in.
 fn connect_with(
     endpoint: &Endpoint,
     role: Role,
     params: &HelloParams,
     want_checksums: bool,
     have: Option<&[u64]>,
+    within: Duration,
 ) -> Result<Connected, ConnectError> {
-    let conn = Conn::connect(endpoint, Duration::from_secs(5)).map_err(|source| {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(20);
+    let mut attempt = 1;
+    loop {
+        let left = within.saturating_sub(started.elapsed());
+        match handshake(endpoint, role, params, want_checksums, have, left) {
+            Err(ConnectError::Refused {
+                code: ErrorCode::TooManySessions,
+                message,
+            }) if attempt < ATTEMPTS && left > pause => {
+                tracing::debug!("page server busy ({message}); trying again");
+                std::thread::sleep(pause);
+                pause *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One connection and handshake, giving up after `within`.
+fn handshake(
+    endpoint: &Endpoint,
+    role: Role,
+    params: &HelloParams,
+    want_checksums: bool,
+    have: Option<&[u64]>,
+    within: Duration,
+) -> Result<Connected, ConnectError> {
+    let within = within.max(Duration::from_millis(100));
+    let conn = Conn::connect(endpoint, CONNECT_TIMEOUT.min(within)).map_err(|source| {
         ConnectError::Unreachable {
             addr: endpoint.to_string(),
             source,
@@ -156,11 +230,21 @@ fn connect_with(
                 .map_err(WireError::Io)?;
         }
     }
+    let waited = HANDSHAKE_TIMEOUT.min(within);
     reader
         .get_ref()
-        .set_read_timeout(Some(Duration::from_secs(30)))
+        .set_read_timeout(Some(waited))
         .map_err(WireError::Io)?;
-    let welcome = match reader.read_frame(&Limits::handshake(page))? {
+    let answer = match reader.read_frame(&Limits::handshake(page)) {
+        Err(WireError::Io(err)) if err.kind() == std::io::ErrorKind::WouldBlock => {
+            return Err(ConnectError::NoWelcome {
+                addr: endpoint.to_string(),
+                waited,
+            })
+        }
+        other => other?,
+    };
+    let welcome = match answer {
         Some(Frame::Welcome(w)) => w,
         Some(Frame::Error { code, message }) => {
             return Err(ConnectError::Refused {

@@ -11,6 +11,7 @@
 //!   through the `hugepage` crate's assembler (huge pages placed whole).
 //! - [`events`]: what the application does to the region (discard, unmap, move, fork).
 //! - [`link`]: the connections, their receivers, and recovery (reconnect and resume).
+//! - [`liveness`]: stall detection (a server that stops answering while the client waits).
 //! - [`workload`]: the application threads (seq, random, zipf) and their fault latency.
 //! - [`client`]: one run from connect to report. [`report`]: table and JSON.
 //! - [`progress`]: the live progress line of long runs.
@@ -27,6 +28,7 @@ pub mod connect;
 pub mod demo;
 pub mod events;
 pub mod link;
+pub mod liveness;
 pub mod pager;
 pub mod plot;
 pub mod progress;

@@ -11,6 +11,12 @@
 //! that cannot read its image, or the timeout end the run with a clear error; a faulting
 //! thread is never released onto a page that did not come from the server.
 //!
+//! A server that stops answering is a lost connection too: TCP keepalive and
+//! `TCP_USER_TIMEOUT` (`--stall-timeout`) end a connection whose peer's kernel no longer
+//! answers, and the stall watchdog ([`crate::liveness`]) reports `--stall-timeout` of silence
+//! while a request is unanswered or the stream unfinished (a silent link, a stopped server).
+//! Every reconnection attempt is bounded by what is left of `--reconnect-timeout`.
+//!
 //! Each set of connections is a *generation*; a receiver of an old generation that fails
 //! while the supervisor replaces it does not trigger another reconnection.
 
@@ -41,6 +47,9 @@ pub struct LinkConfig {
     pub background_window: Option<u32>,
     /// `SCHED_FIFO` priority of the urgent receiver (None: the normal scheduler).
     pub urgent_priority: Option<i32>,
+    /// Silence while waiting for the server that counts as a lost connection
+    /// ([`crate::liveness`]); also the connections' `TCP_USER_TIMEOUT`.
+    pub stall_timeout: Duration,
 }
 
 /// One generation of connections.
@@ -60,6 +69,9 @@ impl Generation {
     }
 }
 
+/// The handshake of the first generation's background connection may take this long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Starts the receivers of the first generation (from the urgent connection `urgent`, already
 /// open) and the supervisor thread. Returns the supervisor's handle.
 pub fn start(
@@ -67,26 +79,39 @@ pub fn start(
     config: LinkConfig,
     urgent: Connected,
 ) -> Result<JoinHandle<()>, ConnectError> {
-    let first = install(pager, &config, urgent, 0)?;
+    let first = install(pager, &config, urgent, 0, HANDSHAKE_TIMEOUT)?;
     let p = Arc::clone(pager);
     std::thread::Builder::new()
         .name("link".into())
-        .spawn(move || supervise(&p, &config, first))
+        .spawn(move || {
+            std::thread::scope(|s| {
+                let watchdog = std::thread::Builder::new()
+                    .name("stall-watch".into())
+                    .spawn_scoped(s, || {
+                        crate::liveness::watch(&p, config.stall_timeout, config.background)
+                    });
+                if let Err(err) = watchdog {
+                    p.fail(format!("cannot start the stall watchdog: {err}"));
+                }
+                supervise(&p, &config, first);
+            })
+        })
         .map_err(|e| ConnectError::Wire(WireError::Io(e)))
 }
 
-/// Opens the background connection (if configured), starts both receivers and makes `urgent`
-/// the connection requests go to.
+/// Opens the background connection (if configured, giving up after `within`), starts both
+/// receivers and makes `urgent` the connection requests go to.
 fn install(
     pager: &Arc<Pager>,
     config: &LinkConfig,
     urgent: Connected,
     generation: u64,
+    within: Duration,
 ) -> Result<Generation, ConnectError> {
     let mut conns = vec![urgent.writer.get_ref().try_clone().map_err(WireError::Io)?];
     let mut receivers = Vec::new();
     let background = if config.background {
-        let bg = connect::connect(&config.server, Role::Background, &config.params, false)?;
+        let bg = connect::connect_within(&config.server, Role::Background, &config.params, within)?;
         if let Some(bytes) = config.background_window {
             bg.reader
                 .get_ref()
@@ -98,7 +123,15 @@ fn install(
     } else {
         None
     };
+    for conn in &conns {
+        // Best effort, like the other socket options: the watchdog covers what it misses.
+        if let Err(err) = conn.set_liveness(crate::liveness::tcp_timeout(config.stall_timeout)) {
+            tracing::debug!("keepalive / TCP_USER_TIMEOUT not set: {err}");
+        }
+    }
     pager.generation.store(generation, Ordering::Release);
+    // A new generation has asked for everything again: its answers may take a moment.
+    pager.liveness.asked();
     pager.reset_background();
     let reader = urgent.reader;
     let priority = config.urgent_priority;
@@ -187,7 +220,11 @@ fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
             if pager.stopping() || pager.fatal().is_some() {
                 return;
             }
-            match reconnect(pager, config, generation) {
+            // Trying to reconnect is not a stall of its own.
+            pager.liveness.asked();
+            // Bounded by what is left of the streak's reconnect timeout.
+            let left = config.reconnect_timeout.saturating_sub(streak.since());
+            match reconnect(pager, config, generation, left) {
                 Ok(next) => break next,
                 Err(err) if permanent(&err) => {
                     return pager.fail(format!("recovery impossible: {err}"));
@@ -292,9 +329,10 @@ fn reconnect(
     pager: &Arc<Pager>,
     config: &LinkConfig,
     generation: u64,
+    within: Duration,
 ) -> Result<Generation, ConnectError> {
     let have = pager.present_words();
-    let urgent = connect::resume(&config.server, &config.params, &have)?;
+    let urgent = connect::resume(&config.server, &config.params, &have, within)?;
     if urgent.welcome.image_size != pager.limits_image_size() {
         return Err(ConnectError::Refused {
             code: ErrorCode::ImageMismatch,
@@ -305,7 +343,7 @@ fn reconnect(
             ),
         });
     }
-    install(pager, config, urgent, generation)
+    install(pager, config, urgent, generation, within)
 }
 
 /// Errors that retrying cannot fix.

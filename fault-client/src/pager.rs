@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::liveness::Heard;
 use crate::trace::Resolution;
 use crate::workload::Waits;
 use hugepage::{Assembler, Backing, Mapped, Memory, Progress};
@@ -116,6 +117,8 @@ pub struct Pager {
     pub waits: Waits,
     /// The current connection generation (see [`crate::link`]).
     pub generation: AtomicU64,
+    /// When the server was last heard from and last asked ([`crate::liveness`]).
+    pub liveness: crate::liveness::Liveness,
     /// Where requests go; None while the link is being re-established.
     urgent_tx: Mutex<Option<FrameWriter<Conn>>>,
     /// Why the current generation's connections were lost, until the link is back.
@@ -156,6 +159,7 @@ impl Pager {
             trace,
             waits: Waits::default(),
             generation: AtomicU64::new(0),
+            liveness: crate::liveness::Liveness::default(),
             urgent_tx: Mutex::new(None),
             lost: Mutex::new(None),
             link_changed: Condvar::new(),
@@ -348,6 +352,7 @@ impl Pager {
             let at = std::time::Instant::now();
             match writer.send(&request) {
                 Ok(()) => {
+                    self.liveness.asked();
                     self.counters.requests.fetch_add(1, Ordering::Relaxed);
                     if let Some(trace) = &self.trace {
                         trace.request(at, first * self.page, len);
@@ -591,12 +596,14 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
                 if let Err(why) = complete_ready(pager, &mut assembler) {
                     return pager.fail(why);
                 }
+                // Placing is progress too: the reader may be waiting for this batch.
+                pager.liveness.heard();
                 if free_tx.send(batch).is_err() {
                     return;
                 }
             }
         });
-        let mut reader = BatchReader::new(reader.into_inner());
+        let mut reader = BatchReader::new(Heard::new(reader.into_inner(), &pager.liveness));
         let mut last_bytes = 0;
         // The end frame may still be in the placer's queue when the server closes.
         let mut saw_end = false;
@@ -696,7 +703,7 @@ fn handle_frame(
 }
 
 /// A receiver thread: reads frames from one connection and places their pages.
-pub fn receive(pager: &Pager, channel: Channel, mut reader: FrameReader<Conn>, generation: u64) {
+pub fn receive(pager: &Pager, channel: Channel, reader: FrameReader<Conn>, generation: u64) {
     let mut assembler = match Placer::new(pager, channel) {
         Ok(a) => a,
         Err(err) => return pager.fail(err),
@@ -705,6 +712,12 @@ pub fn receive(pager: &Pager, channel: Channel, mut reader: FrameReader<Conn>, g
         Channel::Urgent => "urgent",
         Channel::Background => "background",
     };
+    // The handshake's bytes count as received; from here every read is a sign of life.
+    pager
+        .counters
+        .bytes_received
+        .fetch_add(reader.bytes_read(), Ordering::Relaxed);
+    let mut reader = FrameReader::new(Heard::new(reader.into_inner(), &pager.liveness));
     let mut last_bytes = 0;
     loop {
         let frame = match reader.read_frame(&pager.limits) {

@@ -26,6 +26,8 @@ fn help_lists_the_commands_and_run_flags() {
         "--verify",
         "--dump",
         "--json",
+        "--reconnect-timeout",
+        "--stall-timeout",
     ] {
         assert!(text.contains(flag), "run --help lacks {flag}");
     }
@@ -39,6 +41,7 @@ fn bad_arguments_exit_2() {
         vec!["run", "--server", "127.0.0.1:1", "--touch", "2"],
         vec!["run", "--server", "127.0.0.1:1", "--workload", "sideways"],
         vec!["run", "--server", "127.0.0.1:1", "--threads", "0"],
+        vec!["run", "--server", "127.0.0.1:1", "--stall-timeout", "0"],
     ] {
         let out = Command::new(BIN).args(&args).output().expect("run");
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -66,9 +66,12 @@ pub struct Args {
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_sessions: usize,
 
-    /// Connections that have not finished their hello (10 s at most each), at most; more are
-    /// refused at once with a "too many sessions" error frame, so a flood of idle
-    /// connections costs no threads.
+    /// Connections that have not sent their hello yet, at most. They wait in one event loop
+    /// and cost no thread; when N are waiting, a new connection makes the server drop the
+    /// OLDEST one (with a "too many sessions" error frame), so a flood of idle or dribbling
+    /// connections cannot lock a real client out: one that sends its hello at once is
+    /// admitted within a round trip. Also the most handshakes past the hello at once (a
+    /// resuming client's have frames; beyond that a hello is refused).
     #[arg(
         long,
         default_value_t = 128,
@@ -76,6 +79,28 @@ pub struct Args {
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
     )]
     pub max_pending: usize,
+
+    /// Connections from one IP address that have not sent their hello yet, at most; beyond
+    /// that the address's own oldest is dropped. Default: no per-address limit (clients
+    /// behind one NAT address would share it).
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub max_pending_per_source: Option<usize>,
+
+    /// Time a new connection has to send its whole hello (and, resuming, its have frames)
+    /// before it is closed.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
+    pub hello_timeout: Duration,
+
+    /// Drop a client whose TCP stops answering for this long: data not acknowledged, or
+    /// keepalive probes unanswered (its host or link vanished without a word), or a receive
+    /// window kept shut (TCP keepalive + TCP_USER_TIMEOUT). Its threads and session go with
+    /// it; a live client reconnects and resumes.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    pub peer_timeout: Duration,
 
     /// Close a connection that makes no progress for this long, and end its session: a
     /// client that stopped reading (a write blocked this long), or an urgent connection
@@ -188,6 +213,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.policy.drop_every = args.drop_every;
     config.max_sessions = args.max_sessions;
     config.max_pending = args.max_pending;
+    config.max_pending_per_source = args.max_pending_per_source;
+    config.handshake_timeout = args.hello_timeout;
+    config.peer_timeout = args.peer_timeout;
     config.idle_timeout = args.idle_timeout;
     config.max_bandwidth = args.max_bandwidth;
     if let Some(priority) = args.urgent_rt_priority {
@@ -208,6 +236,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         image.len(),
         image.pages()
     );
+    // Every connection costs a descriptor, pending ones included.
+    match uffd_core::wire::raise_open_files_limit() {
+        Ok(limit) => tracing::debug!(limit, "open files"),
+        Err(err) => tracing::warn!("cannot raise the open-files limit: {err}"),
+    }
     let server = Server::bind(config, Arc::new(image))?;
     let endpoint = server.local_endpoint()?;
     let mut stdout = std::io::stdout();

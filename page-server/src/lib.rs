@@ -7,12 +7,16 @@
 //!
 //! # Layout
 //! - [`image`]: the served bytes, zero pages, per-page checksums, image identity.
-//! - [`server`]: listening, the handshake, the session registry, shutdown.
+//! - [`admission`]: new connections until their hello has arrived: one event loop, the
+//!   pending table (oldest dropped first), the hello deadline.
+//! - [`server`]: the handshake, the session registry, liveness of established connections,
+//!   shutdown.
 //! - [`session`]: which pages were sent, and the coordination of the two senders
 //!   (preemption at chunk boundaries, no page on two connections).
 //! - [`urgent`]: answering requests. [`background`]: the stream. [`send`]: pages to frames.
 //! - [`cli`]: the command line, and [`run`] which the binary calls.
 
+pub mod admission;
 pub mod background;
 pub mod cli;
 pub mod image;

@@ -1,18 +1,24 @@
-//! Accepting connections, the handshake, and the session registry.
+//! The handshake and the session registry.
 //!
-//! Each connection gets a thread. Its first frame must be a hello: an urgent hello with
-//! session 0 opens a session, a background hello joins one. Any bad frame is answered with an
-//! error frame and the connection is closed; other clients never notice.
+//! New connections wait in the admission table ([`crate::admission`], one event loop, no
+//! thread) until their first frame has arrived; then each gets a thread. Its first frame must
+//! be a hello: an urgent hello with session 0 opens a session, a background hello joins one.
+//! Any bad frame is answered with an error frame and the connection is closed; other clients
+//! never notice.
 //!
 //! **Limits.** What one peer can hold on to is bounded (see [`Config`]):
-//! - connections that have not finished their hello: at most `max_pending` (more are refused
-//!   at once, without a thread), each for at most `handshake_timeout`;
+//! - connections that have not sent their hello: at most `max_pending` (a new one beyond that
+//!   replaces the oldest), at most `max_pending_per_source` from one address, each for at most
+//!   `handshake_timeout`; handshakes past the hello (a resuming client's have frames): at
+//!   most `max_pending` threads;
 //! - sessions: at most `max_sessions`;
 //! - an established connection that makes no progress for `idle_timeout` is closed and its
 //!   session ended: a write that cannot proceed (the client stopped reading, `Outbound`),
 //!   or silence on the urgent connection once the session has nothing left to send
 //!   (`Inbound`);
-//! - TCP keepalive finds peers that vanished without a word (`keep_alive`).
+//! - a client that vanished without a word (its host or link gone: no TCP acknowledgement,
+//!   no keepalive answer) is dropped after `peer_timeout` (TCP keepalive and
+//!   `TCP_USER_TIMEOUT`, [`Conn::set_liveness`]), and its threads and session with it.
 //!
 //! Frames are written with blocking writes and nothing is queued in memory, so a slow reader
 //! costs its socket buffers and its thread, never more.
@@ -20,16 +26,15 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 use uffd_core::proto::{self, ErrorCode, Hello, Role, Welcome};
 use uffd_core::repeat::{Repeats, Tell};
 use uffd_core::{Conn, Endpoint, Frame, FrameReader, FrameWriter, Limits, Listener};
 
+use crate::admission::{self, Admission, Arrival, Refused};
 use crate::image::Image;
 use crate::session::{Policy, Session};
 use crate::ServeError;
@@ -44,11 +49,22 @@ pub struct Config {
     /// Sessions served at once; more are refused with an error frame.
     pub max_sessions: usize,
     /// How long a new connection may take to send its hello (all of it, and a resuming
-    /// client's have frames).
+    /// client's have frames), from its accept.
     pub handshake_timeout: Duration,
-    /// Connections that have not finished their hello, at most; more are refused at once
-    /// with an error frame (`TooManySessions`), before any thread is started for them.
+    /// Connections that have not sent their hello, at most. They cost no thread; when the
+    /// table is full, the oldest is dropped (with a `TooManySessions` error frame) to make
+    /// room for the new one. Also the most handshake threads (connections past their hello
+    /// that have not been welcomed yet); beyond that a hello is refused with
+    /// `TooManySessions`.
     pub max_pending: usize,
+    /// Connections from one IP address that have not sent their hello, at most (None: no
+    /// limit); beyond that the address's oldest is dropped.
+    pub max_pending_per_source: Option<usize>,
+    /// A client whose TCP stops answering for this long (no acknowledgement of data sent, no
+    /// answer to keepalive probes, or a receive window that stays shut) is dropped
+    /// ([`Conn::set_liveness`]): a host or link that vanished without a word costs its
+    /// threads and session only this long.
+    pub peer_timeout: Duration,
     /// An established connection that makes no progress for this long is closed and its
     /// session ended: a write blocked this long (the client stopped reading), or an urgent
     /// connection silent this long while the session has nothing left to send. A silent
@@ -68,8 +84,9 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults: 64 KiB chunks, preemption on, 64 sessions, 10 s handshake, 128 pending
-    /// connections, 300 s idle timeout, no token, background not paced.
+    /// Defaults: 64 KiB chunks, preemption on, 64 sessions, 5 s handshake, 128 pending
+    /// connections (no per-source limit), 30 s peer timeout, 300 s idle timeout, no token,
+    /// background not paced.
     pub fn new(listen: Endpoint) -> Config {
         Config {
             listen,
@@ -79,8 +96,10 @@ impl Config {
                 drop_every: None,
             },
             max_sessions: 64,
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
             max_pending: 128,
+            max_pending_per_source: None,
+            peer_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             token: None,
             max_bandwidth: None,
@@ -95,8 +114,10 @@ struct Shared {
     config: Config,
     limits: Limits,
     sessions: Mutex<HashMap<u64, Arc<Session>>>,
-    /// Connections accepted that have not finished their hello ([`PendingSlot`]).
+    /// Connections in the admission table (no hello yet).
     pending: AtomicUsize,
+    /// Handshake threads ([`HandshakeSlot`]).
+    handshaking: AtomicUsize,
     /// Connection threads running.
     connections: AtomicUsize,
     /// Connections and sessions closed on an error, for the log (a client that keeps
@@ -135,6 +156,7 @@ impl Server {
                 limits,
                 sessions: Mutex::new(HashMap::new()),
                 pending: AtomicUsize::new(0),
+                handshaking: AtomicUsize::new(0),
                 connections: AtomicUsize::new(0),
                 closes: Repeats::default(),
                 resumes: Repeats::default(),
@@ -152,45 +174,28 @@ impl Server {
         self.shared.sessions().len()
     }
 
-    /// Connections being served (one thread each), with or without their hello.
+    /// Connections being served by a thread (their hello has arrived).
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::Acquire)
     }
 
-    /// Connections that have not finished their hello yet (at most `max_pending`).
+    /// Connections waiting for their hello in the admission table (no thread; at most
+    /// `max_pending`).
     pub fn pending(&self) -> usize {
         self.shared.pending.load(Ordering::Acquire)
     }
 
     /// Serves until `shutdown` becomes true, then closes every session.
     pub fn serve(&self, shutdown: &AtomicBool) -> Result<(), ServeError> {
-        let mut refusals = Refusals::default();
-        while !shutdown.load(Ordering::Acquire) {
-            let mut fds = [PollFd::new(self.listener_fd(), PollFlags::POLLIN)];
-            match nix::poll::poll(&mut fds, PollTimeout::from(100u8)) {
-                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-                Ok(_) => {}
-                Err(errno) => return Err(ServeError::Io(errno.into())),
-            }
-            match self.listener.accept() {
-                Ok(conn) => {
-                    let Some(slot) = PendingSlot::take(&self.shared) else {
-                        refusals.count(self.shared.config.max_pending);
-                        refuse(conn, self.shared.config.max_pending);
-                        continue;
-                    };
-                    keep_alive(&conn);
-                    let shared = Arc::clone(&self.shared);
-                    let spawned = std::thread::Builder::new()
-                        .name("conn".into())
-                        .spawn(move || handle(conn, &shared, slot));
-                    if let Err(err) = spawned {
-                        tracing::warn!("cannot spawn a connection thread: {err}");
-                    }
-                }
-                Err(err) => tracing::warn!("accept failed: {err}"),
-            }
-        }
+        let config = &self.shared.config;
+        let rules = admission::Rules {
+            max_pending: config.max_pending.max(1),
+            max_per_source: config.max_pending_per_source,
+            hello_timeout: config.handshake_timeout,
+            max_payload: self.shared.limits.max_payload,
+        };
+        Admission::new(&self.listener, rules, &self.shared.pending)
+            .run(shutdown, |arrival| self.start_handshake(arrival))?;
         let sessions: Vec<_> = self.shared.sessions().drain().map(|(_, s)| s).collect();
         for session in sessions {
             session.close();
@@ -199,122 +204,53 @@ impl Server {
         Ok(())
     }
 
-    fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        match &self.listener {
-            Listener::Tcp(l) => l.as_fd(),
-            Listener::Unix(l, _) => l.as_fd(),
+    /// Starts the thread that finishes `arrival`'s handshake and then serves it.
+    fn start_handshake(&self, arrival: Arrival) -> Result<(), Refused> {
+        let Some(slot) = HandshakeSlot::take(&self.shared) else {
+            let limit = self.shared.config.max_pending;
+            return Err(Refused {
+                arrival,
+                code: ErrorCode::TooManySessions,
+                message: format!("too many handshakes in progress (limit {limit})"),
+            });
+        };
+        if let Err(err) = arrival.conn.set_liveness(self.shared.config.peer_timeout) {
+            tracing::debug!("keepalive / TCP_USER_TIMEOUT not set: {err}");
         }
+        let shared = Arc::clone(&self.shared);
+        let spawned = std::thread::Builder::new()
+            .name("conn".into())
+            .spawn(move || handle(arrival, &shared, slot));
+        if let Err(err) = spawned {
+            tracing::warn!("cannot spawn a connection thread: {err}");
+        }
+        Ok(())
     }
 }
 
-/// A connection that has not finished its hello: one of `Config::max_pending`, given back
-/// when dropped (after the hello, or when the connection ends before it).
+/// A handshake thread: one of `Config::max_pending`, given back when dropped (once the
+/// session is registered or joined, or when the connection ends before that).
 #[derive(Debug)]
-struct PendingSlot(Arc<Shared>);
+struct HandshakeSlot(Arc<Shared>);
 
-impl PendingSlot {
-    /// A slot, or None if `max_pending` connections are waiting for their hello already.
-    fn take(shared: &Arc<Shared>) -> Option<PendingSlot> {
+impl HandshakeSlot {
+    /// A slot, or None if `max_pending` handshakes are under way already.
+    fn take(shared: &Arc<Shared>) -> Option<HandshakeSlot> {
         let limit = shared.config.max_pending;
         shared
-            .pending
+            .handshaking
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)
             })
             .ok()?;
-        Some(PendingSlot(Arc::clone(shared)))
+        Some(HandshakeSlot(Arc::clone(shared)))
     }
 }
 
-impl Drop for PendingSlot {
+impl Drop for HandshakeSlot {
     fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+        self.0.handshaking.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// Refused connections, told in the log at most once a second (a flood must not flood it).
-#[derive(Debug, Default)]
-struct Refusals {
-    since_last: u64,
-    last: Option<Instant>,
-}
-
-impl Refusals {
-    fn count(&mut self, max_pending: usize) {
-        self.since_last += 1;
-        if self
-            .last
-            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
-        {
-            tracing::warn!(
-                refused = self.since_last,
-                "refusing connections: {max_pending} have not finished their hello (--max-pending)"
-            );
-            self.since_last = 0;
-            self.last = Some(Instant::now());
-        }
-    }
-}
-
-/// Refuses a connection beyond `max_pending` from the accept loop itself: an error frame
-/// (`TooManySessions`: the server is at capacity, try again later), then the close. Nothing
-/// here may block: the socket is switched to non-blocking, and a frame that does not fit is
-/// simply not sent (the client sees the close).
-fn refuse(conn: Conn, max_pending: usize) {
-    let nonblocking = match &conn {
-        Conn::Tcp(s) => s.set_nonblocking(true),
-        Conn::Unix(s) => s.set_nonblocking(true),
-    };
-    if nonblocking.is_err() {
-        return;
-    }
-    let mut conn = conn;
-    let message = format!("too many connections waiting for their hello (limit {max_pending})");
-    let mut frame = bytes::BytesMut::new();
-    Frame::Error {
-        code: ErrorCode::TooManySessions,
-        message: &message,
-    }
-    .encode(&mut frame);
-    let _ = conn.write_all(&frame);
-    // What the client sent already (its hello, say) is read and dropped: closing a socket with
-    // unread input makes the kernel answer with a reset, which can destroy the error frame
-    // before the client reads it. Bounded, so a sender cannot keep this loop busy.
-    let mut sink = [0u8; 4096];
-    for _ in 0..16 {
-        if !matches!(conn.read(&mut sink), Ok(n) if n > 0) {
-            break;
-        }
-    }
-}
-
-/// TCP keepalive on an accepted connection: a peer that vanished without a word (power cut,
-/// cable pulled) is found after about two minutes of silence, and its blocked reader fails
-/// instead of holding its thread (and session) for ever. Best effort, like `tune_socket`.
-fn keep_alive(conn: &Conn) {
-    // First probe after 60 s of silence, then every 10 s; 6 unanswered probes end it.
-    set_option(
-        conn,
-        libc::SOL_SOCKET,
-        libc::SO_KEEPALIVE,
-        1,
-        "SO_KEEPALIVE",
-    );
-    set_option(
-        conn,
-        libc::IPPROTO_TCP,
-        libc::TCP_KEEPIDLE,
-        60,
-        "TCP_KEEPIDLE",
-    );
-    set_option(
-        conn,
-        libc::IPPROTO_TCP,
-        libc::TCP_KEEPINTVL,
-        10,
-        "TCP_KEEPINTVL",
-    );
-    set_option(conn, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6, "TCP_KEEPCNT");
 }
 
 /// Sets an int socket option; a failure is only logged (at debug): these options tune, the
@@ -342,19 +278,24 @@ enum ReadLimit {
     None,
 }
 
-/// The read side of a connection, with its time limit. The limit changes once the handshake is
-/// over, while the [`FrameReader`] owns this, hence the cell.
+/// The read side of a connection, with its time limit: first the bytes the admission loop
+/// read already, then the socket. The limit changes once the handshake is over, while the
+/// [`FrameReader`] owns this, hence the cell.
 #[derive(Debug)]
 struct Inbound {
     conn: Conn,
+    first: Vec<u8>,
+    at: usize,
     limit: RefCell<ReadLimit>,
 }
 
 impl Inbound {
-    fn new(conn: Conn, handshake: Duration) -> Inbound {
+    fn new(conn: Conn, first: Vec<u8>, deadline: Instant) -> Inbound {
         Inbound {
             conn,
-            limit: RefCell::new(ReadLimit::Handshake(Instant::now() + handshake)),
+            first,
+            at: 0,
+            limit: RefCell::new(ReadLimit::Handshake(deadline)),
         }
     }
 
@@ -380,6 +321,12 @@ fn timed_out(err: &io::Error) -> bool {
 
 impl Read for Inbound {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at < self.first.len() {
+            let n = buf.len().min(self.first.len() - self.at);
+            buf[..n].copy_from_slice(&self.first[self.at..self.at + n]);
+            self.at += n;
+            return Ok(n);
+        }
         match self.limit.get_mut() {
             ReadLimit::Handshake(deadline) => {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -467,19 +414,24 @@ fn idle(err: ServeError, timeout: Duration) -> ServeError {
     }
 }
 
-fn handle(conn: Conn, shared: &Shared, slot: PendingSlot) {
+fn handle(arrival: Arrival, shared: &Shared, slot: HandshakeSlot) {
     shared.connections.fetch_add(1, Ordering::AcqRel);
-    serve_and_close(conn, shared, slot);
+    serve_and_close(arrival, shared, slot);
     shared.connections.fetch_sub(1, Ordering::AcqRel);
 }
 
-fn serve_and_close(conn: Conn, shared: &Shared, slot: PendingSlot) {
+fn serve_and_close(arrival: Arrival, shared: &Shared, slot: HandshakeSlot) {
+    let Arrival {
+        conn,
+        first,
+        deadline,
+    } = arrival;
     let peer = conn.peer();
     let (read_half, tracked) = match (conn.try_clone(), conn.try_clone()) {
         (Ok(r), Ok(t)) => (r, t),
         _ => return,
     };
-    let mut reader = FrameReader::new(Inbound::new(read_half, shared.config.handshake_timeout));
+    let mut reader = FrameReader::new(Inbound::new(read_half, first, deadline));
     let Ok(outbound) = Outbound::new(conn, shared.config.idle_timeout) else {
         return;
     };
@@ -514,7 +466,7 @@ fn serve_connection(
     reader: &mut FrameReader<Inbound>,
     writer: &mut FrameWriter<Outbound>,
     tracked: Conn,
-    slot: PendingSlot,
+    slot: HandshakeSlot,
 ) -> Result<(), ServeError> {
     let hello = match reader.read_frame(&shared.limits)? {
         Some(Frame::Hello(hello)) => owned_hello(hello),
@@ -810,7 +762,7 @@ fn send_checksums(writer: &mut FrameWriter<Outbound>, image: &Image) -> Result<(
 
 impl ServeError {
     /// The error frame code to tell the client, if the client should be told.
-    fn code(&self) -> Option<ErrorCode> {
+    pub(crate) fn code(&self) -> Option<ErrorCode> {
         match self {
             ServeError::Wire(uffd_core::WireError::Proto(_)) => Some(ErrorCode::Protocol),
             ServeError::Wire(_) | ServeError::Io(_) | ServeError::Bind { .. } => None,

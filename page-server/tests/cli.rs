@@ -20,6 +20,9 @@ fn help_names_the_options() {
         "--chunk",
         "--no-preempt",
         "--max-pending",
+        "--max-pending-per-source",
+        "--hello-timeout",
+        "--peer-timeout",
         "--idle-timeout",
         "--max-bandwidth",
     ] {
@@ -39,6 +42,9 @@ fn bad_arguments_exit_2_with_a_message() {
         vec!["--synthetic", "1MiB", "--idle-timeout", "5x"],
         vec!["--synthetic", "1MiB", "--idle-timeout", "0"],
         vec!["--synthetic", "1MiB", "--max-pending", "0"],
+        vec!["--synthetic", "1MiB", "--max-pending-per-source", "0"],
+        vec!["--synthetic", "1MiB", "--hello-timeout", "0"],
+        vec!["--synthetic", "1MiB", "--peer-timeout", "soon"],
         vec!["--synthetic", "1MiB", "--max-bandwidth", "900"],
         vec!["--synthetic", "1MiB", "--max-bandwidth", "0mbit"],
     ] {

@@ -1,7 +1,6 @@
 //! Helpers shared by the integration tests: in-process servers and the workspace binaries.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -127,15 +126,7 @@ impl ServerProcess {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn page-server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("first line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("page-server did not start: it printed {line:?}"))
-            .to_string();
+        let addr = listening_on(&mut child);
         ServerProcess(child, addr)
     }
 
@@ -158,4 +149,99 @@ impl Drop for ServerProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A page server on a thread of the test, whose counters the test reads
+/// (`Server::sessions`, `connections`, `pending`); stopped on drop.
+pub struct Observed {
+    pub server: Arc<Server>,
+    pub endpoint: Endpoint,
+    shutdown: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Observed {
+    pub fn start(image: Image, tweak: impl FnOnce(&mut Config)) -> Observed {
+        let mut config = Config::new("127.0.0.1:0".parse().expect("endpoint"));
+        tweak(&mut config);
+        let server = Arc::new(Server::bind(config, Arc::new(image)).expect("bind"));
+        let endpoint = server.local_endpoint().expect("endpoint");
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (server, shutdown) = (Arc::clone(&server), Arc::clone(&shutdown));
+            std::thread::spawn(move || server.serve(&shutdown).expect("serve"))
+        };
+        Observed {
+            server,
+            endpoint,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    /// The TCP `host:port` (the tests' servers listen on TCP).
+    pub fn addr(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Tcp(a) => a.clone(),
+            Endpoint::Unix(_) => unreachable!("tests use TCP"),
+        }
+    }
+
+    /// Waits up to 10 s until the server has no session and no connection thread left.
+    pub fn wait_idle(&self) {
+        eventually("no session and no connection left", || {
+            self.server.sessions() == 0 && self.server.connections() == 0
+        });
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Waits up to 10 s for `done`, failing the test with `what` otherwise.
+pub fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Reads a spawned page-server's first stdout line, `listening on ADDR`, and returns ADDR.
+pub fn listening_on(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("the server's stdout is piped"))
+        .read_line(&mut line)
+        .expect("the listening line");
+    line.trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("not a listening line: {line:?}"))
+        .to_string()
+}
+
+/// A hello for a new session (`session` 0) or joining one, base pages, no token.
+pub fn hello(role: uffd_core::proto::Role, session: u64) -> bytes::BytesMut {
+    use uffd_core::proto::{self, Frame, Hello};
+    let mut buf = bytes::BytesMut::new();
+    Frame::Hello(Hello {
+        version: proto::VERSION,
+        role,
+        flags: 0,
+        session,
+        unit: PAGE,
+        image_id: 0,
+        token: b"",
+    })
+    .encode(&mut buf);
+    buf
 }

@@ -118,6 +118,46 @@ impl Conn {
         };
     }
 
+    /// Makes the kernel give up on a peer that stopped answering at the TCP level (a link
+    /// gone silent, a host powered off: no RST, no FIN) within about `timeout`, instead of
+    /// the ~15 minutes of retransmissions TCP allows by default:
+    /// - `TCP_USER_TIMEOUT`: data sent and not acknowledged for `timeout` fails the
+    ///   connection (ETIMEDOUT in the next read or write);
+    /// - keepalive (`SO_KEEPALIVE`, first probe after a third of `timeout` of silence, then
+    ///   every sixth): an idle connection is probed, so a dead peer is found even when nothing
+    ///   is being sent (with `TCP_USER_TIMEOUT` set, the kernel drops the connection once the
+    ///   peer has been silent for `timeout` and a probe went unanswered).
+    ///
+    /// A peer whose kernel still answers (a stopped process, a full receive buffer) keeps the
+    /// connection: finding that needs an application-level check. Unix sockets: nothing to do.
+    pub fn set_liveness(&self, timeout: Duration) -> io::Result<()> {
+        let secs =
+            |d: Duration| libc::c_int::try_from(d.as_secs().max(1)).unwrap_or(libc::c_int::MAX);
+        let millis = libc::c_uint::try_from(timeout.as_millis()).unwrap_or(libc::c_uint::MAX);
+        self.set_int_option(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+        self.set_int_option(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs(timeout / 3))?;
+        self.set_int_option(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs(timeout / 6))?;
+        // Without TCP_USER_TIMEOUT this count would decide; with it, the timeout does.
+        self.set_int_option(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6)?;
+        self.set_option(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, millis)
+    }
+
+    /// The peer's IP address (None for Unix sockets).
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Conn::Tcp(s) => s.peer_addr().ok().map(|a| a.ip()),
+            Conn::Unix(_) => None,
+        }
+    }
+
+    /// Switches the connection to non-blocking (or back).
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.set_nonblocking(on),
+            Conn::Unix(s) => s.set_nonblocking(on),
+        }
+    }
+
     /// Caps the receive window this end advertises, so the peer has at most about `bytes`
     /// unacknowledged on this connection. On a bottleneck with one FIFO queue this bounds
     /// what a bulk connection keeps queued there in front of other connections' packets;
@@ -234,6 +274,15 @@ impl Conn {
     }
 }
 
+impl std::os::fd::AsFd for Conn {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Conn::Tcp(s) => s.as_fd(),
+            Conn::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
 impl Read for Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
@@ -273,17 +322,24 @@ pub enum Listener {
 }
 
 impl Listener {
-    /// Binds `endpoint`. A stale Unix socket file is replaced.
+    /// Binds `endpoint`. A stale Unix socket file is replaced. The listen backlog is the
+    /// system's maximum (`net.core.somaxconn`) rather than the standard library's 128: when
+    /// the backlog is full the kernel drops new SYNs, and a real client arriving in a burst of
+    /// connections would wait a second for its retransmission.
     pub fn bind(endpoint: &Endpoint) -> io::Result<Listener> {
-        match endpoint {
-            Endpoint::Tcp(addr) => TcpListener::bind(addr.as_str()).map(Listener::Tcp),
+        use nix::sys::socket::{listen, Backlog};
+        let listener = match endpoint {
+            Endpoint::Tcp(addr) => TcpListener::bind(addr.as_str()).map(Listener::Tcp)?,
             Endpoint::Unix(path) => {
                 if path.exists() && UnixStream::connect(path).is_err() {
                     std::fs::remove_file(path)?;
                 }
-                UnixListener::bind(path).map(|l| Listener::Unix(l, path.clone()))
+                UnixListener::bind(path).map(|l| Listener::Unix(l, path.clone()))?
             }
-        }
+        };
+        // Calling listen(2) again on a listening socket only changes its backlog.
+        listen(&listener, Backlog::MAXCONN)?;
+        Ok(listener)
     }
 
     /// The bound address as an endpoint (the real port when bound to port 0).
@@ -316,6 +372,28 @@ impl Listener {
             Listener::Unix(l, _) => l.set_nonblocking(on),
         }
     }
+}
+
+impl std::os::fd::AsFd for Listener {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l, _) => l.as_fd(),
+        }
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit, and returns the limit
+/// now in force. A server holds one descriptor per connection (pending ones included), and
+/// the usual soft limit of 1024 would refuse connections long before the server's own
+/// limits do.
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard)
 }
 
 impl Drop for Listener {
