@@ -50,9 +50,10 @@ fn urgent_rt_priority_makes_only_the_urgent_path_real_time() {
     client.touch(3);
     // A thread takes its name and its policy when it first runs, which on a busy machine can
     // be after the touch returned (the page may have come with the stream, unasked): wait
-    // until the fault handler shows up, then look.
+    // until the fault handler and the urgent receiver show up, then look.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while policies("fault-handler") != vec![1] && std::time::Instant::now() < deadline {
+    let started = || policies("fault-handler") == vec![1] && policies("urgent-rx") == vec![1];
+    while !started() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     // Client side: the fault handler and the urgent receiver are SCHED_FIFO, the
