@@ -110,8 +110,8 @@ cmd_down() {
 #   prio          htb at the same rate with two classes: packets marked low-delay (IP TOS
 #                 0x10, or DSCP EF, CS6 or CS7; u32 filters on the TOS byte) go to a
 #                 class served before the bulk class; each class has a byte FIFO of `limit`.
-#                 Only useful if the page-server marks its urgent connection (it does not
-#                 today: see BENCHMARKS-preempt.md); unmarked traffic behaves as with tbf.
+#                 The page-server marks its urgent connection low-delay (IP_TOS), so it
+#                 goes in the first class; unmarked traffic behaves as with tbf.
 # (This kernel has neither netem nor fq/fq_codel/prio/sfq; tbf, htb and the fifos are built in.)
 shape() {
   local ns=$1 dev=$2

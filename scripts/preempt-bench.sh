@@ -24,7 +24,7 @@
 #   --chunks "A B"     extra thp-preempt chunk sizes (default "16KiB 256KiB"; "" for none)
 #   --server-args "ARGS"    more `page-server` arguments for every run, both modes
 #                      (e.g. --server-args "--max-bandwidth 900mbit"; the setting that meets
-#                      every target on a FIFO link, BENCHMARKS.md table 7:
+#                      every target on a FIFO link, BENCHMARKS.md section 5:
 #                      --server-args "--max-bandwidth 900mbit --urgent-rt-priority 10"
 #                      --client-args "--urgent-rt-priority 10")
 #   --server-env "K=V ..."  environment for page-server (experiments)

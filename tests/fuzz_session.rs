@@ -467,7 +467,7 @@ fn hostile_welcome_is_an_error_not_a_crash() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Memory under stalled peers (measurements; numbers in RELIABILITY-fuzz.md).
+// Memory under stalled peers (measurements; numbers in RELIABILITY.md).
 
 struct Spawned {
     child: Child,
