@@ -25,7 +25,8 @@ use crate::backing::{Backing, HugetlbPlacement, PAGE};
 use crate::chunks::{pieces, Piece};
 use crate::gathered::Gathered;
 use crate::hugetlb;
-use crate::memory::{Dst, Inner};
+use crate::mappings::Mappings;
+use crate::moves::Dst;
 use crate::runs::{place_runs, run_at, MappedRun, Placed};
 use crate::thp::{self, ThpError, ThpStage};
 
@@ -178,7 +179,7 @@ const SPARE_BYTES: u64 = 32 << 20;
 /// One connection's assembler. See the module documentation.
 #[derive(Debug)]
 pub struct Assembler {
-    mem: Arc<Inner>,
+    mem: Arc<Mappings>,
     uffd: Arc<Userfaultfd>,
     slots: HashMap<u64, Slot>,
     spare: Vec<Stage>,
@@ -187,7 +188,7 @@ pub struct Assembler {
 }
 
 impl Assembler {
-    pub(crate) fn new(mem: Arc<Inner>, uffd: Arc<Userfaultfd>) -> Self {
+    pub(crate) fn new(mem: Arc<Mappings>, uffd: Arc<Userfaultfd>) -> Self {
         Assembler {
             mem,
             uffd,
@@ -604,69 +605,6 @@ fn whole(dst: &Dst, unit_len: u64, unit: u64) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::Memory;
-    use crate::pattern::Pattern;
-
-    fn anon(pages: usize) -> Option<(Memory, Assembler, PageBitmap)> {
-        let uffd = match Userfaultfd::open(0) {
-            Ok(uffd) => Arc::new(uffd),
-            Err(err) => {
-                uffd_core::testing::skip(&err.to_string());
-                return None;
-            }
-        };
-        let memory = Memory::new(Backing::Anon, pages * 4096, HugetlbPlacement::Copy).ok()?;
-        memory.register(&uffd).ok()?;
-        let assembler = memory.assembler(uffd).ok()?;
-        let received = PageBitmap::new(memory.pages());
-        Some((memory, assembler, received))
-    }
-
-    #[test]
-    fn anon_places_chunks_directly_and_sets_bits() {
-        let Some((memory, mut asm, received)) = anon(16) else {
-            return;
-        };
-        let pattern = Pattern::new(3);
-        // Page 5 arrives urgently by another path.
-        received.set(5);
-        let p = asm
-            .data(4 * PAGE, &pattern.bytes(4 * PAGE, 4 * PAGE), &received)
-            .expect("data");
-        assert_eq!(
-            (p.pages_placed, p.pages_present, p.units_completed),
-            (3, 1, 4)
-        );
-        assert_eq!(asm.pending(), 0);
-        let z = asm.zero(0, 4 * PAGE, &received).expect("zero");
-        assert_eq!(z.pages_placed, 4);
-        assert_eq!(received.count(), 8);
-        // SAFETY: pages 0..4 and 4,6,7 are present; nothing writes the region.
-        let bytes = unsafe { memory.as_slice() };
-        assert!(bytes[..4 * 4096].iter().all(|&b| b == 0));
-        pattern
-            .check(6 * PAGE, &bytes[6 * 4096..8 * 4096])
-            .expect("content");
-    }
-
-    #[test]
-    fn bad_chunks_are_refused() {
-        let Some((_memory, mut asm, received)) = anon(4) else {
-            return;
-        };
-        assert!(matches!(
-            asm.data(100, &[0; 4096], &received),
-            Err(AssembleError::Misaligned { .. })
-        ));
-        assert!(matches!(
-            asm.zero(3 * PAGE, 2 * PAGE, &received),
-            Err(AssembleError::OutOfRange { .. })
-        ));
-        assert!(matches!(
-            asm.zero(0, PAGE, &PageBitmap::new(1)),
-            Err(AssembleError::Bitmap { .. })
-        ));
-    }
 
     #[test]
     fn progress_merges() {
@@ -693,6 +631,5 @@ mod tests {
     fn assembler_is_send() {
         fn send<T: Send>() {}
         send::<Assembler>();
-        send::<Memory>();
     }
 }

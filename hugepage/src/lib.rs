@@ -9,7 +9,9 @@
 //! # Layout
 //! - [`backing`]: anon, thp, hugetlb-2m, hugetlb-1g; placement unit and fault request unit;
 //!   the hugetlb placement ways (copy, continue).
-//! - [`memory`]: the registered region and what each backing needs beside it.
+//! - [`memory`]: the registered region and what each backing needs beside it; makes the
+//!   assemblers.
+//! - `mappings` (private): the mappings a [`Memory`] shares with its assemblers.
 //! - `moves` (private): where the region's pages are now, after the application's `mremap`s.
 //! - [`assembler`]: one per connection: slots of units in progress, completion, [`Progress`].
 //! - [`thp`]: staging THPs moved into place with UFFDIO_MOVE, collapse after urgent pages.
@@ -21,6 +23,17 @@
 //!   `pagemap` is [`uffd_core::pagemap`], re-exported here).
 //! - [`pattern`]: a deterministic image to assemble and verify.
 //! - [`bench`](mod@bench), [`status`], [`cli`]: what the `hugepage` binary runs.
+//!
+//! Modules depend one way; each uses only modules on the lines above its own (a module that
+//! is used does not use its user):
+//! 1. `backing`, `gathered`, `pagemap`, `pool`, `smaps`
+//! 2. `chunks`, `moves`, `pattern`
+//! 3. `mappings`, `runs`
+//! 4. `hugetlb`, `thp`
+//! 5. `assembler`
+//! 6. `memory`
+//! 7. `bench`, `status`
+//! 8. `cli`
 //!
 //! # Limits worth knowing
 //! - THP: a unit whose range saw a fault or an urgent 4 KiB page cannot be moved in as one THP;
@@ -64,6 +77,7 @@ pub mod chunks;
 pub mod cli;
 mod gathered;
 pub mod hugetlb;
+mod mappings;
 pub mod memory;
 mod moves;
 pub use uffd_core::pagemap;

@@ -20,10 +20,12 @@ use uffd_core::{Modes, Userfaultfd};
 
 use crate::assembler::Assembler;
 use crate::backing::{Backing, HugetlbPlacement, PAGE};
+use crate::mappings::Mappings;
 use crate::moves::{Move, Moves};
 use crate::pagemap::{Pagemap, PagemapError};
 use crate::pool::{self, PoolError};
 use crate::smaps::{self, SmapsError};
+use crate::thp;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -75,109 +77,10 @@ pub enum MemoryError {
 /// Result alias of this module.
 pub type Result<T> = std::result::Result<T, MemoryError>;
 
-/// Everything the assemblers share.
-#[derive(Debug)]
-pub(crate) struct Inner {
-    pub(crate) backing: Backing,
-    pub(crate) placement: HugetlbPlacement,
-    /// The registered region. Unmapped by `Inner`'s drop: where it is now, if the application
-    /// moved parts of it.
-    pub(crate) region: ManuallyDrop<Region>,
-    /// Continue way: the second mapping of the memfd, where chunks are written.
-    pub(crate) alias: Option<Region>,
-    /// Continue way: the memfd itself (kept for its lifetime's sake and for hole punching).
-    _memfd: Option<Memfd>,
-    /// Copy way: a unit-sized mapping never written, read as zeros.
-    pub(crate) zero: Option<Region>,
-    pub(crate) pagemap: Pagemap,
-    /// Where the region's pages are now (the application may move them with mremap).
-    pub(crate) moves: Moves,
-}
-
-/// Where a range of the region's pages is now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Dst {
-    /// Contiguous, starting at this address.
-    At(u64),
-    /// Cut by a move: the address of each 4 KiB page.
-    Pages(Vec<u64>),
-}
-
-impl Dst {
-    /// Address of page `i` of the range.
-    pub(crate) fn page(&self, i: usize) -> u64 {
-        match self {
-            Dst::At(addr) => addr + i as u64 * PAGE,
-            Dst::Pages(addrs) => addrs[i],
-        }
-    }
-
-    /// The start, when the range can take one huge page of `unit` bytes: contiguous and
-    /// aligned to `unit`. A range moved in part, or to an address not aligned to the unit,
-    /// cannot be mapped by one PMD.
-    pub(crate) fn huge(&self, unit: u64) -> Option<u64> {
-        match self {
-            Dst::At(addr) if addr.is_multiple_of(unit) => Some(*addr),
-            _ => None,
-        }
-    }
-
-    /// Pages `i..i+n` of the range cut where their addresses stop being contiguous:
-    /// `(address, first page, pages)` pieces, in order.
-    pub(crate) fn pieces(&self, i: usize, n: usize) -> Vec<(u64, usize, usize)> {
-        if let Dst::At(addr) = self {
-            return vec![(addr + i as u64 * PAGE, i, n)];
-        }
-        let mut out: Vec<(u64, usize, usize)> = Vec::new();
-        for p in i..i + n {
-            let at = self.page(p);
-            match out.last_mut() {
-                Some((start, _, count)) if *start + *count as u64 * PAGE == at => *count += 1,
-                _ => out.push((at, p, 1)),
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // SAFETY: `region` is taken once, here, and not used after: `self` is being dropped.
-        let region = unsafe { ManuallyDrop::take(&mut self.region) };
-        if self.moves.moved() {
-            // The application moved parts with mremap: unmap them where they are now, and
-            // leave the holes they left alone (another mapping may live there by now).
-            region.unmap_moved(&self.moves.ranges());
-        } else {
-            drop(region);
-        }
-    }
-}
-
-impl Inner {
-    /// Where image bytes `offset..offset+len` (4 KiB-aligned) are now.
-    pub(crate) fn dst(&self, offset: u64, len: u64) -> Dst {
-        match self.moves.range(offset, len) {
-            Some(addr) => Dst::At(addr),
-            None => Dst::Pages(
-                (0..len / PAGE)
-                    .map(|i| self.moves.addr(offset + i * PAGE))
-                    .collect(),
-            ),
-        }
-    }
-
-    /// Where unit `index` is now.
-    pub(crate) fn unit_dst(&self, index: u64) -> Dst {
-        let unit = self.backing.unit();
-        self.dst(index * unit, unit)
-    }
-}
-
 /// The registered region (and its alias or zero source).
 #[derive(Debug, Clone)]
 pub struct Memory {
-    inner: Arc<Inner>,
+    inner: Arc<Mappings>,
 }
 
 impl Memory {
@@ -220,7 +123,7 @@ impl Memory {
         };
         let moves = Moves::new(region.addr(), len as u64);
         Ok(Memory {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Mappings {
                 backing,
                 placement: hugetlb,
                 moves,
@@ -383,7 +286,7 @@ impl Memory {
             let collapsed = if is_huge {
                 Ok(())
             } else {
-                crate::thp::collapse_placed(&self.inner.pagemap, start, unit)
+                thp::collapse_placed(&self.inner.pagemap, start, unit)
             };
             if let Err(err) = collapsed {
                 tracing::debug!(unit = i, %err, "final collapse failed");
@@ -499,5 +402,11 @@ mod tests {
         let memory = Memory::new(Backing::Thp, 2 << 20, HugetlbPlacement::Copy).expect("map");
         let err = memory.register(&uffd).expect_err("MOVE was not negotiated");
         assert!(err.to_string().contains("MOVE"), "{err}");
+    }
+
+    #[test]
+    fn memory_is_send() {
+        fn send<T: Send>() {}
+        send::<Memory>();
     }
 }

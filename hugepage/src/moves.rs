@@ -16,6 +16,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
+use crate::backing::PAGE;
+
 /// A moved range: `len` bytes that were at `from` are now at `to`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Move {
@@ -25,6 +27,52 @@ pub struct Move {
     pub to: u64,
     /// Length.
     pub len: u64,
+}
+
+/// Where a range of the region's pages is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Dst {
+    /// Contiguous, starting at this address.
+    At(u64),
+    /// Cut by a move: the address of each 4 KiB page.
+    Pages(Vec<u64>),
+}
+
+impl Dst {
+    /// Address of page `i` of the range.
+    pub(crate) fn page(&self, i: usize) -> u64 {
+        match self {
+            Dst::At(addr) => addr + i as u64 * PAGE,
+            Dst::Pages(addrs) => addrs[i],
+        }
+    }
+
+    /// The start, when the range can take one huge page of `unit` bytes: contiguous and
+    /// aligned to `unit`. A range moved in part, or to an address not aligned to the unit,
+    /// cannot be mapped by one PMD.
+    pub(crate) fn huge(&self, unit: u64) -> Option<u64> {
+        match self {
+            Dst::At(addr) if addr.is_multiple_of(unit) => Some(*addr),
+            _ => None,
+        }
+    }
+
+    /// Pages `i..i+n` of the range cut where their addresses stop being contiguous:
+    /// `(address, first page, pages)` pieces, in order.
+    pub(crate) fn pieces(&self, i: usize, n: usize) -> Vec<(u64, usize, usize)> {
+        if let Dst::At(addr) = self {
+            return vec![(addr + i as u64 * PAGE, i, n)];
+        }
+        let mut out: Vec<(u64, usize, usize)> = Vec::new();
+        for p in i..i + n {
+            let at = self.page(p);
+            match out.last_mut() {
+                Some((start, _, count)) if *start + *count as u64 * PAGE == at => *count += 1,
+                _ => out.push((at, p, 1)),
+            }
+        }
+        out
+    }
 }
 
 /// Image offsets `offset..offset+len`, mapped at `addr..addr+len`.
@@ -112,6 +160,19 @@ impl Moves {
             .iter()
             .find(|s| offset >= s.offset && offset + len <= s.offset + s.len)
             .map(|s| s.addr + (offset - s.offset))
+    }
+
+    /// Where image bytes `offset..offset+len` (4 KiB-aligned) are now: one address while
+    /// they are contiguous, else the address of each page.
+    pub(crate) fn dst(&self, offset: u64, len: u64) -> Dst {
+        match self.range(offset, len) {
+            Some(addr) => Dst::At(addr),
+            None => Dst::Pages(
+                (0..len / PAGE)
+                    .map(|i| self.addr(offset + i * PAGE))
+                    .collect(),
+            ),
+        }
     }
 
     /// The image offset mapped at `addr`, if any part of the region is there.

@@ -17,7 +17,7 @@ use uffd_core::PageBitmap;
 
 use crate::backing::PAGE;
 use crate::gathered::Gathered;
-use crate::memory::Dst;
+use crate::moves::Dst;
 
 /// Pages `first..first + pages` of a unit (or range) that one placement ioctl made present,
 /// and when that ioctl was issued and returned: the threads waiting on those pages were woken

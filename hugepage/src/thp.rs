@@ -52,7 +52,7 @@ use uffd_core::{PageBitmap, Userfaultfd};
 
 use crate::backing::PAGE;
 use crate::gathered::Gathered;
-use crate::memory::Dst;
+use crate::moves::Dst;
 use crate::pagemap::Pagemap;
 use crate::runs::{pages_placed, place_runs, run_at, MappedRun, Placed};
 

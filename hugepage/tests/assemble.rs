@@ -5,7 +5,8 @@
 mod common;
 
 use common::{assert_all_huge, feed, random_chunks, setup, verify};
-use hugepage::{Backing, HugetlbPlacement, Pattern, PAGE};
+use hugepage::{AssembleError, Backing, HugetlbPlacement, Pattern, PAGE};
+use uffd_core::PageBitmap;
 
 fn assemble(backing: Backing, placement: HugetlbPlacement, units: u64, max_pages: u64) {
     let Some(s) = setup(backing, placement, units) else {
@@ -142,4 +143,55 @@ fn zero_runs_in_a_reused_staging_page_are_zeroed() {
         verify(&s.memory, &s.received, &pattern, &zero);
         assert_all_huge(&s.memory);
     }
+}
+
+/// anon: chunks are copied straight into place, a zero run is a ZEROPAGE, and a page that
+/// arrived by another path is counted present and left alone.
+#[test]
+fn anon_places_chunks_directly_and_sets_bits() {
+    let Some(s) = setup(Backing::Anon, HugetlbPlacement::Copy, 16) else {
+        return;
+    };
+    let (memory, received) = (&s.memory, &s.received);
+    let mut asm = s.assembler();
+    let pattern = Pattern::new(3);
+    // Page 5 arrives urgently by another path.
+    received.set(5);
+    let p = asm
+        .data(4 * PAGE, &pattern.bytes(4 * PAGE, 4 * PAGE), received)
+        .expect("data");
+    assert_eq!(
+        (p.pages_placed, p.pages_present, p.units_completed),
+        (3, 1, 4)
+    );
+    assert_eq!(asm.pending(), 0);
+    let z = asm.zero(0, 4 * PAGE, received).expect("zero");
+    assert_eq!(z.pages_placed, 4);
+    assert_eq!(received.count(), 8);
+    // SAFETY: pages 0..4 and 4,6,7 are present; nothing writes the region.
+    let bytes = unsafe { memory.as_slice() };
+    assert!(bytes[..4 * 4096].iter().all(|&b| b == 0));
+    pattern
+        .check(6 * PAGE, &bytes[6 * 4096..8 * 4096])
+        .expect("content");
+}
+
+#[test]
+fn bad_chunks_are_refused() {
+    let Some(s) = setup(Backing::Anon, HugetlbPlacement::Copy, 4) else {
+        return;
+    };
+    let mut asm = s.assembler();
+    assert!(matches!(
+        asm.data(100, &[0; 4096], &s.received),
+        Err(AssembleError::Misaligned { .. })
+    ));
+    assert!(matches!(
+        asm.zero(3 * PAGE, 2 * PAGE, &s.received),
+        Err(AssembleError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        asm.zero(0, PAGE, &PageBitmap::new(1)),
+        Err(AssembleError::Bitmap { .. })
+    ));
 }

@@ -26,6 +26,12 @@
 //! - [`synthetic`]: synthetic images, generated page by page from `(seed, index)`.
 //! - [`probe`](mod@probe): what the kernel and the process allow.
 //! - [`cpu`]: CPU affinity (for measurements) and real-time scheduling for the urgent path.
+//!
+//! Modules depend one way; each uses only modules on the lines above its own:
+//! 1. `sys`, `region`, `bitmap`, `stats`, `repeat`, `cpu`, `proto`
+//! 2. `uffd`, `pagemap`, `synthetic`, `wire`
+//! 3. `place`, `probe`
+//! 4. `handler`
 
 pub mod bitmap;
 pub mod cpu;

@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::sys;
+pub use crate::uffd::available_features;
 use crate::uffd::{Origin, Userfaultfd};
 
 /// One huge page pool (`/sys/kernel/mm/hugepages/hugepages-<size>kB`).
@@ -84,11 +85,6 @@ pub fn names(bits: u64, table: &[(&'static str, u64)]) -> Vec<&'static str> {
         .filter(|(_, bit)| bits & bit != 0)
         .map(|(name, _)| *name)
         .collect()
-}
-
-/// The features this kernel supports, from a throw-away descriptor.
-pub fn available_features() -> Option<u64> {
-    Userfaultfd::open(0).ok().map(|u| u.available_features())
 }
 
 /// Probes the kernel and the process.

@@ -192,6 +192,12 @@ pub enum Event {
     },
 }
 
+/// The features this kernel supports, from a throw-away descriptor opened with none: the
+/// kernel answers UFFDIO_API once per descriptor, so one that negotiated cannot be asked again.
+pub fn available_features() -> Option<u64> {
+    Userfaultfd::open(0).ok().map(|u| u.available_features())
+}
+
 /// An open, API-negotiated userfaultfd.
 #[derive(Debug)]
 pub struct Userfaultfd {
@@ -220,7 +226,7 @@ impl Userfaultfd {
         let uffd = unsafe { Uffd::from_raw_fd(fd) };
         let api = sys::api(uffd.as_raw_fd(), features).map_err(|errno| UffdError::Api {
             requested: features,
-            supported: crate::probe::available_features().unwrap_or(0),
+            supported: available_features().unwrap_or(0),
             errno,
         })?;
         Ok(Userfaultfd {
