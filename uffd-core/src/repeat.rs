@@ -51,6 +51,21 @@ impl Repeats {
         self.event_at(Instant::now())
     }
 
+    /// Counts one event and logs it at info level: the event itself (`line`) if it is the
+    /// first for a while, else at most one summary per period ("N `what` in the last 10 s
+    /// (latest: `line`)").
+    pub fn info(&self, what: &str, line: impl FnOnce() -> String) {
+        match self.event() {
+            Tell::Nothing => {}
+            Tell::This => tracing::info!("{}", line()),
+            Tell::Summary(n, period) => tracing::info!(
+                "{n} {what} in the last {:.0} s (latest: {})",
+                period.as_secs_f64(),
+                line()
+            ),
+        }
+    }
+
     fn event_at(&self, now: Instant) -> Tell {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.untold += 1;
