@@ -79,12 +79,15 @@ impl Registry {
         if have.is_empty() {
             tracing::info!(session = id, unit, "session opened");
         } else {
-            self.resumes.info("sessions resumed", || {
+            let line = self.resumes.line("sessions resumed", || {
                 format!(
                     "session {id} resumed ({} pages present)",
                     session.sent_pages()
                 )
             });
+            if let Some(line) = line {
+                tracing::info!("{line}");
+            }
         }
         Ok(session)
     }

@@ -184,9 +184,12 @@ fn serve_and_close(arrival: Arrival, shared: &Shared, slot: HandshakeSlot) {
     match serve_connection(shared, &mut reader, &mut writer, tracked, slot) {
         Ok(()) => tracing::debug!(%peer, "connection closed"),
         Err(err) => {
-            shared.closes.info("connections closed on an error", || {
+            let line = shared.closes.line("connections closed on an error", || {
                 format!("closing connection from {peer}: {err}")
             });
+            if let Some(line) = line {
+                tracing::info!("{line}");
+            }
             tell(&mut writer, &err);
         }
     }
@@ -288,9 +291,12 @@ fn serve_urgent(
         if matches!(err, ServeError::Source(_)) {
             tracing::warn!(session = session.id, "ending the session: {err}");
         } else {
-            shared.closes.info("connections closed on an error", || {
+            let line = shared.closes.line("connections closed on an error", || {
                 format!("closing session {}: {err}", session.id)
             });
+            if let Some(line) = line {
+                tracing::info!("{line}");
+            }
         }
         tell(writer, err);
         linger_close(writer);

@@ -51,18 +51,18 @@ impl Repeats {
         self.event_at(Instant::now())
     }
 
-    /// Counts one event and logs it at info level: the event itself (`line`) if it is the
-    /// first for a while, else at most one summary per period ("N `what` in the last 10 s
-    /// (latest: `line`)").
-    pub fn info(&self, what: &str, line: impl FnOnce() -> String) {
+    /// Counts one event and returns the line to log for it, if any: the event itself (`line`)
+    /// if it is the first for a while, else at most one summary per period ("N `what` in the
+    /// last 10 s (latest: `line`)"). The caller logs it, at its level and under its own target.
+    pub fn line(&self, what: &str, line: impl FnOnce() -> String) -> Option<String> {
         match self.event() {
-            Tell::Nothing => {}
-            Tell::This => tracing::info!("{}", line()),
-            Tell::Summary(n, period) => tracing::info!(
+            Tell::Nothing => None,
+            Tell::This => Some(line()),
+            Tell::Summary(n, period) => Some(format!(
                 "{n} {what} in the last {:.0} s (latest: {})",
                 period.as_secs_f64(),
                 line()
-            ),
+            )),
         }
     }
 
@@ -105,5 +105,15 @@ mod tests {
         );
         // A lone event after a quiet period is told as itself.
         assert_eq!(r.event_at(at(30_000)), Tell::This);
+    }
+
+    #[test]
+    fn the_line_is_the_event_then_nothing_within_the_period() {
+        let r = Repeats::new(Duration::from_secs(3600));
+        assert_eq!(
+            r.line("events", || "first".into()).as_deref(),
+            Some("first")
+        );
+        assert_eq!(r.line("events", || "second".into()), None);
     }
 }
