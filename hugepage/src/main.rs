@@ -3,5 +3,6 @@
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
+    uffd_core::logging::init("warn");
     hugepage::cli::run(hugepage::cli::Cli::parse())
 }

@@ -10,8 +10,9 @@ use anyhow::Context;
 use clap::{ArgGroup, Parser};
 use uffd_core::Endpoint;
 
+use crate::config::Config;
 use crate::image::Image;
-use crate::server::{Config, Server};
+use crate::server::Server;
 
 /// Serve a memory image to fault-clients: urgent page requests on one connection, a
 /// background stream of everything else on another.

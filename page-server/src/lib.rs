@@ -6,75 +6,51 @@
 //! steps aside for urgent answers at chunk boundaries. See `DESIGN.md` for the whole path.
 //!
 //! # Layout
+//! In the order a connection meets them:
+//! - [`config`]: the settings, and the limits on what one peer can hold on to.
 //! - [`image`]: the served bytes, zero pages, per-page checksums, image identity.
 //! - [`admission`]: new connections until their hello has arrived: one event loop, the
 //!   pending table (oldest dropped first), the hello deadline.
-//! - [`server`]: the handshake, the session registry, liveness of established connections,
-//!   shutdown.
+//! - [`server`]: the [`Server`] (bind, serve, shutdown) and the life of one connection, step
+//!   by step, each step in a module of its own (private):
+//!   - `sockopt`: socket options: peer liveness (keepalive, `TCP_USER_TIMEOUT`), and per role
+//!     `TCP_NOTSENT_LOWAT`, `IP_TOS` and pacing;
+//!   - `timeout`: the read and write sides of a connection with their time limits (the
+//!     handshake deadline, the idle timeout);
+//!   - `handshake`: the hello (token, image identity), a resuming client's have frames, the
+//!     welcome and the checksums or synthetic parameters that follow it;
+//!   - `registry`: the sessions by id: open, resume, join, end, the session limit.
 //! - [`session`]: which pages were sent, and the coordination of the two senders
 //!   (preemption at chunk boundaries, no page on two connections).
 //! - [`urgent`]: answering requests. [`background`]: the stream. [`send`]: pages to frames.
+//! - [`error`]: why a connection stopped, and the error frame the client is told.
 //! - [`cli`]: the command line, and [`run`] which the binary calls.
+//!
+//! Modules depend one way: `cli` → `server` → (`admission`, the step modules, `urgent`,
+//! `background`) → `send` → `session` → `image`, with `config` and `error` used from above.
+
+// Firecracker's cast lints, for this crate only (the workspace table cannot be extended per
+// crate): a cast that can cut or flip a value is converted with a check, or says why it cannot.
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
 pub mod admission;
 pub mod background;
 pub mod cli;
+pub mod config;
+pub mod error;
+mod handshake;
 pub mod image;
+mod registry;
 pub mod send;
 pub mod server;
 pub mod session;
+mod sockopt;
+mod timeout;
 pub mod urgent;
 
 pub use cli::{run, Args};
+pub use config::Config;
+pub use error::ServeError;
 pub use image::Image;
-pub use server::{Config, Server};
+pub use server::Server;
 pub use session::Policy;
-
-use uffd_core::proto::Kind;
-
-/// Why a connection or the server stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The listening socket could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Socket or decoding failure.
-    #[error(transparent)]
-    Wire(#[from] uffd_core::WireError),
-    /// Socket failure.
-    #[error("connection error: {0}")]
-    Io(#[from] std::io::Error),
-    /// The first frame was not a hello.
-    #[error("expected a hello first, got a {0:?} frame")]
-    HandshakeRequired(Kind),
-    /// A frame that has no meaning on this connection.
-    #[error("unexpected {0:?} frame")]
-    Unexpected(Kind),
-    /// A background hello for a session that does not exist.
-    #[error("unknown session {0:#x}")]
-    UnknownSession(u64),
-    /// The session already has a background connection.
-    #[error("the session already has a background connection")]
-    BackgroundTaken,
-    /// The session limit is reached.
-    #[error("too many sessions (limit {0})")]
-    TooManySessions(usize),
-    /// Wrong or missing token.
-    #[error("unauthorized: wrong or missing token")]
-    Unauthorized,
-    /// The client expects another image.
-    #[error("the client expects a different image")]
-    ImageMismatch,
-    /// An established connection made no progress for the idle timeout: a write blocked
-    /// that long, or the urgent connection was silent that long with nothing left to send.
-    #[error("no progress for {0:?} (--idle-timeout)")]
-    Idle(std::time::Duration),
-    /// The image cannot produce a page any more (its file shrank or fails to read).
-    #[error("image source failed: {0}")]
-    Source(#[from] image::ImageError),
-}

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use uffd_core::{Conn, PageBitmap};
 
-use crate::image::Image;
+use crate::image::{page_bit, Image};
 
 /// How the background stream treats urgent work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +144,7 @@ impl Session {
                     continue;
                 }
             }
-            if self.sent.set(page as usize) {
+            if self.sent.set(page_bit(page)) {
                 push_page(&mut claim, page);
             }
         }
@@ -187,13 +187,13 @@ impl Session {
             // Base pages: batch consecutive unsent pages into one chunk.
             let max = (self.policy.chunk / self.image.page_size()).max(1);
             end = first + 1;
-            while end < pages && end - first < max && !self.sent.get(end as usize) {
+            while end < pages && end - first < max && !self.sent.get(page_bit(end)) {
                 end += 1;
             }
         }
         let mut claim = Claim::new();
         for page in unit_start.max(first)..end {
-            if self.sent.set(page as usize) {
+            if self.sent.set(page_bit(page)) {
                 push_page(&mut claim, page);
             }
         }

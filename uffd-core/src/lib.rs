@@ -23,6 +23,7 @@
 //! - [`handler`]: a minimal in-process fault handler thread (poll, read, resolve), the
 //!   baseline round trip that benchmarks and tests use.
 //! - [`repeat`]: repeated log events told as one summary line per period.
+//! - [`logging`]: the log set-up the binaries share (stderr, `RUST_LOG`).
 //! - [`synthetic`]: synthetic images, generated page by page from `(seed, index)`.
 //! - [`probe`](mod@probe): what the kernel and the process allow.
 //! - [`cpu`]: CPU affinity (for measurements) and real-time scheduling for the urgent path.
@@ -36,6 +37,7 @@
 pub mod bitmap;
 pub mod cpu;
 pub mod handler;
+pub mod logging;
 pub mod pagemap;
 pub mod place;
 pub mod probe;

@@ -51,6 +51,21 @@ impl Repeats {
         self.event_at(Instant::now())
     }
 
+    /// Counts one event and returns the line to log for it, if any: the event itself (`line`)
+    /// if it is the first for a while, else at most one summary per period ("N `what` in the
+    /// last 10 s (latest: `line`)"). The caller logs it, at its level and under its own target.
+    pub fn line(&self, what: &str, line: impl FnOnce() -> String) -> Option<String> {
+        match self.event() {
+            Tell::Nothing => None,
+            Tell::This => Some(line()),
+            Tell::Summary(n, period) => Some(format!(
+                "{n} {what} in the last {:.0} s (latest: {})",
+                period.as_secs_f64(),
+                line()
+            )),
+        }
+    }
+
     fn event_at(&self, now: Instant) -> Tell {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.untold += 1;
@@ -90,5 +105,15 @@ mod tests {
         );
         // A lone event after a quiet period is told as itself.
         assert_eq!(r.event_at(at(30_000)), Tell::This);
+    }
+
+    #[test]
+    fn the_line_is_the_event_then_nothing_within_the_period() {
+        let r = Repeats::new(Duration::from_secs(3600));
+        assert_eq!(
+            r.line("events", || "first".into()).as_deref(),
+            Some("first")
+        );
+        assert_eq!(r.line("events", || "second".into()), None);
     }
 }
