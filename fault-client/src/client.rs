@@ -11,7 +11,7 @@ use uffd_core::{sys, Endpoint, Latency, Userfaultfd};
 use crate::connect::{connect, ConnectError, HelloParams, Reference};
 use crate::link::LinkConfig;
 use crate::pager::{self, Pager};
-use crate::report::Report;
+use crate::report::{LatencyUs, Report};
 use crate::workload::{self, Workload};
 use hugepage::{Backing, HugetlbPlacement, Memory, MemoryError};
 
@@ -330,6 +330,19 @@ impl Client {
 
 /// Runs the workload against the server and returns the report.
 pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
+    run_watched(config, |_, _, _| None)
+}
+
+/// Ends a watch of a run (see [`run_watched`]).
+pub type Unwatch = Box<dyn FnOnce()>;
+
+/// [`run`], with `watch` started once the workload begins (unless `config.quiet`): it is given
+/// the pager, the workload's latency so far and the start, and returns what ends it once the
+/// image is complete. The lab's progress line is such a watch.
+pub fn run_watched(
+    config: &RunConfig,
+    watch: impl FnOnce(&Arc<Pager>, &Arc<std::sync::Mutex<Latency>>, Instant) -> Option<Unwatch>,
+) -> Result<Report, ClientError> {
     let start = Instant::now();
     let client = Client::open(&ClientOptions {
         server: config.server.clone(),
@@ -353,8 +366,8 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
     let threads = config.threads.max(1);
     let mut workers = Vec::new();
     let live = Arc::new(std::sync::Mutex::new(Latency::new()));
-    let progress = (!config.quiet)
-        .then(|| crate::progress::Progress::start(&pager, &live, start))
+    let unwatch = (!config.quiet)
+        .then(|| watch(&pager, &live, start))
         .flatten();
     for t in 0..threads {
         let plan = workload::plan(
@@ -415,8 +428,8 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
         client.wait_complete()?;
     }
     let elapsed = start.elapsed();
-    if let Some(progress) = progress {
-        progress.finish();
+    if let Some(unwatch) = unwatch {
+        unwatch();
     }
     if config.backing == Backing::Thp && pager.complete() {
         // Units whose collapse failed while an urgent page was in flight: all present now.
@@ -441,7 +454,7 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
         })?;
     }
     closed?;
-    let mut report = Report::new(
+    let mut report = report(
         config, &pager, image_size, touched, elapsed, &latency, verified,
     );
     report.touches_present = touches_present;
@@ -530,4 +543,67 @@ fn dump(pager: &Arc<Pager>, image_size: u64, path: &PathBuf) -> Result<(), Clien
         path: path.clone(),
         source,
     })
+}
+
+/// Collects the report of a finished run from the pager's counters.
+fn report(
+    config: &RunConfig,
+    pager: &Pager,
+    image_bytes: u64,
+    touches: u64,
+    elapsed: Duration,
+    latency: &Latency,
+    verified: Option<bool>,
+) -> Report {
+    let c = &pager.counters;
+    let s = latency.summary();
+    let bytes_received = c.bytes_received.load(Ordering::Relaxed);
+    let elapsed_s = elapsed.as_secs_f64();
+    Report {
+        faults: c.faults.load(Ordering::Relaxed),
+        requests: c.requests.load(Ordering::Relaxed),
+        pages_urgent: c.pages_urgent.load(Ordering::Relaxed),
+        pages_background: c.pages_background.load(Ordering::Relaxed),
+        pages_zero: c.pages_zero.load(Ordering::Relaxed),
+        pages_duplicate: c.pages_duplicate.load(Ordering::Relaxed),
+        bytes_received,
+        elapsed_s,
+        latency_us: LatencyUs {
+            p50: s.p50,
+            p90: s.p90,
+            p99: s.p99,
+            max: s.max,
+            mean: s.mean,
+            samples: s.count,
+        },
+        verified,
+        throughput_mib_s: if elapsed_s > 0.0 {
+            bytes_received as f64 / elapsed_s / f64::from(1u32 << 20)
+        } else {
+            0.0
+        },
+        image_bytes,
+        pages: pager.pages,
+        pages_present: (0..pager.pages)
+            .filter(|&p| pager.received.get(p as usize))
+            .count() as u64,
+        workload: config.workload.to_string(),
+        threads: config.threads,
+        touches,
+        touches_present: 0,
+        background: config.background,
+        backing: pager.memory.backing().to_string(),
+        reconnects: c.reconnects.load(Ordering::Relaxed),
+        huge_pages_mapped: if pager.memory.unit() > pager.page {
+            pager.memory.huge_pages_mapped().unwrap_or(0)
+        } else {
+            0
+        },
+        huge_pages_not_collapsed: c.huge_pages_not_collapsed.load(Ordering::Relaxed),
+        huge_pages_total: if pager.memory.unit() > pager.page {
+            pager.memory.units()
+        } else {
+            0
+        },
+    }
 }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use uffd_core::Latency;
 
+use crate::client::{self, ClientError, RunConfig};
 use crate::pager::Pager;
+use crate::report::Report;
 
 /// A running progress line.
 #[derive(Debug)]
@@ -69,4 +71,11 @@ impl Progress {
         self.stop.store(true, Ordering::Release);
         let _ = self.thread.join();
     }
+}
+
+/// [`client::run`] with the progress line (unless `config.quiet`, or stderr is no terminal).
+pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
+    client::run_watched(config, |pager, live, start| {
+        Progress::start(pager, live, start).map(|p| Box::new(move || p.finish()) as client::Unwatch)
+    })
 }
