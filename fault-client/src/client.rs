@@ -273,7 +273,7 @@ impl Client {
         client.spawn("fault-handler", move |_| {
             // Checked above (check_realtime).
             uffd_core::cpu::set_realtime_or_warn(priority);
-            pager::handle_faults(&p)
+            crate::fault::handle_faults(&p)
         })?;
         Ok(client)
     }

@@ -8,11 +8,13 @@
 //! # Layout
 //! The engine (always built; it links no plotting or terminal crates):
 //! - [`connect`]: the handshake of the urgent and background connections.
-//! - [`pager`]: the fault handler thread and the receiver threads, placing pages directly or
-//!   through the `hugepage` crate's assembler (huge pages placed whole).
+//! - [`fault`]: the fault handler thread: reads the userfaultfd, applies events, requests.
 //! - [`events`]: what the application does to the region (discard, unmap, move, fork).
+//! - [`pager`]: the state the threads share, and the receiver threads, placing pages directly
+//!   or through the `hugepage` crate's assembler (huge pages placed whole).
 //! - [`link`]: the connections, their receivers, and recovery (reconnect and resume).
-//! - [`liveness`]: stall detection (a server that stops answering while the client waits).
+//! - [`liveness`]: when the server was last heard from; [`watchdog`]: stall detection (a
+//!   server that stops answering while the client waits).
 //! - [`workload`]: the application threads (seq, random, zipf) and their fault latency.
 //! - [`client`]: one run from connect to report; [`report`]: what a run measured, as data.
 //! - [`trace`]: `--trace`, a CSV line per fault, per urgent request and answer, and per arriving
@@ -30,11 +32,13 @@
 pub mod client;
 pub mod connect;
 pub mod events;
+pub mod fault;
 pub mod link;
 pub mod liveness;
 pub mod pager;
 pub mod report;
 pub mod trace;
+pub mod watchdog;
 pub mod workload;
 
 pub use client::{ClientError, RunConfig};

@@ -88,7 +88,7 @@ pub fn start(
                 let watchdog = std::thread::Builder::new()
                     .name("stall-watch".into())
                     .spawn_scoped(s, || {
-                        crate::liveness::watch(&p, config.stall_timeout, config.background)
+                        crate::watchdog::watch(&p, config.stall_timeout, config.background)
                     });
                 if let Err(err) = watchdog {
                     p.fail(format!("cannot start the stall watchdog: {err}"));
