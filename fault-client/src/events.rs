@@ -32,7 +32,7 @@
 //! the placement and nothing slower: the handler needs the write side to read *any* message,
 //! faults included, so every millisecond a receiver holds the read side is a millisecond
 //! added to the faults that arrive meanwhile. (Populating the next THP staging page, which
-//! can take milliseconds, happens outside it: [`crate::pager::Placer::prepare_ahead`].)
+//! can take milliseconds, happens outside it: [`crate::placer::Placer::prepare_ahead`].)
 
 use std::sync::Arc;
 

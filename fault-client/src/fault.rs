@@ -12,7 +12,8 @@ use uffd_core::place::Stop;
 use uffd_core::{Event, Userfaultfd};
 
 use crate::events;
-use crate::pager::{Channel, Pager, Placer};
+use crate::pager::{Channel, Pager};
+use crate::placer::{Placer, PlacerError};
 use crate::trace::Resolution;
 use crate::workload::Waits;
 
@@ -85,7 +86,7 @@ pub fn handle_faults(pager: &Arc<Pager>) {
             match handle_fault(pager, addr, &mut local) {
                 Ok(Handled::Done) => {}
                 Ok(Handled::Deferred) => deferred.push(addr),
-                Err(why) => return pager.fail(why),
+                Err(why) => return pager.fail(why.to_string()),
             }
         }
     }
@@ -101,7 +102,11 @@ pub enum Handled {
 }
 
 /// Handles one fault.
-fn handle_fault(pager: &Pager, addr: u64, local: &mut Option<Placer>) -> Result<Handled, String> {
+fn handle_fault(
+    pager: &Pager,
+    addr: u64,
+    local: &mut Option<Placer>,
+) -> Result<Handled, PlacerError> {
     let Some(page) = pager.image_page(addr) else {
         return zero_outside_image(pager, addr);
     };
@@ -147,7 +152,7 @@ fn handle_fault(pager: &Pager, addr: u64, local: &mut Option<Placer>) -> Result<
 /// A fault in the registered range but outside the image: the part an `mremap` grew the
 /// region by (the kernel keeps the registration on the extension). Without userfaultfd that
 /// memory would read as zero, so it does here.
-fn zero_outside_image(pager: &Pager, addr: u64) -> Result<Handled, String> {
+fn zero_outside_image(pager: &Pager, addr: u64) -> Result<Handled, PlacerError> {
     let backing = pager.memory.backing();
     let huge = matches!(backing, Backing::Hugetlb2M | Backing::Hugetlb1G);
     // hugetlbfs has no UFFDIO_ZEROPAGE: a whole huge page of zeros is copied instead.
@@ -160,8 +165,7 @@ fn zero_outside_image(pager: &Pager, addr: u64) -> Result<Handled, String> {
     } else {
         uffd_core::Source::Zero(size)
     };
-    let filled =
-        uffd_core::place::fill(&pager.uffd, at, source, size).map_err(|e| e.to_string())?;
+    let filled = uffd_core::place::fill(&pager.uffd, at, source, size)?;
     Ok(if filled.stopped == Some(Stop::Retry) {
         Handled::Deferred
     } else {

@@ -10,8 +10,9 @@
 //! - [`connect`]: the handshake of the urgent and background connections.
 //! - [`fault`]: the fault handler thread: reads the userfaultfd, applies events, requests.
 //! - [`events`]: what the application does to the region (discard, unmap, move, fork).
-//! - [`pager`]: the state the threads share, and the receiver threads, placing pages directly
-//!   or through the `hugepage` crate's assembler (huge pages placed whole).
+//! - [`pager`]: the state the threads share (pages, link, run control, counters).
+//! - [`receive`]: the receiver threads; [`placer`]: placing pages directly or through the
+//!   `hugepage` crate's assembler (huge pages placed whole).
 //! - [`link`]: the connections, their receivers, and recovery (reconnect and resume).
 //! - [`liveness`]: when the server was last heard from; [`watchdog`]: stall detection (a
 //!   server that stops answering while the client waits).
@@ -36,6 +37,8 @@ pub mod fault;
 pub mod link;
 pub mod liveness;
 pub mod pager;
+pub mod placer;
+pub mod receive;
 pub mod report;
 pub mod trace;
 pub mod watchdog;

@@ -138,14 +138,14 @@ fn install(
     receivers.push(
         pager::spawn("urgent-rx", pager, move |p| {
             uffd_core::cpu::set_realtime_or_warn(priority);
-            pager::receive(p, Channel::Urgent, reader, generation)
+            crate::receive::receive(p, Channel::Urgent, reader, generation)
         })
         .map_err(WireError::Io)?,
     );
     if let Some(reader) = background {
         receivers.push(
             pager::spawn("background-rx", pager, move |p| {
-                pager::receive_pipelined(p, reader, generation)
+                crate::receive::receive_pipelined(p, reader, generation)
             })
             .map_err(WireError::Io)?,
         );
