@@ -309,6 +309,7 @@ impl Client {
     /// Waits until every page is present, or the transfer fails.
     pub fn wait_complete(&self) -> Result<(), ClientError> {
         self.pager
+            .run
             .wait_until(|| self.pager.complete())
             .map_err(ClientError::Transfer)
     }
@@ -321,7 +322,7 @@ impl Client {
         for helper in self.helpers {
             let _ = helper.join();
         }
-        match self.pager.fatal() {
+        match self.pager.run.fatal() {
             Some(why) => Err(ClientError::Transfer(why)),
             None => Ok(()),
         }
@@ -414,13 +415,16 @@ pub fn run_watched(
                     touched += n;
                 }
                 finished.fetch_add(1, Ordering::AcqRel);
-                p.notify();
+                p.run.notify();
             }
             (latency, touched, present)
         })
     };
     let all_done = || finished.load(Ordering::Acquire) == threads as usize;
-    pager.wait_until(all_done).map_err(ClientError::Transfer)?;
+    pager
+        .run
+        .wait_until(all_done)
+        .map_err(ClientError::Transfer)?;
     let (latency, touched, touches_present) = watcher
         .join()
         .map_err(|_| ClientError::Transfer("a workload thread panicked".into()))?;
@@ -477,10 +481,11 @@ fn fetch_all(pager: &Arc<Pager>) -> Result<(), ClientError> {
                 unsafe { std::ptr::read_volatile(p.page_addr(index) as *const u8) };
             }
             finished.store(true, Ordering::Release);
-            p.notify();
+            p.run.notify();
         })
         .map_err(ClientError::Spawn)?;
     pager
+        .run
         .wait_until(|| done.load(Ordering::Acquire))
         .map_err(ClientError::Transfer)
 }

@@ -67,7 +67,7 @@ pub fn apply(pager: &Arc<Pager>, event: Event) -> Result<(), String> {
             for page in pager.pages_in(start, end) {
                 pager.gone.set(page as usize);
             }
-            pager.notify();
+            pager.run.notify();
             Ok(())
         }
         Event::Remap { from, to, len } => {
@@ -107,7 +107,7 @@ fn serve_child(pager: &Pager, child: Userfaultfd) {
     } else {
         pager.page
     };
-    while !pager.stopping() {
+    while !pager.run.stopping() {
         match child.wait_readable(std::time::Duration::from_millis(100)) {
             Ok(true) => {}
             // Quiet: stop serving once the child has exited (this thread and the child's
@@ -134,7 +134,9 @@ fn serve_child(pager: &Pager, child: Userfaultfd) {
             for page in wanted.clone() {
                 pager.request(page);
             }
-            let ready = pager.wait_until(|| wanted.clone().all(|p| pager.received.get(p as usize)));
+            let ready = pager
+                .run
+                .wait_until(|| wanted.clone().all(|p| pager.received.get(p as usize)));
             if ready.is_err() {
                 return;
             }

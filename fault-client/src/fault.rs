@@ -32,13 +32,13 @@ pub fn handle_faults(pager: &Arc<Pager>) {
     let mut faults = Vec::with_capacity(64);
     let mut deferred = Vec::new();
     let mut local: Option<Placer> = None;
-    while !pager.stopping() {
+    while !pager.run.stopping() {
         let wait = if deferred.is_empty() { 100 } else { 1 };
         match pager.uffd.wait_readable(Duration::from_millis(wait)) {
             Ok(true) => {}
             Ok(false) if deferred.is_empty() => continue,
             Ok(false) => {}
-            Err(err) => return pager.fail(err.to_string()),
+            Err(err) => return pager.run.fail(err.to_string()),
         }
         events.clear();
         faults.clear();
@@ -57,7 +57,7 @@ pub fn handle_faults(pager: &Arc<Pager>) {
             }
             pager.waits.end_read();
             if let Err(err) = read {
-                return pager.fail(err.to_string());
+                return pager.run.fail(err.to_string());
             }
             for event in events.drain(..) {
                 match event {
@@ -72,7 +72,7 @@ pub fn handle_faults(pager: &Arc<Pager>) {
                     }
                     other => {
                         if let Err(why) = events::apply(pager, other) {
-                            return pager.fail(why);
+                            return pager.run.fail(why);
                         }
                     }
                 }
@@ -86,7 +86,7 @@ pub fn handle_faults(pager: &Arc<Pager>) {
             match handle_fault(pager, addr, &mut local) {
                 Ok(Handled::Done) => {}
                 Ok(Handled::Deferred) => deferred.push(addr),
-                Err(why) => return pager.fail(why.to_string()),
+                Err(why) => return pager.run.fail(why.to_string()),
             }
         }
     }

@@ -8,6 +8,7 @@
 //! # Layout
 //! The engine (always built; it links no plotting or terminal crates):
 //! - [`connect`]: the handshake of the urgent and background connections.
+//! - [`control`]: run control (stop, the first fatal error, the main thread's wake-up).
 //! - [`fault`]: the fault handler thread: reads the userfaultfd, applies events, requests.
 //! - [`events`]: what the application does to the region (discard, unmap, move, fork).
 //! - [`pager`]: the state the threads share (pages, link, run control, counters).
@@ -32,6 +33,7 @@
 
 pub mod client;
 pub mod connect;
+pub mod control;
 pub mod events;
 pub mod fault;
 pub mod link;

@@ -91,7 +91,8 @@ pub fn start(
                         crate::watchdog::watch(&p, config.stall_timeout, config.background)
                     });
                 if let Err(err) = watchdog {
-                    p.fail(format!("cannot start the stall watchdog: {err}"));
+                    p.run
+                        .fail(format!("cannot start the stall watchdog: {err}"));
                 }
                 supervise(&p, &config, first);
             })
@@ -190,13 +191,13 @@ fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
         // reports (its server may drop it at once) must stay reported, not be cleared after.
         pager.clear_lost();
         if config.reconnect_timeout.is_zero() {
-            return pager.fail(why);
+            return pager.run.fail(why);
         }
         // A link that is lost again and again without a new page is not progress: back off,
         // and give up once that has lasted the reconnect timeout.
         let pause = streak.lost(pager, config.reconnect_timeout);
         if streak.hopeless(config.reconnect_timeout) {
-            return pager.fail(format!(
+            return pager.run.fail(format!(
                 "no new page for {:?} (--reconnect-timeout): the connection to the page \
                  server was lost {} times (last: {why})",
                 config.reconnect_timeout, streak.losses
@@ -217,7 +218,7 @@ fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
                 std::thread::sleep(delay);
             }
             // A receiver may have found the server's reason (an error frame) meanwhile.
-            if pager.stopping() || pager.fatal().is_some() {
+            if pager.run.stopping() || pager.run.fatal().is_some() {
                 return;
             }
             // Trying to reconnect is not a stall of its own.
@@ -227,10 +228,10 @@ fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
             match reconnect(pager, config, generation, left) {
                 Ok(next) => break next,
                 Err(err) if permanent(&err) => {
-                    return pager.fail(format!("recovery impossible: {err}"));
+                    return pager.run.fail(format!("recovery impossible: {err}"));
                 }
                 Err(err) if streak.hopeless(config.reconnect_timeout) => {
-                    return pager.fail(format!(
+                    return pager.run.fail(format!(
                         "lost the page server ({why}) and could not reconnect within {:?}: {err}",
                         config.reconnect_timeout
                     ));

@@ -21,6 +21,7 @@ use std::time::Duration;
 use hugepage::{Mapped, Memory};
 use uffd_core::{Conn, Frame, FrameWriter, Limits, PageBitmap, Userfaultfd};
 
+use crate::control::RunControl;
 use crate::workload::Waits;
 
 /// Counters of a run (all monotonic).
@@ -119,11 +120,9 @@ pub struct Pager {
     /// Why the current generation's connections were lost, until the link is back.
     lost: Mutex<Option<String>>,
     link_changed: Condvar,
-    stop: AtomicBool,
     background_done: AtomicBool,
-    fatal: Mutex<Option<String>>,
-    progress: Condvar,
-    progress_lock: Mutex<()>,
+    /// Whether the run goes on, and why it failed.
+    pub run: RunControl,
 }
 
 impl Pager {
@@ -158,34 +157,19 @@ impl Pager {
             urgent_tx: Mutex::new(None),
             lost: Mutex::new(None),
             link_changed: Condvar::new(),
-            stop: AtomicBool::new(false),
             background_done: AtomicBool::new(false),
-            fatal: Mutex::new(None),
-            progress: Condvar::new(),
-            progress_lock: Mutex::new(()),
+            run: RunControl::default(),
         }
     }
 
-    /// Records the first fatal error and wakes the main thread.
-    pub fn fail(&self, why: String) {
-        let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
-        if fatal.is_none() && !self.stop.load(Ordering::Acquire) {
-            tracing::debug!("fatal: {why}");
-            *fatal = Some(why);
-        }
-        drop(fatal);
-        self.notify();
-    }
-
-    /// The fatal error, if any.
+    /// The fatal error, if any ([`RunControl::fatal`]).
     pub fn fatal(&self) -> Option<String> {
-        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.run.fatal()
     }
 
-    /// Tells every thread to stop (the run is over).
+    /// Tells every thread to stop (the run is over), the link supervisor too.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Release);
-        self.notify();
+        self.run.stop();
         let _guard = self.lost.lock().unwrap_or_else(|e| e.into_inner());
         self.link_changed.notify_all();
     }
@@ -193,7 +177,7 @@ impl Pager {
     /// A connection of `generation` failed: the link supervisor reconnects (older
     /// generations' failures are the supervisor's own doing and are ignored).
     pub fn lost(&self, generation: u64, why: String) {
-        if self.stopping() || generation != self.generation.load(Ordering::Acquire) {
+        if self.run.stopping() || generation != self.generation.load(Ordering::Acquire) {
             return;
         }
         let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
@@ -207,7 +191,7 @@ impl Pager {
     pub fn wait_lost(&self) -> Option<String> {
         let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if self.stopping() {
+            if self.run.stopping() {
                 return None;
             }
             if let Some(why) = lost.clone() {
@@ -248,11 +232,6 @@ impl Pager {
         self.image_size
     }
 
-    /// True once [`Pager::stop`] was called.
-    pub fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Acquire)
-    }
-
     /// A new background connection starts its stream afresh.
     pub fn reset_background(&self) {
         self.background_done.store(false, Ordering::Release);
@@ -266,29 +245,6 @@ impl Pager {
     /// True once the background stream sent its end frame.
     pub fn background_done(&self) -> bool {
         self.background_done.load(Ordering::Acquire)
-    }
-
-    /// Wakes the main thread to re-check its condition.
-    pub fn notify(&self) {
-        let _guard = self.progress_lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.progress.notify_all();
-    }
-
-    /// Waits until `done()` or a fatal error, checking at least every 50 ms.
-    pub fn wait_until(&self, done: impl Fn() -> bool) -> Result<(), String> {
-        let mut guard = self.progress_lock.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(why) = self.fatal() {
-                return Err(why);
-            }
-            if done() {
-                return Ok(());
-            }
-            guard = match self.progress.wait_timeout(guard, Duration::from_millis(50)) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
-        }
     }
 
     /// Address of page `index` (where it is now, if the application moved it).

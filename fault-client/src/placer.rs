@@ -297,7 +297,7 @@ pub fn place_frame(
         }
     }
     if pager.complete() {
-        pager.notify();
+        pager.run.notify();
     }
     Ok(())
 }

@@ -60,14 +60,14 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
         s.spawn(move || {
             let mut assembler = match Placer::new(pager, Channel::Background) {
                 Ok(a) => a,
-                Err(err) => return pager.fail(err.to_string()),
+                Err(err) => return pager.run.fail(err.to_string()),
             };
             loop {
                 let batch = match full_rx.recv_timeout(Duration::from_millis(20)) {
                     Ok(batch) => batch,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         if let Err(why) = complete_ready(pager, &mut assembler) {
-                            return pager.fail(why.to_string());
+                            return pager.run.fail(why.to_string());
                         }
                         continue;
                     }
@@ -75,11 +75,11 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
                     // by the urgent connection, while this generation lasts.
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
                         while assembler.pending() > 0
-                            && !pager.stopping()
+                            && !pager.run.stopping()
                             && pager.generation.load(Ordering::Acquire) == generation
                         {
                             if let Err(why) = complete_ready(pager, &mut assembler) {
-                                return pager.fail(why.to_string());
+                                return pager.run.fail(why.to_string());
                             }
                             std::thread::sleep(Duration::from_millis(5));
                         }
@@ -90,7 +90,7 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
                     let frame = match uffd_core::Frame::parse(header, payload, &pager.limits) {
                         Ok(frame) => frame,
                         Err(err) => {
-                            return pager.fail(format!(
+                            return pager.run.fail(format!(
                                 "background connection to the page server failed: {err}"
                             ))
                         }
@@ -98,15 +98,15 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
                     if let Err(why) =
                         handle_frame(pager, &mut assembler, Channel::Background, frame)
                     {
-                        return pager.fail(why.to_string());
+                        return pager.run.fail(why.to_string());
                     }
                     // Outside the events lock: the fault handler never waits for this.
                     if let Err(why) = assembler.prepare_ahead() {
-                        return pager.fail(why.to_string());
+                        return pager.run.fail(why.to_string());
                     }
                 }
                 if let Err(why) = complete_ready(pager, &mut assembler) {
-                    return pager.fail(why.to_string());
+                    return pager.run.fail(why.to_string());
                 }
                 // Placing is progress too: the reader may be waiting for this batch.
                 pager.liveness.heard();
@@ -174,7 +174,7 @@ fn complete_ready(pager: &Pager, placer: &mut Placer) -> Result<(), PlacerError>
         &progress,
     );
     if progress.pages_placed > 0 && pager.complete() {
-        pager.notify();
+        pager.run.notify();
     }
     Ok(())
 }
@@ -203,7 +203,7 @@ fn handle_frame(
         }
         Frame::End if channel == Channel::Background => {
             pager.finish_background();
-            pager.notify();
+            pager.run.notify();
             Ok(())
         }
         Frame::Error { code, message } => Err(ReceiveError::Server {
@@ -221,7 +221,7 @@ fn handle_frame(
 pub fn receive(pager: &Pager, channel: Channel, reader: FrameReader<Conn>, generation: u64) {
     let mut assembler = match Placer::new(pager, channel) {
         Ok(a) => a,
-        Err(err) => return pager.fail(err.to_string()),
+        Err(err) => return pager.run.fail(err.to_string()),
     };
     let name = match channel {
         Channel::Urgent => "urgent",
@@ -269,7 +269,7 @@ pub fn receive(pager: &Pager, channel: Channel, reader: FrameReader<Conn>, gener
             .fetch_add(bytes - last_bytes, Ordering::Relaxed);
         last_bytes = bytes;
         if let Err(why) = result {
-            return pager.fail(why.to_string());
+            return pager.run.fail(why.to_string());
         }
     }
 }

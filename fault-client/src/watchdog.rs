@@ -22,10 +22,10 @@ pub fn watch(pager: &Pager, stall_timeout: Duration, background: bool) {
     let tick = (stall_timeout / 10).clamp(Duration::from_millis(10), Duration::from_millis(250));
     // Once per generation: the next one is reported only after the supervisor opened it.
     let mut reported = None;
-    while !pager.stopping() && pager.fatal().is_none() {
+    while !pager.run.stopping() && pager.run.fatal().is_none() {
         // In short naps: a stopping pager waits for this thread to end.
         let started = Instant::now();
-        while started.elapsed() < tick && !pager.stopping() {
+        while started.elapsed() < tick && !pager.run.stopping() {
             std::thread::sleep(Duration::from_millis(10));
         }
         let generation = pager.generation.load(Ordering::Acquire);
