@@ -14,7 +14,8 @@
 //! - [`pager`]: the state the threads share (pages, link, run control, counters).
 //! - [`receive`]: the receiver threads; [`placer`]: placing pages directly or through the
 //!   `hugepage` crate's assembler (huge pages placed whole).
-//! - [`link`]: the connections, their receivers, and recovery (reconnect and resume).
+//! - [`link`]: the connections, their receivers, and recovery (reconnect and resume);
+//!   [`link_state`]: the request path and generation the other threads share.
 //! - [`liveness`]: when the server was last heard from; [`watchdog`]: stall detection (a
 //!   server that stops answering while the client waits).
 //! - [`workload`]: the application threads (seq, random, zipf) and their fault latency.
@@ -37,6 +38,7 @@ pub mod control;
 pub mod events;
 pub mod fault;
 pub mod link;
+pub mod link_state;
 pub mod liveness;
 pub mod pager;
 pub mod placer;

@@ -130,10 +130,10 @@ fn install(
             tracing::debug!("keepalive / TCP_USER_TIMEOUT not set: {err}");
         }
     }
-    pager.generation.store(generation, Ordering::Release);
+    pager.link.generation.store(generation, Ordering::Release);
     // A new generation has asked for everything again: its answers may take a moment.
     pager.liveness.asked();
-    pager.reset_background();
+    pager.link.reset_background();
     let reader = urgent.reader;
     let priority = config.urgent_priority;
     receivers.push(
@@ -153,7 +153,7 @@ fn install(
     }
     // Install the request path and re-send what is unanswered under one lock: a fault
     // handled meanwhile either is seen by the scan or sends on the new connection.
-    let mut tx = pager.lock_urgent();
+    let mut tx = pager.link.lock_urgent();
     *tx = Some(urgent.writer);
     if let Some(writer) = tx.as_mut() {
         let unit_pages = (pager.memory.request_unit() / pager.page).max(1);
@@ -182,14 +182,14 @@ fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
     let mut streak = Streak::new(pager);
     let reconnects = Repeats::default();
     // None: the pager is stopping.
-    while let Some(why) = pager.wait_lost() {
+    while let Some(why) = pager.link.wait_lost(&pager.run) {
         // Shut the connections down first: the fault handler may be blocked writing a request
         // to a server that no longer reads, holding the request path's lock.
         current.close();
-        *pager.lock_urgent() = None;
+        *pager.link.lock_urgent() = None;
         // Forget this loss now, before the next generation starts: a loss that generation
         // reports (its server may drop it at once) must stay reported, not be cleared after.
-        pager.clear_lost();
+        pager.link.clear_lost();
         if config.reconnect_timeout.is_zero() {
             return pager.run.fail(why);
         }
@@ -248,7 +248,7 @@ fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
         current = next;
     }
     current.close();
-    *pager.lock_urgent() = None;
+    *pager.link.lock_urgent() = None;
 }
 
 /// First pause between reconnection attempts.

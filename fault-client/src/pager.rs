@@ -15,13 +15,13 @@
 //! alive until the process exits.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use hugepage::{Mapped, Memory};
-use uffd_core::{Conn, Frame, FrameWriter, Limits, PageBitmap, Userfaultfd};
+use uffd_core::{Frame, Limits, PageBitmap, Userfaultfd};
 
 use crate::control::RunControl;
+use crate::link_state::LinkState;
 use crate::workload::Waits;
 
 /// Counters of a run (all monotonic).
@@ -111,16 +111,10 @@ pub struct Pager {
     pub trace: Option<crate::trace::Trace>,
     /// Fault messages read per thread: which workload accesses waited on a userfault.
     pub waits: Waits,
-    /// The current connection generation (see [`crate::link`]).
-    pub generation: AtomicU64,
     /// When the server was last heard from and last asked ([`crate::liveness`]).
     pub liveness: crate::liveness::Liveness,
-    /// Where requests go; None while the link is being re-established.
-    urgent_tx: Mutex<Option<FrameWriter<Conn>>>,
-    /// Why the current generation's connections were lost, until the link is back.
-    lost: Mutex<Option<String>>,
-    link_changed: Condvar,
-    background_done: AtomicBool,
+    /// The connections: the request path, the generation, and why it was lost.
+    pub link: LinkState,
     /// Whether the run goes on, and why it failed.
     pub run: RunControl,
 }
@@ -152,12 +146,8 @@ impl Pager {
             image_size,
             trace,
             waits: Waits::default(),
-            generation: AtomicU64::new(0),
             liveness: crate::liveness::Liveness::default(),
-            urgent_tx: Mutex::new(None),
-            lost: Mutex::new(None),
-            link_changed: Condvar::new(),
-            background_done: AtomicBool::new(false),
+            link: LinkState::default(),
             run: RunControl::default(),
         }
     }
@@ -170,51 +160,7 @@ impl Pager {
     /// Tells every thread to stop (the run is over), the link supervisor too.
     pub fn stop(&self) {
         self.run.stop();
-        let _guard = self.lost.lock().unwrap_or_else(|e| e.into_inner());
-        self.link_changed.notify_all();
-    }
-
-    /// A connection of `generation` failed: the link supervisor reconnects (older
-    /// generations' failures are the supervisor's own doing and are ignored).
-    pub fn lost(&self, generation: u64, why: String) {
-        if self.run.stopping() || generation != self.generation.load(Ordering::Acquire) {
-            return;
-        }
-        let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
-        if lost.is_none() {
-            *lost = Some(why);
-        }
-        self.link_changed.notify_all();
-    }
-
-    /// Blocks until a connection is lost (returns why) or the pager stops (None).
-    pub fn wait_lost(&self) -> Option<String> {
-        let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if self.run.stopping() {
-                return None;
-            }
-            if let Some(why) = lost.clone() {
-                return Some(why);
-            }
-            lost = match self
-                .link_changed
-                .wait_timeout(lost, Duration::from_millis(100))
-            {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
-        }
-    }
-
-    /// The link is back.
-    pub fn clear_lost(&self) {
-        *self.lost.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-
-    /// The request path (None while reconnecting).
-    pub fn lock_urgent(&self) -> std::sync::MutexGuard<'_, Option<FrameWriter<Conn>>> {
-        self.urgent_tx.lock().unwrap_or_else(|e| e.into_inner())
+        self.link.wake();
     }
 
     /// True if every page of the request unit starting at `first` is present.
@@ -230,21 +176,6 @@ impl Pager {
     /// The image size the session started with.
     pub fn limits_image_size(&self) -> u64 {
         self.image_size
-    }
-
-    /// A new background connection starts its stream afresh.
-    pub fn reset_background(&self) {
-        self.background_done.store(false, Ordering::Release);
-    }
-
-    /// The background stream sent its end frame.
-    pub fn finish_background(&self) {
-        self.background_done.store(true, Ordering::Release);
-    }
-
-    /// True once the background stream sent its end frame.
-    pub fn background_done(&self) -> bool {
-        self.background_done.load(Ordering::Acquire)
     }
 
     /// Address of page `index` (where it is now, if the application moved it).
@@ -302,8 +233,8 @@ impl Pager {
         };
         // While the link is down the request stays marked; the link supervisor re-sends
         // every unanswered request once it has reconnected.
-        let generation = self.generation.load(Ordering::Acquire);
-        let mut tx = self.lock_urgent();
+        let generation = self.link.generation.load(Ordering::Acquire);
+        let mut tx = self.link.lock_urgent();
         if let Some(writer) = tx.as_mut() {
             let at = std::time::Instant::now();
             match writer.send(&request) {
@@ -317,7 +248,11 @@ impl Pager {
                 Err(err) => {
                     *tx = None;
                     drop(tx);
-                    self.lost(generation, format!("urgent connection lost: {err}"));
+                    self.link.lost(
+                        &self.run,
+                        generation,
+                        format!("urgent connection lost: {err}"),
+                    );
                 }
             }
         }

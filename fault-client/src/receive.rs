@@ -76,7 +76,7 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
                         while assembler.pending() > 0
                             && !pager.run.stopping()
-                            && pager.generation.load(Ordering::Acquire) == generation
+                            && pager.link.generation.load(Ordering::Acquire) == generation
                         {
                             if let Err(why) = complete_ready(pager, &mut assembler) {
                                 return pager.run.fail(why.to_string());
@@ -138,12 +138,12 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
                 Ok(false) if saw_end => break,
                 Ok(false) => {
                     let why = "the page server closed the background connection";
-                    pager.lost(generation, why.into());
+                    pager.link.lost(&pager.run, generation, why.into());
                     break;
                 }
                 Err(err) => {
                     let why = format!("background connection to the page server failed: {err}");
-                    pager.lost(generation, why);
+                    pager.link.lost(&pager.run, generation, why);
                     break;
                 }
             }
@@ -202,7 +202,7 @@ fn handle_frame(
             Ok(place_frame(pager, assembler, channel, offset, None, len)?)
         }
         Frame::End if channel == Channel::Background => {
-            pager.finish_background();
+            pager.link.finish_background();
             pager.run.notify();
             Ok(())
         }
@@ -238,8 +238,9 @@ pub fn receive(pager: &Pager, channel: Channel, reader: FrameReader<Conn>, gener
         let frame = match reader.read_frame(&pager.limits) {
             Ok(Some(frame)) => frame,
             Ok(None) => {
-                if !(channel == Channel::Background && pager.background_done()) {
-                    pager.lost(
+                if !(channel == Channel::Background && pager.link.background_done()) {
+                    pager.link.lost(
+                        &pager.run,
                         generation,
                         format!("the page server closed the {name} connection"),
                     );
@@ -247,7 +248,8 @@ pub fn receive(pager: &Pager, channel: Channel, reader: FrameReader<Conn>, gener
                 return;
             }
             Err(err) => {
-                pager.lost(
+                pager.link.lost(
+                    &pager.run,
                     generation,
                     format!("{name} connection to the page server failed: {err}"),
                 );

@@ -6,7 +6,7 @@
 //! connection was opened, and yet a request is unanswered or the background stream is not
 //! finished. A client that waits for nothing may be silent for hours (its server has nothing
 //! to say either); a server that is merely slow keeps sending something. A stall is
-//! reported through [`Pager::lost`], like a failed connection: the link supervisor
+//! reported through [`LinkState::lost`](crate::link_state::LinkState::lost), like a failed connection: the link supervisor
 //! reconnects and resumes within `--reconnect-timeout`, or ends the run with the stall as the
 //! reason.
 
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::liveness::stall_message;
 use crate::pager::Pager;
 
-/// The watchdog thread: reports a stall of the current generation through [`Pager::lost`].
+/// The watchdog thread: reports a stall of the current generation through [`LinkState::lost`](crate::link_state::LinkState::lost).
 /// Returns when the pager stops or the run has failed.
 pub fn watch(pager: &Pager, stall_timeout: Duration, background: bool) {
     let tick = (stall_timeout / 10).clamp(Duration::from_millis(10), Duration::from_millis(250));
@@ -28,7 +28,7 @@ pub fn watch(pager: &Pager, stall_timeout: Duration, background: bool) {
         while started.elapsed() < tick && !pager.run.stopping() {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let generation = pager.generation.load(Ordering::Acquire);
+        let generation = pager.link.generation.load(Ordering::Acquire);
         if reported == Some(generation)
             || pager.liveness.silence() < stall_timeout
             || !waiting(pager, background)
@@ -36,7 +36,9 @@ pub fn watch(pager: &Pager, stall_timeout: Duration, background: bool) {
             continue;
         }
         tracing::warn!("{}", stall_message(stall_timeout));
-        pager.lost(generation, stall_message(stall_timeout));
+        pager
+            .link
+            .lost(&pager.run, generation, stall_message(stall_timeout));
         reported = Some(generation);
     }
 }
@@ -47,7 +49,7 @@ fn waiting(pager: &Pager, background: bool) -> bool {
     if pager.complete() {
         return false;
     }
-    if background && !pager.background_done() {
+    if background && !pager.link.background_done() {
         return true;
     }
     unanswered(pager)
