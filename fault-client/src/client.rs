@@ -389,7 +389,7 @@ pub fn run_watched(
                     p.memory.addr(),
                     p.page,
                     &plan,
-                    &p.received,
+                    &p.page_state.received,
                     &p.waits,
                     &live,
                     trace,
@@ -475,7 +475,7 @@ fn fetch_all(pager: &Arc<Pager>) -> Result<(), ClientError> {
     std::thread::Builder::new()
         .name("fetch-all".into())
         .spawn(move || {
-            for index in (0..p.pages).filter(|&i| !p.gone.get(i as usize)) {
+            for index in (0..p.pages).filter(|&i| !p.page_state.gone.get(i as usize)) {
                 // SAFETY: the address is inside the registered region; a missing page is
                 // fetched on demand and this thread blocks until it is placed.
                 unsafe { std::ptr::read_volatile(p.page_addr(index) as *const u8) };
@@ -498,14 +498,14 @@ fn verify(pager: &Arc<Pager>, reference: &Reference) -> Result<bool, ClientError
     let mut expected = vec![0u8; page];
     let mut bad = 0u64;
     for index in 0..pager.pages {
-        if pager.gone.get(index as usize) {
+        if pager.page_state.gone.get(index as usize) {
             continue; // unmapped by the application
         }
         let addr = pager.page_addr(index) as *const u8;
         // SAFETY: every page is present (fetched above) and nothing writes the region now.
         let bytes = unsafe { std::slice::from_raw_parts(addr, page) };
         // A page the application discarded reads as zeros (see crate::events).
-        let discarded = pager.discarded.get(index as usize);
+        let discarded = pager.page_state.discarded.get(index as usize);
         let same = match reference {
             Reference::Checksums(sums) => {
                 let sum = if discarded {
@@ -590,7 +590,7 @@ fn report(
         image_bytes,
         pages: pager.pages,
         pages_present: (0..pager.pages)
-            .filter(|&p| pager.received.get(p as usize))
+            .filter(|&p| pager.page_state.received.get(p as usize))
             .count() as u64,
         workload: config.workload.to_string(),
         threads: config.threads,

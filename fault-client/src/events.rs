@@ -26,7 +26,7 @@
 //!
 //! **Why a lock.** While an event is unread, every placement ioctl fails with EAGAIN and the
 //! thread that caused it sleeps in the kernel until the event is read. The fault handler reads
-//! events under the write side of [`Pager::events_lock`](crate::pager::Pager); receivers hold
+//! events under the write side of [`PageState::events_lock`](crate::pages::PageState); receivers hold
 //! the read side from "is this page discarded?" to the placement ioctl. So no placement can
 //! slip in between the kernel's discard and the pager learning about it. The read side covers
 //! the placement and nothing slower: the handler needs the write side to read *any* message,
@@ -54,8 +54,8 @@ pub fn apply(pager: &Arc<Pager>, event: Event) -> Result<(), String> {
                 .events_remove
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             for page in pager.pages_in(start, end) {
-                pager.received.clear(page as usize);
-                pager.discarded.set(page as usize);
+                pager.page_state.received.clear(page as usize);
+                pager.page_state.discarded.set(page as usize);
             }
             Ok(())
         }
@@ -65,7 +65,7 @@ pub fn apply(pager: &Arc<Pager>, event: Event) -> Result<(), String> {
                 .events_unmap
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             for page in pager.pages_in(start, end) {
-                pager.gone.set(page as usize);
+                pager.page_state.gone.set(page as usize);
             }
             pager.run.notify();
             Ok(())
@@ -134,9 +134,11 @@ fn serve_child(pager: &Pager, child: Userfaultfd) {
             for page in wanted.clone() {
                 pager.request(page);
             }
-            let ready = pager
-                .run
-                .wait_until(|| wanted.clone().all(|p| pager.received.get(p as usize)));
+            let ready = pager.run.wait_until(|| {
+                wanted
+                    .clone()
+                    .all(|p| pager.page_state.received.get(p as usize))
+            });
             if ready.is_err() {
                 return;
             }

@@ -44,7 +44,11 @@ pub fn handle_faults(pager: &Arc<Pager>) {
         faults.clear();
         {
             // Read and apply events with no placement in flight (see crate::events).
-            let _guard = pager.events_lock.write().unwrap_or_else(|e| e.into_inner());
+            let _guard = pager
+                .page_state
+                .events_lock
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
             pager.waits.begin_read();
             let read = pager.uffd.read_events(&mut buffer, &mut events);
             // Before `end_read`: a thread that waited on one of these faults may run on (and
@@ -111,7 +115,7 @@ fn handle_fault(
         return zero_outside_image(pager, addr);
     };
     let unit_pages = (pager.memory.request_unit() / pager.page).max(1);
-    if pager.received.get(page as usize) {
+    if pager.page_state.received.get(page as usize) {
         if let Some(trace) = &pager.trace {
             trace.already_present(page * pager.page, pager.page);
         }
@@ -121,7 +125,7 @@ fn handle_fault(
         return Ok(Handled::Done);
     }
     let padding = page >= pager.pages && unit_pages == 1;
-    if padding || pager.discarded.get(page as usize) {
+    if padding || pager.page_state.discarded.get(page as usize) {
         // Discarded by the application (or padding past the image): reads as zero, locally.
         if local.is_none() {
             *local = Some(Placer::new(pager, Channel::Urgent)?);

@@ -11,7 +11,8 @@
 //! - [`control`]: run control (stop, the first fatal error, the main thread's wake-up).
 //! - [`fault`]: the fault handler thread: reads the userfaultfd, applies events, requests.
 //! - [`events`]: what the application does to the region (discard, unmap, move, fork).
-//! - [`pager`]: the state the threads share (pages, link, run control, counters).
+//! - [`pager`]: the state the threads share: the region, [`pages`] (what each page is),
+//!   the link state, the run control, the counters.
 //! - [`receive`]: the receiver threads; [`placer`]: placing pages directly or through the
 //!   `hugepage` crate's assembler (huge pages placed whole).
 //! - [`link`]: the connections, their receivers, and recovery (reconnect and resume);
@@ -41,6 +42,7 @@ pub mod link;
 pub mod link_state;
 pub mod liveness;
 pub mod pager;
+pub mod pages;
 pub mod placer;
 pub mod receive;
 pub mod report;

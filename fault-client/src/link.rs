@@ -159,7 +159,9 @@ fn install(
         let unit_pages = (pager.memory.request_unit() / pager.page).max(1);
         let mut page = 0;
         while page < pager.pages {
-            if pager.requested.get(page as usize) && !pager.unit_present(page, unit_pages) {
+            if pager.page_state.requested.get(page as usize)
+                && !pager.unit_present(page, unit_pages)
+            {
                 let len = unit_pages.min(pager.pages - page) * pager.page;
                 let request = Frame::Request {
                     offset: page * pager.page,

@@ -18,10 +18,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hugepage::{Mapped, Memory};
-use uffd_core::{Frame, Limits, PageBitmap, Userfaultfd};
+use uffd_core::{Frame, Limits, Userfaultfd};
 
 use crate::control::RunControl;
 use crate::link_state::LinkState;
+use crate::pages::PageState;
 use crate::workload::Waits;
 
 /// Counters of a run (all monotonic).
@@ -87,18 +88,8 @@ pub struct Pager {
     pub page: u64,
     /// Pages in the image.
     pub pages: u64,
-    /// Pages present in the region (which may be longer than the image: huge-page backings
-    /// round it up to whole huge pages; the padding is placed as zeros with the last one).
-    pub received: PageBitmap,
-    /// Pages (first page of each request unit) already requested.
-    pub requested: PageBitmap,
-    /// Pages the application discarded (MADV_DONTNEED): they read as zero from now on.
-    pub discarded: PageBitmap,
-    /// Pages the application unmapped: never placed again.
-    pub gone: PageBitmap,
-    /// Held for writing while the fault handler reads and applies events; for reading by a
-    /// receiver from "is this page discarded?" to its placement ioctl (see [`crate::events`]).
-    pub events_lock: std::sync::RwLock<()>,
+    /// Which pages are present, requested, discarded or unmapped, and the events lock.
+    pub page_state: PageState,
     /// Set when the urgent connection placed pages directly inside huge-page units (THP): the
     /// background assembler re-checks its units, which may be complete now.
     pub recheck: AtomicBool,
@@ -135,11 +126,7 @@ impl Pager {
             uffd,
             page,
             pages,
-            received: PageBitmap::new(slots),
-            requested: PageBitmap::new(slots),
-            discarded: PageBitmap::new(slots),
-            gone: PageBitmap::new(slots),
-            events_lock: std::sync::RwLock::new(()),
+            page_state: PageState::new(slots),
             recheck: AtomicBool::new(false),
             counters: Counters::default(),
             limits: Limits::new(image_size, page),
@@ -165,12 +152,13 @@ impl Pager {
 
     /// True if every page of the request unit starting at `first` is present.
     pub fn unit_present(&self, first: u64, unit_pages: u64) -> bool {
-        (first..(first + unit_pages).min(self.pages)).all(|p| self.received.get(p as usize))
+        (first..(first + unit_pages).min(self.pages))
+            .all(|p| self.page_state.received.get(p as usize))
     }
 
     /// The received bitmap as words, for resuming a session.
     pub fn present_words(&self) -> Vec<u64> {
-        self.received.to_words()
+        self.page_state.received.to_words()
     }
 
     /// The image size the session started with.
@@ -206,12 +194,16 @@ impl Pager {
 
     /// True when every page is present, discarded or unmapped: nothing more will come.
     pub fn complete(&self) -> bool {
-        let total = self.received.len();
-        if self.discarded.count() == 0 && self.gone.count() == 0 {
-            return self.received.count() == total;
+        let total = self.page_state.received.len();
+        if self.page_state.discarded.count() == 0 && self.page_state.gone.count() == 0 {
+            return self.page_state.received.count() == total;
         }
         let settled = (0..total)
-            .filter(|&p| self.received.get(p) || self.discarded.get(p) || self.gone.get(p))
+            .filter(|&p| {
+                self.page_state.received.get(p)
+                    || self.page_state.discarded.get(p)
+                    || self.page_state.gone.get(p)
+            })
             .count();
         settled == total
     }
@@ -221,7 +213,7 @@ impl Pager {
     pub fn request(&self, page: u64) -> bool {
         let unit_pages = (self.memory.request_unit() / self.page).max(1);
         let first = page / unit_pages * unit_pages;
-        if first >= self.pages || !self.requested.set(first as usize) {
+        if first >= self.pages || !self.page_state.requested.set(first as usize) {
             return false;
         }
         // The last unit of a huge-page backing may reach past the image: ask for the image's

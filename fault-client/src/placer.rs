@@ -92,7 +92,7 @@ impl Placer {
         let image_end = pager.pages * pager.page;
         let padding = pager.memory.len() as u64 - image_end;
         if padding > 0 {
-            assembler.zero(image_end, padding, &pager.received)?;
+            assembler.zero(image_end, padding, &pager.page_state.received)?;
         }
         Ok(Placer::Assemble(assembler))
     }
@@ -116,17 +116,22 @@ impl Placer {
         bytes: Option<&[u8]>,
         len: u64,
     ) -> Result<Progress, PlacerError> {
-        let _guard = pager.events_lock.read().unwrap_or_else(|e| e.into_inner());
+        let _guard = pager
+            .page_state
+            .events_lock
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         let ps = pager.page;
         let moved = pager.memory.moved();
-        let plain = pager.discarded.count() == 0 && pager.gone.count() == 0 && !moved;
+        let plain =
+            pager.page_state.discarded.count() == 0 && pager.page_state.gone.count() == 0 && !moved;
         if plain {
             return self.place_run(pager, offset, bytes, len);
         }
         let class = |p: u64| {
-            if pager.gone.get(p as usize) {
+            if pager.page_state.gone.get(p as usize) {
                 PageClass::Gone
-            } else if pager.discarded.get(p as usize) {
+            } else if pager.page_state.discarded.get(p as usize) {
                 PageClass::Discarded
             } else {
                 PageClass::Wanted
@@ -174,8 +179,8 @@ impl Placer {
     ) -> Result<Progress, PlacerError> {
         match self {
             Placer::Assemble(assembler) => match bytes {
-                Some(bytes) => assembler.data(offset, bytes, &pager.received),
-                None => assembler.zero(offset, len, &pager.received),
+                Some(bytes) => assembler.data(offset, bytes, &pager.page_state.received),
+                None => assembler.zero(offset, len, &pager.page_state.received),
             }
             .map_err(PlacerError::from),
             Placer::Direct(_) if bytes.is_none() && pager.memory.backing() == Backing::Thp => {
@@ -219,6 +224,7 @@ impl Placer {
                 let first = offset / page;
                 let done = (filled.placed + filled.present) / page;
                 pager
+                    .page_state
                     .received
                     .set_range(first as usize, (first + done) as usize);
                 if pager.memory.unit() > page {
@@ -250,8 +256,12 @@ impl Placer {
                 // and once the fault handler has read it (an mremap's REMAP) the ioctls work
                 // again before the move is applied; without the lock a unit could be placed
                 // at its old address in between (UFFDIO_MOVE failed ENOENT there).
-                let _guard = pager.events_lock.read().unwrap_or_else(|e| e.into_inner());
-                Ok(assembler.retry(&pager.received)?)
+                let _guard = pager
+                    .page_state
+                    .events_lock
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner());
+                Ok(assembler.retry(&pager.page_state.received)?)
             }
             // `place` takes the events lock itself. Pages placed before the stop answer EEXIST
             // now and are skipped.

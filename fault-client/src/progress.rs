@@ -51,7 +51,9 @@ impl Progress {
                         c.bytes_received.load(Ordering::Relaxed) as f64 / f64::from(1u32 << 20);
                     let faults = c.faults.load(Ordering::Relaxed) as f64;
                     let p99 = live.lock().unwrap_or_else(|e| e.into_inner()).summary().p99;
-                    bar.set_position(pager.received.count().min(pager.pages as usize) as u64);
+                    bar.set_position(
+                        pager.page_state.received.count().min(pager.pages as usize) as u64
+                    );
                     bar.set_message(format!(
                         "{:.0} MiB/s  {:.0} faults/s  p99 {:.0} us",
                         mib / secs,

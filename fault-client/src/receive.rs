@@ -161,8 +161,12 @@ fn complete_ready(pager: &Pager, placer: &mut Placer) -> Result<(), PlacerError>
     let Placer::Assemble(assembler) = placer else {
         return Ok(());
     };
-    let _guard = pager.events_lock.read().unwrap_or_else(|e| e.into_inner());
-    let progress = assembler.complete_ready(&pager.received)?;
+    let _guard = pager
+        .page_state
+        .events_lock
+        .read()
+        .unwrap_or_else(|e| e.into_inner());
+    let progress = assembler.complete_ready(&pager.page_state.received)?;
     if progress.stopped.is_some() {
         pager.recheck.store(true, Ordering::Release); // try again on the next turn
     }

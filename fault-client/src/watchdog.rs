@@ -60,9 +60,11 @@ fn unanswered(pager: &Pager) -> bool {
     let unit_pages = (pager.memory.request_unit() / pager.page).max(1);
     let settled = |p: u64| {
         let p = p as usize;
-        pager.received.get(p) || pager.discarded.get(p) || pager.gone.get(p)
+        pager.page_state.received.get(p)
+            || pager.page_state.discarded.get(p)
+            || pager.page_state.gone.get(p)
     };
-    let words = pager.requested.to_words();
+    let words = pager.page_state.requested.to_words();
     words.iter().enumerate().any(|(w, &word)| {
         let mut bits = word;
         while bits != 0 {
