@@ -43,9 +43,17 @@ use crate::pager::Pager;
 /// A moved range: `len` bytes that were at `from` are now at `to`.
 pub use hugepage::Move;
 
+/// Errors of applying an event.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// A FORK event's child handler thread could not be started.
+    #[error("cannot start a handler for the forked child: {0}")]
+    SpawnChildHandler(std::io::Error),
+}
+
 /// Applies one non-fault event. Called by the fault handler with the events lock held for
 /// writing. Returns an error for what the pager cannot honour.
-pub fn apply(pager: &Arc<Pager>, event: Event) -> Result<(), String> {
+pub fn apply(pager: &Arc<Pager>, event: Event) -> Result<(), EventError> {
     match event {
         Event::Fault { .. } => Ok(()),
         Event::Remove { start, end } => {
@@ -90,7 +98,7 @@ pub fn apply(pager: &Arc<Pager>, event: Event) -> Result<(), String> {
                 .name("child-handler".into())
                 .spawn(move || serve_child(&p, child))
                 .map(drop)
-                .map_err(|e| format!("cannot start a handler for the forked child: {e}"))
+                .map_err(EventError::SpawnChildHandler)
         }
     }
 }

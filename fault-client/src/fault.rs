@@ -76,7 +76,7 @@ pub fn handle_faults(pager: &Arc<Pager>) {
                     }
                     other => {
                         if let Err(why) = events::apply(pager, other) {
-                            return pager.run.fail(why);
+                            return pager.run.fail(why.to_string());
                         }
                     }
                 }
