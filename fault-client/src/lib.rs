@@ -6,23 +6,24 @@
 //! `DESIGN.md` for the whole path of a fault.
 //!
 //! # Layout
-//! The engine (always built; it links no plotting or terminal crates):
-//! - [`connect`]: the handshake of the urgent and background connections.
-//! - [`control`]: run control (stop, the first fatal error, the main thread's wake-up).
-//! - [`fault`]: the fault handler thread: reads the userfaultfd, applies events, requests.
-//! - [`events`]: what the application does to the region (discard, unmap, move, fork).
-//! - [`pager`]: the state the threads share: the region, [`pages`] (what each page is),
-//!   the link state, the run control, the counters.
-//! - [`receive`]: the receiver threads; [`placer`]: placing pages directly or through the
-//!   `hugepage` crate's assembler (huge pages placed whole).
-//! - [`link`]: the connections, their receivers, and recovery (reconnect and resume);
-//!   [`link_state`]: the request path and generation the other threads share.
-//! - [`liveness`]: when the server was last heard from; [`watchdog`]: stall detection (a
-//!   server that stops answering while the client waits).
-//! - [`workload`]: the application threads (seq, random, zipf) and their fault latency.
-//! - [`client`]: one run from connect to report; [`report`]: what a run measured, as data.
-//! - [`trace`]: `--trace`, a CSV line per fault, per urgent request and answer, and per arriving
-//!   page.
+//! The engine (always built; it links no plotting or terminal crates), from the bottom up:
+//! each module uses only modules listed before it.
+//! - [`trace`]: `--trace`, a CSV line per fault, per urgent request and answer, and per
+//!   arriving page; [`report`]: what a run measured, as data; [`connect`]: the handshake of
+//!   the urgent and background connections.
+//! - [`control`]: run control (stop, the first fatal error, the main thread's wake-up);
+//!   [`liveness`]: when the server was last heard from; [`pages`]: what each page is
+//!   (present, requested, discarded, unmapped) and the events lock; [`workload`]: the
+//!   application threads (seq, random, zipf) and their fault latency.
+//! - [`link_state`]: the request path and the connection generation the threads share.
+//! - [`pager`]: the state every thread shares: the region, the page state, the link state,
+//!   the run control, the counters; and [`Pager::request`](pager::Pager::request).
+//! - [`placer`]: placing pages directly or through the `hugepage` crate's assembler (huge
+//!   pages placed whole); [`events`]: what the application does to the region (discard,
+//!   unmap, move, fork); [`watchdog`]: stall detection.
+//! - [`receive`]: the receiver threads; [`fault`]: the fault handler thread.
+//! - [`link`]: the connections, their receivers, and recovery (reconnect and resume).
+//! - [`client`]: one run from connect to report.
 //!
 //! The lab, on top of the engine (the `lab` feature, on by default; the `fault-client` binary
 //! needs it):
