@@ -58,7 +58,7 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
     }
     std::thread::scope(|s| {
         s.spawn(move || {
-            let mut assembler = match Placer::new(pager, Channel::Background) {
+            let mut placer = match Placer::new(pager, Channel::Background) {
                 Ok(a) => a,
                 Err(err) => return pager.run.fail(err.to_string()),
             };
@@ -66,7 +66,7 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
                 let batch = match full_rx.recv_timeout(Duration::from_millis(20)) {
                     Ok(batch) => batch,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if let Err(why) = complete_ready(pager, &mut assembler) {
+                        if let Err(why) = complete_ready(pager, &mut placer) {
                             return pager.run.fail(why.to_string());
                         }
                         continue;
@@ -74,11 +74,11 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
                     // The stream ended: finish the units that only waited for pages coming
                     // by the urgent connection, while this generation lasts.
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        while assembler.pending() > 0
+                        while placer.pending() > 0
                             && !pager.run.stopping()
                             && pager.link.generation.load(Ordering::Acquire) == generation
                         {
-                            if let Err(why) = complete_ready(pager, &mut assembler) {
+                            if let Err(why) = complete_ready(pager, &mut placer) {
                                 return pager.run.fail(why.to_string());
                             }
                             std::thread::sleep(Duration::from_millis(5));
@@ -95,17 +95,15 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
                             ))
                         }
                     };
-                    if let Err(why) =
-                        handle_frame(pager, &mut assembler, Channel::Background, frame)
-                    {
+                    if let Err(why) = handle_frame(pager, &mut placer, Channel::Background, frame) {
                         return pager.run.fail(why.to_string());
                     }
                     // Outside the events lock: the fault handler never waits for this.
-                    if let Err(why) = assembler.prepare_ahead() {
+                    if let Err(why) = placer.prepare_ahead() {
                         return pager.run.fail(why.to_string());
                     }
                 }
-                if let Err(why) = complete_ready(pager, &mut assembler) {
+                if let Err(why) = complete_ready(pager, &mut placer) {
                     return pager.run.fail(why.to_string());
                 }
                 // Placing is progress too: the reader may be waiting for this batch.
@@ -185,7 +183,7 @@ fn complete_ready(pager: &Pager, placer: &mut Placer) -> Result<(), PlacerError>
 
 fn handle_frame(
     pager: &Pager,
-    assembler: &mut Placer,
+    placer: &mut Placer,
     channel: Channel,
     frame: Frame<'_>,
 ) -> Result<(), ReceiveError> {
@@ -196,15 +194,13 @@ fn handle_frame(
     match frame {
         Frame::Data { offset, bytes } => Ok(place_frame(
             pager,
-            assembler,
+            placer,
             channel,
             offset,
             Some(bytes),
             bytes.len() as u64,
         )?),
-        Frame::Zero { offset, len } => {
-            Ok(place_frame(pager, assembler, channel, offset, None, len)?)
-        }
+        Frame::Zero { offset, len } => Ok(place_frame(pager, placer, channel, offset, None, len)?),
         Frame::End if channel == Channel::Background => {
             pager.link.finish_background();
             pager.run.notify();
@@ -223,7 +219,7 @@ fn handle_frame(
 
 /// A receiver thread: reads frames from one connection and places their pages.
 pub fn receive(pager: &Pager, channel: Channel, reader: FrameReader<Conn>, generation: u64) {
-    let mut assembler = match Placer::new(pager, channel) {
+    let mut placer = match Placer::new(pager, channel) {
         Ok(a) => a,
         Err(err) => return pager.run.fail(err.to_string()),
     };
@@ -267,7 +263,7 @@ pub fn receive(pager: &Pager, channel: Channel, reader: FrameReader<Conn>, gener
                 _ => {}
             }
         }
-        let result = handle_frame(pager, &mut assembler, channel, frame);
+        let result = handle_frame(pager, &mut placer, channel, frame);
         let bytes = reader.bytes_read();
         pager
             .counters
