@@ -10,7 +10,7 @@
 //! each module uses only modules listed before it.
 //! - [`trace`]: `--trace`, a CSV line per fault, per urgent request and answer, and per
 //!   arriving page; [`report`]: what a run measured, as data; [`connect`]: the handshake of
-//!   the urgent and background connections.
+//!   the urgent and background connections; [`error`]: the errors of a run.
 //! - [`control`]: run control (stop, the first fatal error, the main thread's wake-up);
 //!   [`liveness`]: when the server was last heard from; [`pages`]: what each page is
 //!   (present, requested, discarded, unmapped) and the events lock; [`workload`]: the
@@ -23,7 +23,8 @@
 //!   unmap, move, fork); [`watchdog`]: stall detection.
 //! - [`receive`]: the receiver threads; [`fault`]: the fault handler thread.
 //! - [`link`]: the connections, their receivers, and recovery (reconnect and resume).
-//! - [`client`]: one run from connect to report.
+//! - [`verify`]: the end of a run (fetch everything, verify, dump); [`client`]: one run from
+//!   connect to report.
 //!
 //! The lab, on top of the engine (the `lab` feature, on by default; the `fault-client` binary
 //! needs it):
@@ -37,6 +38,7 @@
 pub mod client;
 pub mod connect;
 pub mod control;
+pub mod error;
 pub mod events;
 pub mod fault;
 pub mod link;
@@ -48,6 +50,7 @@ pub mod placer;
 pub mod receive;
 pub mod report;
 pub mod trace;
+pub mod verify;
 pub mod watchdog;
 pub mod workload;
 
