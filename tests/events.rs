@@ -209,7 +209,9 @@ fn remap_case(backing: Backing, image_len: u64, first: u64, end: u64) {
     // A touch returns once the page is mapped; the receiver records it, and the fault handler
     // counts its request, just after.
     eventually("the touched pages recorded", || {
-        arrived.iter().all(|&p| pager.received.get(p as usize))
+        arrived
+            .iter()
+            .all(|&p| pager.page_state.received.get(p as usize))
     });
     let requests = arrived.len() as u64;
     eventually("one request per touched page", || {
@@ -263,9 +265,9 @@ fn remap_case(backing: Backing, image_len: u64, first: u64, end: u64) {
     // Unmapping the moved range (UNMAP at the new address) marks exactly those pages gone.
     unmap(to, len);
     eventually("the UNMAP event", || {
-        pager.gone.count() == moved.clone().count()
+        pager.page_state.gone.count() == moved.clone().count()
     });
-    assert!(moved.clone().all(|p| pager.gone.get(p as usize)));
+    assert!(moved.clone().all(|p| pager.page_state.gone.get(p as usize)));
     drop(pager);
     client.close().expect("close");
     eprintln!(
@@ -375,7 +377,7 @@ fn move_while_streaming(
     // The kernel lets the mremap return once the REMAP event is read; the pager applies it
     // just after.
     eventually("the REMAP event", || pager.page_addr(m.first) == to);
-    let present_at_move = pager.received.count();
+    let present_at_move = pager.page_state.received.count();
     let whole_units = m.first.div_ceil(unit_pages)..m.end / unit_pages;
     let units_missing_after_move = whole_units
         .clone()
@@ -421,9 +423,9 @@ fn move_while_streaming(
 
     unmap(to, len);
     eventually("the UNMAP event", || {
-        pager.gone.count() as u64 == m.end - m.first
+        pager.page_state.gone.count() as u64 == m.end - m.first
     });
-    assert!((m.first..m.end).all(|p| pager.gone.get(p as usize)));
+    assert!((m.first..m.end).all(|p| pager.page_state.gone.get(p as usize)));
     drop(pager);
     client.close().expect("close");
     eprintln!("{backing} {placement} {m:?}: {moved:?}, all pages verified");
@@ -700,11 +702,13 @@ fn fork_case(background: bool) {
         client.touch(p);
     }
     eventually("the touched pages recorded", || {
-        touched.iter().all(|&p| pager.received.get(p as usize))
+        touched
+            .iter()
+            .all(|&p| pager.page_state.received.get(p as usize))
     });
     let missing_at_fork = child_pages
         .iter()
-        .filter(|&&p| !pager.received.get(p as usize))
+        .filter(|&&p| !pager.page_state.received.get(p as usize))
         .count();
     assert!(missing_at_fork > 0, "the child must find missing pages");
     let expected: Vec<Vec<u8>> = child_pages
@@ -735,7 +739,9 @@ fn fork_case(background: bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
     // The child's missing pages were fetched through the parent, which has them now.
-    assert!(child_pages.iter().all(|&p| pager.received.get(p as usize)));
+    assert!(child_pages
+        .iter()
+        .all(|&p| pager.page_state.received.get(p as usize)));
     let wrong = wrong_pages(&client, &server.image);
     assert!(wrong.is_empty(), "the parent's pages differ: {wrong:?}");
     if background {

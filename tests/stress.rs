@@ -107,7 +107,7 @@ fn stress(image_bytes: u64, threads: usize, run_for: Duration, drop_every: u64) 
         let addr = pager.page_addr(p) as *const u8;
         // SAFETY: every page is present now and nothing writes the region.
         let bytes = unsafe { std::slice::from_raw_parts(addr, PAGE as usize) };
-        let ok = if pager.discarded.get(p as usize) {
+        let ok = if pager.page_state.discarded.get(p as usize) {
             bytes.iter().all(|&b| b == 0)
         } else {
             bytes == server.image.bytes(p * PAGE, PAGE).expect("image bytes")
@@ -122,7 +122,7 @@ fn stress(image_bytes: u64, threads: usize, run_for: Duration, drop_every: u64) 
         reconnects: c.reconnects.load(Ordering::Relaxed),
         removes: c.events_remove.load(Ordering::Relaxed),
         discarded: (0..pages)
-            .filter(|&p| pager.discarded.get(p as usize))
+            .filter(|&p| pager.page_state.discarded.get(p as usize))
             .count(),
     };
     eprintln!(

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use uffd_core::Endpoint;
 
-use crate::client::{self, RunConfig};
+use crate::client::RunConfig;
 use crate::workload::Workload;
 
 /// Fill a userfaultfd-registered region on demand from a page-server, and measure it.
@@ -197,7 +197,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 })?;
                 config.token = token.trim_ascii().to_vec();
             }
-            let report = client::run(&config)?;
+            let report = crate::progress::run(&config)?;
             print_report(&report, args.json);
             if report.verified == Some(false) {
                 anyhow::bail!("verification failed: the region differs from the server's image");

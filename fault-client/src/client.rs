@@ -8,43 +8,16 @@ use std::time::{Duration, Instant};
 use uffd_core::proto::Role;
 use uffd_core::{sys, Endpoint, Latency, Userfaultfd};
 
-use crate::connect::{connect, ConnectError, HelloParams, Reference};
+use hugepage::{Backing, HugetlbPlacement, Memory};
+
+use crate::connect::{connect, HelloParams, Reference};
 use crate::link::LinkConfig;
 use crate::pager::{self, Pager};
-use crate::report::Report;
+use crate::report::{LatencyUs, Report};
+use crate::verify::{dump, verify};
 use crate::workload::{self, Workload};
-use hugepage::{Backing, HugetlbPlacement, Memory, MemoryError};
 
-/// Errors of a run.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// Connecting or the handshake failed.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// The region could not be set up.
-    #[error(transparent)]
-    Memory(#[from] MemoryError),
-    /// No userfaultfd.
-    #[error(transparent)]
-    Uffd(#[from] uffd_core::uffd::UffdError),
-    /// The transfer failed (server gone, protocol error, placement error).
-    #[error("{0}")]
-    Transfer(String),
-    /// A thread could not be started.
-    #[error("cannot start a thread: {0}")]
-    Spawn(std::io::Error),
-    /// The urgent path cannot be made real-time ([`ClientOptions::urgent_priority`]).
-    #[error("cannot run the urgent path SCHED_FIFO: {0}")]
-    Realtime(#[from] uffd_core::cpu::CpuError),
-    /// Writing the dump failed.
-    #[error("cannot write {path}: {source}")]
-    Dump {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-}
+pub use crate::error::ClientError;
 
 /// Default `stall_timeout`: long enough for a server busy with many clients, short enough
 /// that a dead link is noticed within seconds.
@@ -273,7 +246,7 @@ impl Client {
         client.spawn("fault-handler", move |_| {
             // Checked above (check_realtime).
             uffd_core::cpu::set_realtime_or_warn(priority);
-            pager::handle_faults(&p)
+            crate::fault::handle_faults(&p)
         })?;
         Ok(client)
     }
@@ -309,6 +282,7 @@ impl Client {
     /// Waits until every page is present, or the transfer fails.
     pub fn wait_complete(&self) -> Result<(), ClientError> {
         self.pager
+            .run
             .wait_until(|| self.pager.complete())
             .map_err(ClientError::Transfer)
     }
@@ -321,7 +295,7 @@ impl Client {
         for helper in self.helpers {
             let _ = helper.join();
         }
-        match self.pager.fatal() {
+        match self.pager.run.fatal() {
             Some(why) => Err(ClientError::Transfer(why)),
             None => Ok(()),
         }
@@ -330,6 +304,19 @@ impl Client {
 
 /// Runs the workload against the server and returns the report.
 pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
+    run_watched(config, |_, _, _| None)
+}
+
+/// Ends a watch of a run (see [`run_watched`]).
+pub type Unwatch = Box<dyn FnOnce()>;
+
+/// [`run`], with `watch` started once the workload begins (unless `config.quiet`): it is given
+/// the pager, the workload's latency so far and the start, and returns what ends it once the
+/// image is complete. The lab's progress line is such a watch.
+pub fn run_watched(
+    config: &RunConfig,
+    watch: impl FnOnce(&Arc<Pager>, &Arc<std::sync::Mutex<Latency>>, Instant) -> Option<Unwatch>,
+) -> Result<Report, ClientError> {
     let start = Instant::now();
     let client = Client::open(&ClientOptions {
         server: config.server.clone(),
@@ -353,8 +340,8 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
     let threads = config.threads.max(1);
     let mut workers = Vec::new();
     let live = Arc::new(std::sync::Mutex::new(Latency::new()));
-    let progress = (!config.quiet)
-        .then(|| crate::progress::Progress::start(&pager, &live, start))
+    let unwatch = (!config.quiet)
+        .then(|| watch(&pager, &live, start))
         .flatten();
     for t in 0..threads {
         let plan = workload::plan(
@@ -375,7 +362,7 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
                     p.memory.addr(),
                     p.page,
                     &plan,
-                    &p.received,
+                    &p.page_state.received,
                     &p.waits,
                     &live,
                     trace,
@@ -401,13 +388,16 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
                     touched += n;
                 }
                 finished.fetch_add(1, Ordering::AcqRel);
-                p.notify();
+                p.run.notify();
             }
             (latency, touched, present)
         })
     };
     let all_done = || finished.load(Ordering::Acquire) == threads as usize;
-    pager.wait_until(all_done).map_err(ClientError::Transfer)?;
+    pager
+        .run
+        .wait_until(all_done)
+        .map_err(ClientError::Transfer)?;
     let (latency, touched, touches_present) = watcher
         .join()
         .map_err(|_| ClientError::Transfer("a workload thread panicked".into()))?;
@@ -415,8 +405,8 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
         client.wait_complete()?;
     }
     let elapsed = start.elapsed();
-    if let Some(progress) = progress {
-        progress.finish();
+    if let Some(unwatch) = unwatch {
+        unwatch();
     }
     if config.backing == Backing::Thp && pager.complete() {
         // Units whose collapse failed while an urgent page was in flight: all present now.
@@ -441,93 +431,72 @@ pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
         })?;
     }
     closed?;
-    let mut report = Report::new(
+    let mut report = report(
         config, &pager, image_size, touched, elapsed, &latency, verified,
     );
     report.touches_present = touches_present;
     Ok(report)
 }
 
-/// Touches every page still mapped, so the whole image arrives. The touching is done by a
-/// helper thread: a touch blocks until its page is placed, and if the server is lost for good
-/// that is never; the caller returns the error instead (the blocked helper ends with the
-/// process, never released onto a page that did not come from the server).
-fn fetch_all(pager: &Arc<Pager>) -> Result<(), ClientError> {
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (p, finished) = (Arc::clone(pager), Arc::clone(&done));
-    std::thread::Builder::new()
-        .name("fetch-all".into())
-        .spawn(move || {
-            for index in (0..p.pages).filter(|&i| !p.gone.get(i as usize)) {
-                // SAFETY: the address is inside the registered region; a missing page is
-                // fetched on demand and this thread blocks until it is placed.
-                unsafe { std::ptr::read_volatile(p.page_addr(index) as *const u8) };
-            }
-            finished.store(true, Ordering::Release);
-            p.notify();
-        })
-        .map_err(ClientError::Spawn)?;
-    pager
-        .wait_until(|| done.load(Ordering::Acquire))
-        .map_err(ClientError::Transfer)
-}
-
-/// Fetches every page, then compares each page with the reference: the server's checksum,
-/// or the synthetic page regenerated here.
-fn verify(pager: &Arc<Pager>, reference: &Reference) -> Result<bool, ClientError> {
-    fetch_all(pager)?;
-    let page = usize::try_from(pager.page).unwrap_or(4096);
-    let mut expected = vec![0u8; page];
-    let mut bad = 0u64;
-    for index in 0..pager.pages {
-        if pager.gone.get(index as usize) {
-            continue; // unmapped by the application
-        }
-        let addr = pager.page_addr(index) as *const u8;
-        // SAFETY: every page is present (fetched above) and nothing writes the region now.
-        let bytes = unsafe { std::slice::from_raw_parts(addr, page) };
-        // A page the application discarded reads as zeros (see crate::events).
-        let discarded = pager.discarded.get(index as usize);
-        let same = match reference {
-            Reference::Checksums(sums) => {
-                let sum = if discarded {
-                    expected.fill(0);
-                    uffd_core::checksum(&expected)
-                } else {
-                    sums.get(index as usize).copied().unwrap_or_default()
-                };
-                uffd_core::checksum(bytes) == sum
-            }
-            Reference::Synthetic(synthetic) => {
-                if discarded {
-                    expected.fill(0);
-                } else {
-                    synthetic.fill(index, &mut expected);
-                }
-                bytes == &expected[..]
-            }
-        };
-        if !same {
-            if bad < 10 {
-                tracing::warn!("page {index} differs from the server's image");
-            }
-            bad += 1;
-        }
+/// Collects the report of a finished run from the pager's counters.
+fn report(
+    config: &RunConfig,
+    pager: &Pager,
+    image_bytes: u64,
+    touches: u64,
+    elapsed: Duration,
+    latency: &Latency,
+    verified: Option<bool>,
+) -> Report {
+    let c = &pager.counters;
+    let s = latency.summary();
+    let bytes_received = c.bytes_received.load(Ordering::Relaxed);
+    let elapsed_s = elapsed.as_secs_f64();
+    Report {
+        faults: c.faults.load(Ordering::Relaxed),
+        requests: c.requests.load(Ordering::Relaxed),
+        pages_urgent: c.pages_urgent.load(Ordering::Relaxed),
+        pages_background: c.pages_background.load(Ordering::Relaxed),
+        pages_zero: c.pages_zero.load(Ordering::Relaxed),
+        pages_duplicate: c.pages_duplicate.load(Ordering::Relaxed),
+        bytes_received,
+        elapsed_s,
+        latency_us: LatencyUs {
+            p50: s.p50,
+            p90: s.p90,
+            p99: s.p99,
+            max: s.max,
+            mean: s.mean,
+            samples: s.count,
+        },
+        verified,
+        throughput_mib_s: if elapsed_s > 0.0 {
+            bytes_received as f64 / elapsed_s / f64::from(1u32 << 20)
+        } else {
+            0.0
+        },
+        image_bytes,
+        pages: pager.pages,
+        pages_present: (0..pager.pages)
+            .filter(|&p| pager.page_state.received.get(p as usize))
+            .count() as u64,
+        workload: config.workload.to_string(),
+        threads: config.threads,
+        touches,
+        touches_present: 0,
+        background: config.background,
+        backing: pager.memory.backing().to_string(),
+        reconnects: c.reconnects.load(Ordering::Relaxed),
+        huge_pages_mapped: if pager.memory.unit() > pager.page {
+            pager.memory.huge_pages_mapped().unwrap_or(0)
+        } else {
+            0
+        },
+        huge_pages_not_collapsed: c.huge_pages_not_collapsed.load(Ordering::Relaxed),
+        huge_pages_total: if pager.memory.unit() > pager.page {
+            pager.memory.units()
+        } else {
+            0
+        },
     }
-    Ok(bad == 0)
-}
-
-fn dump(pager: &Arc<Pager>, image_size: u64, path: &PathBuf) -> Result<(), ClientError> {
-    fetch_all(pager)?;
-    // SAFETY: every page is present and nothing writes the region now.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(
-            pager.memory.addr() as *const u8,
-            usize::try_from(image_size).unwrap_or(usize::MAX),
-        )
-    };
-    std::fs::write(path, bytes).map_err(|source| ClientError::Dump {
-        path: path.clone(),
-        source,
-    })
 }

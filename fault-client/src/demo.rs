@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use anyhow::{bail, Context};
 use uffd_core::Endpoint;
 
-use crate::client::{self, RunConfig};
+use crate::client::RunConfig;
 use crate::report::Report;
 use crate::workload::Workload;
 
@@ -116,7 +116,7 @@ pub fn demo(size: &str, threads: u64, touch: f64) -> anyhow::Result<Report> {
     config.touch = touch;
     config.background = true;
     config.verify = true;
-    let report = client::run(&config)?;
+    let report = crate::progress::run(&config)?;
     drop(server);
     Ok(report)
 }

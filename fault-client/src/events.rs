@@ -26,13 +26,13 @@
 //!
 //! **Why a lock.** While an event is unread, every placement ioctl fails with EAGAIN and the
 //! thread that caused it sleeps in the kernel until the event is read. The fault handler reads
-//! events under the write side of [`Pager::events_lock`](crate::pager::Pager); receivers hold
+//! events under the write side of [`PageState::events_lock`](crate::pages::PageState); receivers hold
 //! the read side from "is this page discarded?" to the placement ioctl. So no placement can
 //! slip in between the kernel's discard and the pager learning about it. The read side covers
 //! the placement and nothing slower: the handler needs the write side to read *any* message,
 //! faults included, so every millisecond a receiver holds the read side is a millisecond
 //! added to the faults that arrive meanwhile. (Populating the next THP staging page, which
-//! can take milliseconds, happens outside it: [`crate::pager::Placer::prepare_ahead`].)
+//! can take milliseconds, happens outside it: [`crate::placer::Placer::prepare_ahead`].)
 
 use std::sync::Arc;
 
@@ -43,9 +43,17 @@ use crate::pager::Pager;
 /// A moved range: `len` bytes that were at `from` are now at `to`.
 pub use hugepage::Move;
 
+/// Errors of applying an event.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// A FORK event's child handler thread could not be started.
+    #[error("cannot start a handler for the forked child: {0}")]
+    SpawnChildHandler(std::io::Error),
+}
+
 /// Applies one non-fault event. Called by the fault handler with the events lock held for
 /// writing. Returns an error for what the pager cannot honour.
-pub fn apply(pager: &Arc<Pager>, event: Event) -> Result<(), String> {
+pub fn apply(pager: &Arc<Pager>, event: Event) -> Result<(), EventError> {
     match event {
         Event::Fault { .. } => Ok(()),
         Event::Remove { start, end } => {
@@ -54,8 +62,8 @@ pub fn apply(pager: &Arc<Pager>, event: Event) -> Result<(), String> {
                 .events_remove
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             for page in pager.pages_in(start, end) {
-                pager.received.clear(page as usize);
-                pager.discarded.set(page as usize);
+                pager.page_state.received.clear(page as usize);
+                pager.page_state.discarded.set(page as usize);
             }
             Ok(())
         }
@@ -65,9 +73,9 @@ pub fn apply(pager: &Arc<Pager>, event: Event) -> Result<(), String> {
                 .events_unmap
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             for page in pager.pages_in(start, end) {
-                pager.gone.set(page as usize);
+                pager.page_state.gone.set(page as usize);
             }
-            pager.notify();
+            pager.run.notify();
             Ok(())
         }
         Event::Remap { from, to, len } => {
@@ -90,7 +98,7 @@ pub fn apply(pager: &Arc<Pager>, event: Event) -> Result<(), String> {
                 .name("child-handler".into())
                 .spawn(move || serve_child(&p, child))
                 .map(drop)
-                .map_err(|e| format!("cannot start a handler for the forked child: {e}"))
+                .map_err(EventError::SpawnChildHandler)
         }
     }
 }
@@ -107,7 +115,7 @@ fn serve_child(pager: &Pager, child: Userfaultfd) {
     } else {
         pager.page
     };
-    while !pager.stopping() {
+    while !pager.run.stopping() {
         match child.wait_readable(std::time::Duration::from_millis(100)) {
             Ok(true) => {}
             // Quiet: stop serving once the child has exited (this thread and the child's
@@ -134,7 +142,11 @@ fn serve_child(pager: &Pager, child: Userfaultfd) {
             for page in wanted.clone() {
                 pager.request(page);
             }
-            let ready = pager.wait_until(|| wanted.clone().all(|p| pager.received.get(p as usize)));
+            let ready = pager.run.wait_until(|| {
+                wanted
+                    .clone()
+                    .all(|p| pager.page_state.received.get(p as usize))
+            });
             if ready.is_err() {
                 return;
             }

@@ -6,95 +6,74 @@
 //! `DESIGN.md` for the whole path of a fault.
 //!
 //! # Layout
-//! - [`connect`]: the handshake of the urgent and background connections.
-//! - [`pager`]: the fault handler thread and the receiver threads, placing pages directly or
-//!   through the `hugepage` crate's assembler (huge pages placed whole).
-//! - [`events`]: what the application does to the region (discard, unmap, move, fork).
+//! The engine (always built; it links no plotting or terminal crates), from the bottom up:
+//! each module uses only modules listed before it.
+//! - [`trace`]: `--trace`, a CSV line per fault, per urgent request and answer, and per
+//!   arriving page; [`report`]: what a run measured, as data; [`connect`]: the handshake of
+//!   the urgent and background connections; [`error`]: the errors of a run.
+//! - [`control`]: run control (stop, the first fatal error, the main thread's wake-up);
+//!   [`liveness`]: when the server was last heard from; [`pages`]: what each page is
+//!   (present, requested, discarded, unmapped) and the events lock; [`workload`]: the
+//!   application threads (seq, random, zipf) and their fault latency.
+//! - [`link_state`]: the request path and the connection generation the threads share.
+//! - [`pager`]: the state every thread shares: the region, the page state, the link state,
+//!   the run control, the counters; and [`Pager::request`](pager::Pager::request).
+//! - [`placer`]: placing pages directly or through the `hugepage` crate's assembler (huge
+//!   pages placed whole); [`events`]: what the application does to the region (discard,
+//!   unmap, move, fork); [`watchdog`]: stall detection.
+//! - [`receive`]: the receiver threads; [`fault`]: the fault handler thread.
 //! - [`link`]: the connections, their receivers, and recovery (reconnect and resume).
-//! - [`liveness`]: stall detection (a server that stops answering while the client waits).
-//! - [`workload`]: the application threads (seq, random, zipf) and their fault latency.
-//! - [`client`]: one run from connect to report. [`report`]: table and JSON.
-//! - [`progress`]: the live progress line of long runs.
-//! - [`trace`]: `--trace`, a CSV line per fault, per urgent request and answer, and per arriving
-//!   page; [`plot`] draws it, [`stages`] splits each urgent fault into its stages.
-//! - [`demo`]: the one-command demo (a page-server child process).
-//! - [`bench`](mod@bench): `fault-client bench`, the standard comparison set as one table.
-//! - [`cli`]: the command line; [`cli::run`] is what the binary calls.
+//! - [`verify`]: the end of a run (fetch everything, verify, dump); [`client`]: one run from
+//!   connect to report.
+//!
+//! The lab, on top of the engine (the `lab` feature, on by default; the `fault-client` binary
+//! needs it):
+//! - `cli`: the command line; `cli::run` is what the binary calls.
+//! - `output`: the report and the probe as a table or JSON; `progress`: the live progress line.
+//! - `trace::parse` reads a trace back; `plot` draws it, `stages` splits each urgent fault
+//!   into its stages.
+//! - `demo`: the one-command demo (a page-server child process).
+//! - `bench`: `fault-client bench`, the standard comparison set as one table.
 
-pub mod bench;
-pub mod cli;
 pub mod client;
 pub mod connect;
-pub mod demo;
+pub mod control;
+pub mod error;
 pub mod events;
+pub mod fault;
 pub mod link;
+pub mod link_state;
 pub mod liveness;
 pub mod pager;
-pub mod plot;
-pub mod progress;
+pub mod pages;
+pub mod placer;
+pub mod receive;
 pub mod report;
-pub mod stages;
 pub mod trace;
+pub mod verify;
+pub mod watchdog;
 pub mod workload;
 
-pub use cli::{run, Cli};
 pub use client::{ClientError, RunConfig};
 pub use report::Report;
 pub use workload::Workload;
 
-/// `fault-client probe` as a table.
-pub fn probe_table(p: &uffd_core::Probe) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let yes = |b: bool| if b { "yes" } else { "no" };
-    let _ = writeln!(out, "kernel                    {}", p.kernel);
-    let _ = writeln!(out, "page size                 {}", p.page_size);
-    let _ = writeln!(out, "effective uid             {}", p.euid);
-    let _ = writeln!(
-        out,
-        "/dev/userfaultfd          {}",
-        if p.device_exists { "present" } else { "absent" }
-    );
-    let _ = writeln!(
-        out,
-        "vm.unprivileged_userfaultfd {}",
-        p.unprivileged_userfaultfd
-            .map_or("absent".into(), |v| v.to_string())
-    );
-    let _ = writeln!(out, "CAP_SYS_PTRACE            {}", yes(p.cap_sys_ptrace));
-    match &p.open {
-        Ok(how) => {
-            let _ = writeln!(out, "userfaultfd               available via {how}");
-        }
-        Err(why) => {
-            let _ = writeln!(out, "userfaultfd               NOT available: {why}");
-        }
-    }
-    let _ = writeln!(out, "features ({:#x})", p.features);
-    for name in &p.feature_names {
-        let _ = writeln!(out, "  {name}");
-    }
-    let _ = writeln!(
-        out,
-        "ioctls ({:#x})            {}",
-        p.ioctls,
-        p.ioctl_names.join(" ")
-    );
-    for pool in &p.huge_pools {
-        let _ = writeln!(
-            out,
-            "hugepages {:>5} KiB       total {} free {} reserved {}",
-            pool.size / 1024,
-            pool.total,
-            pool.free,
-            pool.reserved
-        );
-    }
-    let _ = writeln!(
-        out,
-        "THP                       enabled [{}] defrag [{}]",
-        p.thp_enabled.as_deref().unwrap_or("?"),
-        p.thp_defrag.as_deref().unwrap_or("?")
-    );
-    out
-}
+#[cfg(feature = "lab")]
+pub mod bench;
+#[cfg(feature = "lab")]
+pub mod cli;
+#[cfg(feature = "lab")]
+pub mod demo;
+#[cfg(feature = "lab")]
+pub mod output;
+#[cfg(feature = "lab")]
+pub mod plot;
+#[cfg(feature = "lab")]
+pub mod progress;
+#[cfg(feature = "lab")]
+pub mod stages;
+
+#[cfg(feature = "lab")]
+pub use cli::{run, Cli};
+#[cfg(feature = "lab")]
+pub use output::probe_table;

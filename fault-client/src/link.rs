@@ -88,10 +88,11 @@ pub fn start(
                 let watchdog = std::thread::Builder::new()
                     .name("stall-watch".into())
                     .spawn_scoped(s, || {
-                        crate::liveness::watch(&p, config.stall_timeout, config.background)
+                        crate::watchdog::watch(&p, config.stall_timeout, config.background)
                     });
                 if let Err(err) = watchdog {
-                    p.fail(format!("cannot start the stall watchdog: {err}"));
+                    p.run
+                        .fail(format!("cannot start the stall watchdog: {err}"));
                 }
                 supervise(&p, &config, first);
             })
@@ -129,36 +130,38 @@ fn install(
             tracing::debug!("keepalive / TCP_USER_TIMEOUT not set: {err}");
         }
     }
-    pager.generation.store(generation, Ordering::Release);
+    pager.link.generation.store(generation, Ordering::Release);
     // A new generation has asked for everything again: its answers may take a moment.
     pager.liveness.asked();
-    pager.reset_background();
+    pager.link.reset_background();
     let reader = urgent.reader;
     let priority = config.urgent_priority;
     receivers.push(
         pager::spawn("urgent-rx", pager, move |p| {
             uffd_core::cpu::set_realtime_or_warn(priority);
-            pager::receive(p, Channel::Urgent, reader, generation)
+            crate::receive::receive(p, Channel::Urgent, reader, generation)
         })
         .map_err(WireError::Io)?,
     );
     if let Some(reader) = background {
         receivers.push(
             pager::spawn("background-rx", pager, move |p| {
-                pager::receive_pipelined(p, reader, generation)
+                crate::receive::receive_pipelined(p, reader, generation)
             })
             .map_err(WireError::Io)?,
         );
     }
     // Install the request path and re-send what is unanswered under one lock: a fault
     // handled meanwhile either is seen by the scan or sends on the new connection.
-    let mut tx = pager.lock_urgent();
+    let mut tx = pager.link.lock_urgent();
     *tx = Some(urgent.writer);
     if let Some(writer) = tx.as_mut() {
         let unit_pages = (pager.memory.request_unit() / pager.page).max(1);
         let mut page = 0;
         while page < pager.pages {
-            if pager.requested.get(page as usize) && !pager.unit_present(page, unit_pages) {
+            if pager.page_state.requested.get(page as usize)
+                && !pager.unit_present(page, unit_pages)
+            {
                 let len = unit_pages.min(pager.pages - page) * pager.page;
                 let request = Frame::Request {
                     offset: page * pager.page,
@@ -181,22 +184,22 @@ fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
     let mut streak = Streak::new(pager);
     let reconnects = Repeats::default();
     // None: the pager is stopping.
-    while let Some(why) = pager.wait_lost() {
+    while let Some(why) = pager.link.wait_lost(&pager.run) {
         // Shut the connections down first: the fault handler may be blocked writing a request
         // to a server that no longer reads, holding the request path's lock.
         current.close();
-        *pager.lock_urgent() = None;
+        *pager.link.lock_urgent() = None;
         // Forget this loss now, before the next generation starts: a loss that generation
         // reports (its server may drop it at once) must stay reported, not be cleared after.
-        pager.clear_lost();
+        pager.link.clear_lost();
         if config.reconnect_timeout.is_zero() {
-            return pager.fail(why);
+            return pager.run.fail(why);
         }
         // A link that is lost again and again without a new page is not progress: back off,
         // and give up once that has lasted the reconnect timeout.
         let pause = streak.lost(pager, config.reconnect_timeout);
         if streak.hopeless(config.reconnect_timeout) {
-            return pager.fail(format!(
+            return pager.run.fail(format!(
                 "no new page for {:?} (--reconnect-timeout): the connection to the page \
                  server was lost {} times (last: {why})",
                 config.reconnect_timeout, streak.losses
@@ -217,7 +220,7 @@ fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
                 std::thread::sleep(delay);
             }
             // A receiver may have found the server's reason (an error frame) meanwhile.
-            if pager.stopping() || pager.fatal().is_some() {
+            if pager.run.stopping() || pager.run.fatal().is_some() {
                 return;
             }
             // Trying to reconnect is not a stall of its own.
@@ -227,10 +230,10 @@ fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
             match reconnect(pager, config, generation, left) {
                 Ok(next) => break next,
                 Err(err) if permanent(&err) => {
-                    return pager.fail(format!("recovery impossible: {err}"));
+                    return pager.run.fail(format!("recovery impossible: {err}"));
                 }
                 Err(err) if streak.hopeless(config.reconnect_timeout) => {
-                    return pager.fail(format!(
+                    return pager.run.fail(format!(
                         "lost the page server ({why}) and could not reconnect within {:?}: {err}",
                         config.reconnect_timeout
                     ));
@@ -247,7 +250,7 @@ fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
         current = next;
     }
     current.close();
-    *pager.lock_urgent() = None;
+    *pager.link.lock_urgent() = None;
 }
 
 /// First pause between reconnection attempts.

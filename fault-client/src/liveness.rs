@@ -1,25 +1,15 @@
-//! Stall detection: a page server that stops answering while the client waits for pages.
+//! Signs of life: when the client last heard from the page server, and when it last asked.
 //!
 //! TCP alone does not notice everything: a link that goes silent (no RST, no FIN) leaves a
 //! blocked read waiting for ever, and a stopped server process (SIGSTOP, a debugger, a paused
 //! VM) keeps its kernel acknowledging every byte while no answer ever comes. The socket
-//! options ([`uffd_core::Conn::set_liveness`]) cover the first case at the TCP level; this
-//! watchdog covers both at the application level:
-//!
-//! **A stall** is `stall_timeout` of silence while the client *waits* for something: nothing
-//! has arrived on either connection and no page was placed, no request was sent and no
-//! connection was opened, and yet a request is unanswered or the background stream is not
-//! finished. A client that waits for nothing may be silent for hours (its server has nothing
-//! to say either); a server that is merely slow keeps sending something. A stall is
-//! reported through [`Pager::lost`], like a failed connection: the link supervisor
-//! reconnects and resumes within `--reconnect-timeout`, or ends the run with the stall as the
-//! reason.
+//! options ([`uffd_core::Conn::set_liveness`]) cover the first case at the TCP level; the
+//! watchdog ([`crate::watchdog`]) covers both at the application level, with the clock kept
+//! here.
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-use crate::pager::Pager;
 
 /// When the client last heard from the server, and when it last asked for something.
 #[derive(Debug)]
@@ -106,65 +96,6 @@ pub fn stall_message(stall_timeout: Duration) -> String {
 /// when both could fire the watchdog speaks first, with the clearer reason.
 pub fn tcp_timeout(stall_timeout: Duration) -> Duration {
     stall_timeout + stall_timeout / 2
-}
-
-/// The watchdog thread: reports a stall of the current generation through [`Pager::lost`].
-/// Returns when the pager stops or the run has failed.
-pub fn watch(pager: &Pager, stall_timeout: Duration, background: bool) {
-    let tick = (stall_timeout / 10).clamp(Duration::from_millis(10), Duration::from_millis(250));
-    // Once per generation: the next one is reported only after the supervisor opened it.
-    let mut reported = None;
-    while !pager.stopping() && pager.fatal().is_none() {
-        // In short naps: a stopping pager waits for this thread to end.
-        let started = Instant::now();
-        while started.elapsed() < tick && !pager.stopping() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let generation = pager.generation.load(Ordering::Acquire);
-        if reported == Some(generation)
-            || pager.liveness.silence() < stall_timeout
-            || !waiting(pager, background)
-        {
-            continue;
-        }
-        tracing::warn!("{}", stall_message(stall_timeout));
-        pager.lost(generation, stall_message(stall_timeout));
-        reported = Some(generation);
-    }
-}
-
-/// True while the client waits for the server: a request is unanswered, or the background
-/// stream has not finished.
-fn waiting(pager: &Pager, background: bool) -> bool {
-    if pager.complete() {
-        return false;
-    }
-    if background && !pager.background_done() {
-        return true;
-    }
-    unanswered(pager)
-}
-
-/// A request whose unit still lacks a page that nobody discarded or unmapped.
-fn unanswered(pager: &Pager) -> bool {
-    let unit_pages = (pager.memory.request_unit() / pager.page).max(1);
-    let settled = |p: u64| {
-        let p = p as usize;
-        pager.received.get(p) || pager.discarded.get(p) || pager.gone.get(p)
-    };
-    let words = pager.requested.to_words();
-    words.iter().enumerate().any(|(w, &word)| {
-        let mut bits = word;
-        while bits != 0 {
-            let first = w as u64 * 64 + u64::from(bits.trailing_zeros());
-            bits &= bits - 1;
-            let end = (first + unit_pages).min(pager.pages);
-            if !(first..end).all(settled) {
-                return true;
-            }
-        }
-        false
-    })
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use uffd_core::Latency;
 
+use crate::client::{self, ClientError, RunConfig};
 use crate::pager::Pager;
+use crate::report::Report;
 
 /// A running progress line.
 #[derive(Debug)]
@@ -49,7 +51,9 @@ impl Progress {
                         c.bytes_received.load(Ordering::Relaxed) as f64 / f64::from(1u32 << 20);
                     let faults = c.faults.load(Ordering::Relaxed) as f64;
                     let p99 = live.lock().unwrap_or_else(|e| e.into_inner()).summary().p99;
-                    bar.set_position(pager.received.count().min(pager.pages as usize) as u64);
+                    bar.set_position(
+                        pager.page_state.received.count().min(pager.pages as usize) as u64
+                    );
                     bar.set_message(format!(
                         "{:.0} MiB/s  {:.0} faults/s  p99 {:.0} us",
                         mib / secs,
@@ -69,4 +73,11 @@ impl Progress {
         self.stop.store(true, Ordering::Release);
         let _ = self.thread.join();
     }
+}
+
+/// [`client::run`] with the progress line (unless `config.quiet`, or stderr is no terminal).
+pub fn run(config: &RunConfig) -> Result<Report, ClientError> {
+    client::run_watched(config, |pager, live, start| {
+        Progress::start(pager, live, start).map(|p| Box::new(move || p.finish()) as client::Unwatch)
+    })
 }

@@ -1,8 +1,8 @@
 //! `--trace FILE`: one CSV line per fault, per urgent request and answer, per chunk gathered
 //! into a staging huge page, per placement that made pages present, per fault resolution and
 //! per workload access that waited. A background thread writes the file, so the pager's threads
-//! only push a small record into a channel. [`read`] parses it back (for `fault-client plot`
-//! and `fault-client stages`).
+//! only push a small record into a channel. With the `lab` feature, `parse` reads it back (for
+//! `fault-client plot` and `fault-client stages`).
 //!
 //! # The format
 //!
@@ -41,14 +41,11 @@
 //! thread getting a CPU). The woken thread may return before the placing thread reads its
 //! clock after the ioctl, so a touch can end before its fault's `resolved` by at most that
 //! ioctl's `latency_us`: what always holds is that the ioctl began before the touch ended.
-//!
-//! Traces written before the `tid` column have 7 columns and no `gathered` events; [`read`]
-//! takes both.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufWriter, Write};
+use std::path::Path;
 use std::sync::mpsc::{self, Sender};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
@@ -56,10 +53,13 @@ use std::time::{Duration, Instant};
 
 use hugepage::Mapped;
 
+#[cfg(feature = "lab")]
+pub mod parse;
+#[cfg(feature = "lab")]
+pub use parse::{parse_line, read, Line, ReadTraceError};
+
 /// The header line of a trace.
 pub const HEADER: &str = "t_us,event,offset,len,latency_us,resolution,channel,tid";
-/// The header of traces written before the `tid` column.
-const HEADER_7: &str = "t_us,event,offset,len,latency_us,resolution,channel";
 
 /// How pages came, or how a fault was resolved (the `resolution` column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,10 +96,6 @@ impl Resolution {
             Resolution::Duplicate => "duplicate",
         }
     }
-
-    fn parse(s: &str) -> Option<Resolution> {
-        Resolution::ALL.into_iter().find(|r| r.name() == s)
-    }
 }
 
 /// The kinds of lines (the `event` column).
@@ -122,16 +118,6 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    const ALL: [EventKind; 7] = [
-        EventKind::Fault,
-        EventKind::Request,
-        EventKind::Answer,
-        EventKind::Gathered,
-        EventKind::Arrival,
-        EventKind::Resolved,
-        EventKind::Touch,
-    ];
-
     /// The name in the trace.
     pub fn name(self) -> &'static str {
         match self {
@@ -144,141 +130,6 @@ impl EventKind {
             EventKind::Touch => "touch",
         }
     }
-}
-
-/// One line of a trace.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Line {
-    /// Microseconds since the run started.
-    pub t_us: f64,
-    /// The event.
-    pub event: EventKind,
-    /// Image offset in bytes.
-    pub offset: u64,
-    /// Length in bytes.
-    pub len: u64,
-    /// `latency_us`, where the event has one.
-    pub latency_us: Option<f64>,
-    /// `resolution`, where the event has one.
-    pub resolution: Option<Resolution>,
-    /// `channel`, where the event has one.
-    pub channel: Option<String>,
-    /// `tid`, where the event has one.
-    pub tid: Option<u32>,
-}
-
-impl Line {
-    /// `t_us + latency_us`: when a `touch` ended.
-    pub fn end_us(&self) -> f64 {
-        self.t_us + self.latency_us.unwrap_or(0.0)
-    }
-}
-
-/// Errors of [`read`].
-#[derive(Debug, thiserror::Error)]
-pub enum ReadTraceError {
-    /// The file cannot be opened or read.
-    #[error("reading {path}: {source}")]
-    Io {
-        /// The trace.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A line is not a trace line.
-    #[error("{path} line {line}: {what}: {text:?}")]
-    Line {
-        /// The trace.
-        path: PathBuf,
-        /// Line number, from 1.
-        line: usize,
-        /// What is wrong.
-        what: String,
-        /// The line.
-        text: String,
-    },
-}
-
-/// Reads the trace at `path`; an error names the line and the column that is wrong.
-pub fn read(path: &Path) -> Result<Vec<Line>, ReadTraceError> {
-    let io = |source| ReadTraceError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(io)?;
-    let mut lines = Vec::new();
-    for (index, text) in BufReader::new(file).lines().enumerate() {
-        let number = index + 1;
-        let text = text.map_err(io)?;
-        let text = text.trim_end_matches('\r');
-        if text.is_empty() || (number == 1 && (text == HEADER || text == HEADER_7)) {
-            continue;
-        }
-        let line = parse_line(text).map_err(|what| ReadTraceError::Line {
-            path: path.to_path_buf(),
-            line: number,
-            what,
-            text: text.to_string(),
-        })?;
-        lines.push(line);
-    }
-    Ok(lines)
-}
-
-/// Parses one line of 7 or 8 columns.
-pub fn parse_line(text: &str) -> Result<Line, String> {
-    let fields: Vec<&str> = text.split(',').collect();
-    let tid = match fields.len() {
-        7 => "",
-        8 => fields[7],
-        n => {
-            return Err(format!(
-                "expected 8 comma-separated fields ({HEADER}), found {n}"
-            ))
-        }
-    };
-    let [t_us, event, offset, len, latency_us, resolution, channel] = fields[..7] else {
-        return Err("expected 8 comma-separated fields".into());
-    };
-    let event = EventKind::ALL
-        .into_iter()
-        .find(|e| e.name() == event)
-        .ok_or_else(|| {
-            format!(
-                "unknown event {event:?} (expected fault, request, answer, gathered, arrival, \
-                 resolved or touch)"
-            )
-        })?;
-    let micros = |name: &str, text: &str| match text.parse::<f64>() {
-        Ok(us) if us.is_finite() && us >= 0.0 => Ok(us),
-        _ => Err(format!("{name} {text:?} is not a number of microseconds")),
-    };
-    let bytes = |name: &str, text: &str| {
-        text.parse::<u64>()
-            .map_err(|_| format!("{name} {text:?} is not a number of bytes"))
-    };
-    fn optional(text: &str) -> Option<&str> {
-        (!text.is_empty()).then_some(text)
-    }
-    Ok(Line {
-        t_us: micros("t_us", t_us)?,
-        event,
-        offset: bytes("offset", offset)?,
-        len: bytes("len", len)?,
-        latency_us: optional(latency_us)
-            .map(|l| micros("latency_us", l))
-            .transpose()?,
-        resolution: optional(resolution)
-            .map(|r| Resolution::parse(r).ok_or_else(|| format!("unknown resolution {r:?}")))
-            .transpose()?,
-        channel: optional(channel).map(str::to_string),
-        tid: optional(tid)
-            .map(|t| {
-                t.parse()
-                    .map_err(|_| format!("tid {t:?} is not a thread id"))
-            })
-            .transpose()?,
-    })
 }
 
 /// One line to write.
@@ -507,81 +358,5 @@ impl Trace {
             Some(Err(_)) => Err(std::io::Error::other("the trace writer panicked")),
             None => Ok(()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_of_seven_and_eight_columns_parse() {
-        let old = parse_line("1.0,arrival,0,4096,,zero,local").expect("7 columns");
-        assert_eq!(old.resolution, Some(Resolution::Zero));
-        assert_eq!(old.tid, None);
-        let new = parse_line("2.5,touch,8192,4096,3.5,,,77").expect("8 columns");
-        assert_eq!(
-            (new.event, new.tid, new.end_us()),
-            (EventKind::Touch, Some(77), 6.0)
-        );
-        for bad in [
-            "1.0,fault,x,4096,,,,",
-            "1.0,resolved,0,4096,3.5,sideways,urgent,",
-            "1.0,fault,0,4096",
-            "inf,fault,0,4096,,,,",
-            "1.0,resolved,0,4096,-2,urgent,urgent,",
-            "1.0,touch,0,4096,1,,,me",
-        ] {
-            assert!(parse_line(bad).is_err(), "{bad}");
-        }
-        assert!(parse_line("1.0,fault,x,4096,,,,")
-            .expect_err("bad offset")
-            .contains("offset"));
-    }
-
-    #[test]
-    fn each_fault_is_resolved_once() {
-        let dir = std::env::temp_dir().join(format!("trace-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("t.csv");
-        let trace = Trace::create(&path, Instant::now()).expect("create");
-        trace.fault(Instant::now(), 8192, 4096, Some(5));
-        trace.fault(Instant::now(), 8192, 4096, Some(6));
-        trace.gathered(0, 65536, Resolution::Background, "background");
-        let began = Instant::now();
-        let mapped = Mapped {
-            offset: 0,
-            len: 2 << 20,
-            began,
-            ended: Instant::now(),
-        };
-        trace.arrival(&mapped, 4096, Resolution::Background, "background");
-        // A second arrival over the same page resolves nothing more.
-        trace.arrival(&mapped, 4096, Resolution::Urgent, "urgent");
-        trace.fault(Instant::now(), 4 << 20, 4096, Some(5));
-        trace.already_present(4 << 20, 4096);
-        trace.duplicate(0, 4096, "urgent");
-        trace.finish().expect("finish");
-        let lines = read(&path).expect("read");
-        let _ = std::fs::remove_dir_all(&dir);
-        let resolved: Vec<&Line> = lines
-            .iter()
-            .filter(|l| l.event == EventKind::Resolved)
-            .collect();
-        assert_eq!(resolved.len(), 3);
-        assert!(resolved[..2]
-            .iter()
-            .all(|l| l.resolution == Some(Resolution::Background) && l.offset == 8192));
-        assert_eq!(resolved[2].resolution, Some(Resolution::AlreadyPresent));
-        let kinds: Vec<EventKind> = lines.iter().map(|l| l.event).collect();
-        assert_eq!(
-            kinds.iter().filter(|&&k| k == EventKind::Gathered).count(),
-            1
-        );
-        assert_eq!(
-            kinds.iter().filter(|&&k| k == EventKind::Arrival).count(),
-            3
-        );
-        assert_eq!(lines[0].tid, Some(5));
     }
 }

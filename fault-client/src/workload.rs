@@ -85,7 +85,8 @@ pub fn thread_id() -> u32 {
 }
 
 /// Access patterns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "lab", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Workload {
     /// Each thread reads its share of the touched pages in address order.

@@ -1,0 +1,277 @@
+//! The receiver threads: read frames from a connection and place their pages. The urgent
+//! receiver places each answer as it comes; the background receiver is a two-stage pipeline.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use uffd_core::proto::{ErrorCode, Kind};
+use uffd_core::{BatchReader, Conn, Frame, FrameBatch, FrameReader};
+
+use crate::liveness::Heard;
+use crate::pager::{Channel, Pager};
+use crate::placer::{account, place_frame, Placer, PlacerError};
+use crate::trace::Resolution;
+
+/// Errors of handling a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// Placing the frame's pages failed.
+    #[error(transparent)]
+    Place(#[from] PlacerError),
+    /// The server sent an error frame.
+    #[error("page server error ({code:?}): {message}")]
+    Server {
+        /// The error code.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+    },
+    /// A frame this connection never carries.
+    #[error("unexpected {kind:?} frame on the {connection} connection")]
+    Unexpected {
+        /// Its kind.
+        kind: Kind,
+        /// `urgent` or `background`.
+        connection: &'static str,
+    },
+}
+
+/// Batches in flight between the background reader and its placer.
+const PIPELINE_DEPTH: usize = 4;
+/// Bytes read into a batch at most (it also holds at least one largest frame).
+const BATCH_BYTES: usize = 1 << 20;
+
+/// The background receiver, as a two-stage pipeline: this thread reads frames while a placer
+/// thread places the previous ones, so that receiving (a copy out of the socket) and placing
+/// (page allocation and UFFDIO_COPY) run on two CPUs at once. Frames travel between the two
+/// in batches of up to 1 MiB, read from the socket straight into the batch (a
+/// [`uffd_core::BatchReader`]): every hand-over may cost a cross-CPU wake-up, tens of
+/// microseconds on a VM, so handing over each 64 KiB frame alone would cost more than the
+/// placement. A batch is handed over as soon as the socket has nothing more buffered, so a
+/// slow stream is never held back.
+pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u64) {
+    use std::sync::mpsc;
+    let (full_tx, full_rx) = mpsc::sync_channel::<FrameBatch>(PIPELINE_DEPTH);
+    let (free_tx, free_rx) = mpsc::sync_channel::<FrameBatch>(PIPELINE_DEPTH);
+    for _ in 0..PIPELINE_DEPTH {
+        let _ = free_tx.send(FrameBatch::new(BATCH_BYTES, &pager.limits));
+    }
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut placer = match Placer::new(pager, Channel::Background) {
+                Ok(a) => a,
+                Err(err) => return pager.run.fail(err.to_string()),
+            };
+            loop {
+                let batch = match full_rx.recv_timeout(Duration::from_millis(20)) {
+                    Ok(batch) => batch,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if let Err(why) = complete_ready(pager, &mut placer) {
+                            return pager.run.fail(why.to_string());
+                        }
+                        continue;
+                    }
+                    // The stream ended: finish the units that only waited for pages coming
+                    // by the urgent connection, while this generation lasts.
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        while placer.pending() > 0
+                            && !pager.run.stopping()
+                            && pager.link.generation.load(Ordering::Acquire) == generation
+                        {
+                            if let Err(why) = complete_ready(pager, &mut placer) {
+                                return pager.run.fail(why.to_string());
+                            }
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        return;
+                    }
+                };
+                for (header, payload) in batch.frames() {
+                    let frame = match uffd_core::Frame::parse(header, payload, &pager.limits) {
+                        Ok(frame) => frame,
+                        Err(err) => {
+                            return pager.run.fail(format!(
+                                "background connection to the page server failed: {err}"
+                            ))
+                        }
+                    };
+                    if let Err(why) = handle_frame(pager, &mut placer, Channel::Background, frame) {
+                        return pager.run.fail(why.to_string());
+                    }
+                    // Outside the events lock: the fault handler never waits for this.
+                    if let Err(why) = placer.prepare_ahead() {
+                        return pager.run.fail(why.to_string());
+                    }
+                }
+                if let Err(why) = complete_ready(pager, &mut placer) {
+                    return pager.run.fail(why.to_string());
+                }
+                // Placing is progress too: the reader may be waiting for this batch.
+                pager.liveness.heard();
+                if free_tx.send(batch).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut reader = BatchReader::new(Heard::new(reader.into_inner(), &pager.liveness));
+        let mut last_bytes = 0;
+        // The end frame may still be in the placer's queue when the server closes.
+        let mut saw_end = false;
+        for mut batch in free_rx.iter() {
+            let result = reader.fill(&mut batch, &pager.limits);
+            saw_end |= batch
+                .frames()
+                .any(|(header, _)| header.kind == uffd_core::proto::Kind::End);
+            let bytes = reader.bytes_read();
+            pager
+                .counters
+                .bytes_received
+                .fetch_add(bytes - last_bytes, Ordering::Relaxed);
+            last_bytes = bytes;
+            // Whole frames read before an error are placed all the same.
+            let sent = full_tx.send(batch).is_ok();
+            match result {
+                Ok(true) if sent => {}
+                Ok(true) => break,
+                Ok(false) if saw_end => break,
+                Ok(false) => {
+                    let why = "the page server closed the background connection";
+                    pager.link.lost(&pager.run, generation, why.into());
+                    break;
+                }
+                Err(err) => {
+                    let why = format!("background connection to the page server failed: {err}");
+                    pager.link.lost(&pager.run, generation, why);
+                    break;
+                }
+            }
+        }
+        drop(full_tx);
+    });
+}
+
+/// THP: the urgent connection placed 4 KiB pages inside units this assembler may be holding
+/// complete but for those pages: place them now.
+fn complete_ready(pager: &Pager, placer: &mut Placer) -> Result<(), PlacerError> {
+    if !pager.recheck.swap(false, Ordering::AcqRel) {
+        return Ok(());
+    }
+    let Placer::Assemble(assembler) = placer else {
+        return Ok(());
+    };
+    let _guard = pager
+        .page_state
+        .events_lock
+        .read()
+        .unwrap_or_else(|e| e.into_inner());
+    let progress = assembler.complete_ready(&pager.page_state.received)?;
+    if progress.stopped.is_some() {
+        pager.recheck.store(true, Ordering::Release); // try again on the next turn
+    }
+    account(
+        pager,
+        placer,
+        Resolution::Background,
+        Channel::Background,
+        &progress,
+    );
+    if progress.pages_placed > 0 && pager.complete() {
+        pager.run.notify();
+    }
+    Ok(())
+}
+
+fn handle_frame(
+    pager: &Pager,
+    placer: &mut Placer,
+    channel: Channel,
+    frame: Frame<'_>,
+) -> Result<(), ReceiveError> {
+    let name = match channel {
+        Channel::Urgent => "urgent",
+        Channel::Background => "background",
+    };
+    match frame {
+        Frame::Data { offset, bytes } => Ok(place_frame(
+            pager,
+            placer,
+            channel,
+            offset,
+            Some(bytes),
+            bytes.len() as u64,
+        )?),
+        Frame::Zero { offset, len } => Ok(place_frame(pager, placer, channel, offset, None, len)?),
+        Frame::End if channel == Channel::Background => {
+            pager.link.finish_background();
+            pager.run.notify();
+            Ok(())
+        }
+        Frame::Error { code, message } => Err(ReceiveError::Server {
+            code,
+            message: message.to_string(),
+        }),
+        other => Err(ReceiveError::Unexpected {
+            kind: other.kind(),
+            connection: name,
+        }),
+    }
+}
+
+/// A receiver thread: reads frames from one connection and places their pages.
+pub fn receive(pager: &Pager, channel: Channel, reader: FrameReader<Conn>, generation: u64) {
+    let mut placer = match Placer::new(pager, channel) {
+        Ok(a) => a,
+        Err(err) => return pager.run.fail(err.to_string()),
+    };
+    let name = match channel {
+        Channel::Urgent => "urgent",
+        Channel::Background => "background",
+    };
+    // The handshake's bytes count as received; from here every read is a sign of life.
+    pager
+        .counters
+        .bytes_received
+        .fetch_add(reader.bytes_read(), Ordering::Relaxed);
+    let mut reader = FrameReader::new(Heard::new(reader.into_inner(), &pager.liveness));
+    let mut last_bytes = 0;
+    loop {
+        let frame = match reader.read_frame(&pager.limits) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                if !(channel == Channel::Background && pager.link.background_done()) {
+                    pager.link.lost(
+                        &pager.run,
+                        generation,
+                        format!("the page server closed the {name} connection"),
+                    );
+                }
+                return;
+            }
+            Err(err) => {
+                pager.link.lost(
+                    &pager.run,
+                    generation,
+                    format!("{name} connection to the page server failed: {err}"),
+                );
+                return;
+            }
+        };
+        if let (Some(trace), Channel::Urgent) = (&pager.trace, channel) {
+            match &frame {
+                Frame::Data { offset, bytes } => trace.answer(*offset, bytes.len() as u64),
+                Frame::Zero { offset, len } => trace.answer(*offset, *len),
+                _ => {}
+            }
+        }
+        let result = handle_frame(pager, &mut placer, channel, frame);
+        let bytes = reader.bytes_read();
+        pager
+            .counters
+            .bytes_received
+            .fetch_add(bytes - last_bytes, Ordering::Relaxed);
+        last_bytes = bytes;
+        if let Err(why) = result {
+            return pager.run.fail(why.to_string());
+        }
+    }
+}
