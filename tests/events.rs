@@ -679,7 +679,7 @@ fn can_trace() -> bool {
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .unwrap_or(0);
     if effective & (1 << CAP_SYS_PTRACE) == 0 {
-        uffd_core::testing::skip("UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE");
+        uffd_testkit::skip("UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE");
         return false;
     }
     true

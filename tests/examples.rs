@@ -76,7 +76,7 @@ fn every_example_runs_and_checks_what_it_shows() {
     let dir = examples_dir();
     let missing: Vec<&String> = names.iter().filter(|n| !dir.join(n).exists()).collect();
     if !missing.is_empty() {
-        return uffd_core::testing::skip(&format!(
+        return uffd_testkit::skip(&format!(
             "example binaries {missing:?} not built in {} (`cargo test` builds them; \
              `cargo test --test examples` alone does not)",
             dir.display()

@@ -61,12 +61,12 @@ fn run(args: &[&str]) -> Result<(), String> {
 fn can_build_labs() -> bool {
     // SAFETY: geteuid(2) has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        uffd_core::testing::skip("network namespaces need root");
+        uffd_testkit::skip("network namespaces need root");
         return false;
     }
     for tool in ["ip", "tc"] {
         if Command::new(tool).arg("-V").output().is_err() {
-            uffd_core::testing::skip(&format!("`{tool}` is missing: run scripts/setup.sh"));
+            uffd_testkit::skip(&format!("`{tool}` is missing: run scripts/setup.sh"));
             return false;
         }
     }

@@ -36,7 +36,7 @@ fn urgent_rt_priority_makes_only_the_urgent_path_real_time() {
     }
     use fault_client::client::{Client, ClientOptions};
     if let Err(err) = uffd_core::cpu::check_realtime(7) {
-        uffd_core::testing::skip(&format!("SCHED_FIFO: {err}"));
+        uffd_testkit::skip(&format!("SCHED_FIFO: {err}"));
         return;
     }
     let server = TestServer::start_with(synthetic(64 << 20, 8, 0.0), |c| {

@@ -76,7 +76,7 @@ fn uffd_available() -> bool {
     match uffd_core::Userfaultfd::open(0) {
         Ok(_) => true,
         Err(err) => {
-            uffd_core::testing::skip(&format!("no userfaultfd: {err}"));
+            uffd_testkit::skip(&format!("no userfaultfd: {err}"));
             false
         }
     }
@@ -117,7 +117,7 @@ fn allow_skip(case: &str, row: &Value) -> bool {
         return false;
     };
     assert!(case.contains("hugetlb"), "{case} was skipped: {why}");
-    uffd_core::testing::skip(&format!("{case}: {why}"));
+    uffd_testkit::skip(&format!("{case}: {why}"));
     true
 }
 

@@ -422,7 +422,7 @@ mod tests {
     #[test]
     fn anon_bench_runs_and_verifies() {
         if Userfaultfd::open(0).is_err() {
-            return uffd_core::testing::skip("no userfaultfd");
+            return uffd_testkit::skip("no userfaultfd");
         }
         let config = BenchConfig {
             units: 64,

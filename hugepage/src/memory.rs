@@ -397,7 +397,7 @@ mod tests {
     fn a_descriptor_without_move_is_refused_for_thp() {
         let uffd = match Userfaultfd::open(0) {
             Ok(uffd) => uffd,
-            Err(err) => return uffd_core::testing::skip(&err.to_string()),
+            Err(err) => return uffd_testkit::skip(&err.to_string()),
         };
         let memory = Memory::new(Backing::Thp, 2 << 20, HugetlbPlacement::Copy).expect("map");
         let err = memory.register(&uffd).expect_err("MOVE was not negotiated");

@@ -31,7 +31,7 @@ fn status_reports_pools_thp_and_features() {
     assert!(sizes.contains(&"2M"), "{s}");
     assert!(s["thp_enabled"].is_string());
     if s["userfaultfd"].is_null() {
-        return uffd_core::testing::skip("no userfaultfd");
+        return uffd_testkit::skip("no userfaultfd");
     }
     assert!(s["features"]
         .as_array()
@@ -79,7 +79,7 @@ fn hugetlb_bench_places_whole_pages() {
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("pool"), "unexpected failure: {err}");
-        return uffd_core::testing::skip(&err);
+        return uffd_testkit::skip(&err);
     }
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(r["placement"], "continue");

@@ -24,7 +24,7 @@ fn a_pending_remove_event_makes_the_unit_wait_for_retry() {
     .expect("map");
     let uffd = match Userfaultfd::open(memory.uffd_features() | feature::EVENT_REMOVE) {
         Ok(uffd) => Arc::new(uffd),
-        Err(err) => return uffd_core::testing::skip(&err.to_string()),
+        Err(err) => return uffd_testkit::skip(&err.to_string()),
     };
     memory.register(&uffd).expect("register");
     let received = PageBitmap::new(memory.pages());

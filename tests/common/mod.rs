@@ -75,7 +75,7 @@ pub fn have_uffd() -> bool {
     match uffd_core::Userfaultfd::open(0) {
         Ok(_) => true,
         Err(err) => {
-            uffd_core::testing::skip(&err.to_string());
+            uffd_testkit::skip(&err.to_string());
             false
         }
     }
@@ -89,7 +89,7 @@ pub fn pool_has(size: u64, pages: u64) -> bool {
         .find(|p| p.size == size)
         .map_or(0, |p| p.available());
     if have < pages {
-        uffd_core::testing::skip(&format!(
+        uffd_testkit::skip(&format!(
             "{pages} huge pages of {size} bytes needed, {have} available: run `scripts/hugepages.sh reserve` as root"
         ));
         return false;

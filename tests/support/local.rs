@@ -874,7 +874,7 @@ mod tests {
         match Userfaultfd::open(0) {
             Ok(_) => false,
             Err(err) => {
-                uffd_core::testing::skip(&err.to_string());
+                uffd_testkit::skip(&err.to_string());
                 true
             }
         }
@@ -916,7 +916,7 @@ mod tests {
         let _pool = match reserve_hugepages_2m(2) {
             Ok(pool) => pool,
             Err(err) => {
-                uffd_core::testing::skip(&format!("{err:#}"));
+                uffd_testkit::skip(&format!("{err:#}"));
                 return Ok(());
             }
         };

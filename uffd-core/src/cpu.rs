@@ -269,7 +269,7 @@ mod tests {
                 Err(CpuError::Scheduler { source, .. })
                     if source.raw_os_error() == Some(libc::EPERM) =>
                 {
-                    crate::testing::skip("SCHED_FIFO needs CAP_SYS_NICE");
+                    uffd_testkit::skip("SCHED_FIFO needs CAP_SYS_NICE");
                 }
                 Err(err) => panic!("{err}"),
             }

@@ -266,7 +266,7 @@ mod tests {
     fn faults_are_resolved_with_the_fill_page_one_at_a_time() {
         let uffd = match Userfaultfd::open(0) {
             Ok(uffd) => Arc::new(uffd),
-            Err(err) => return crate::testing::skip(&err.to_string()),
+            Err(err) => return uffd_testkit::skip(&err.to_string()),
         };
         let page = page_size();
         let region = Region::anonymous(4 * page).expect("mmap");
@@ -301,7 +301,7 @@ mod tests {
     fn a_failing_resolution_releases_the_thread_and_is_reported() {
         let uffd = match Userfaultfd::open(0) {
             Ok(uffd) => Arc::new(uffd),
-            Err(err) => return crate::testing::skip(&err.to_string()),
+            Err(err) => return uffd_testkit::skip(&err.to_string()),
         };
         let page = page_size();
         let region = Region::anonymous(page).expect("mmap");

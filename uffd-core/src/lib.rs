@@ -67,16 +67,3 @@ pub use wire::{
 pub fn checksum(page: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(page)
 }
-
-pub mod testing {
-    //! Helpers for tests that need a privilege or kernel feature.
-
-    /// Skips the calling test with a printed reason, or fails it under CI (`CI=true`), where
-    /// everything the suite needs is available and a skip would hide a regression.
-    pub fn skip(reason: &str) {
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-            panic!("test needs something this machine lacks (a skip fails under CI): {reason}");
-        }
-        eprintln!("SKIPPED: {reason}");
-    }
-}

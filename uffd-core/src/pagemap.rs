@@ -200,7 +200,7 @@ mod tests {
         )
         .expect("populate");
         if !pagemap.is_huge(thp.addr(), HUGE_2M as u64).expect("scan") {
-            crate::testing::skip("the kernel gave no THP (fragmented memory?)");
+            uffd_testkit::skip("the kernel gave no THP (fragmented memory?)");
         }
         let small = Region::anonymous_aligned(HUGE_2M, HUGE_2M).expect("mmap");
         small
@@ -249,7 +249,7 @@ mod tests {
         let features = feature::PAGEFAULT_FLAG_WP | feature::WP_ASYNC | feature::WP_UNPOPULATED;
         let uffd = match crate::Userfaultfd::open(features) {
             Ok(uffd) => uffd,
-            Err(err) => return crate::testing::skip(&err.to_string()),
+            Err(err) => return uffd_testkit::skip(&err.to_string()),
         };
         let page = crate::region::page_size();
         let region = Region::anonymous(8 * page).expect("mmap");

@@ -228,7 +228,7 @@ mod tests {
         let uffd = match Userfaultfd::open(0) {
             Ok(uffd) => uffd,
             Err(err) => {
-                crate::testing::skip(&err.to_string());
+                uffd_testkit::skip(&err.to_string());
                 return None;
             }
         };

@@ -201,7 +201,7 @@ mod tests {
             // Every kernel with a userfaultfd reports API and REGISTER.
             assert!(p.ioctl_names.contains(&"REGISTER"), "{p:?}");
         } else {
-            crate::testing::skip("no userfaultfd permission");
+            uffd_testkit::skip("no userfaultfd permission");
         }
     }
 }

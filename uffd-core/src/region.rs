@@ -499,7 +499,7 @@ mod tests {
         match advise_range(addr, len, Advice::Collapse) {
             Ok(()) => assert!(pagemap.is_huge(addr, len).expect("scan")),
             // No free huge page even after compaction: a property of this machine's memory.
-            Err(err) if err.errno == Errno::ENOMEM => crate::testing::skip(&err.to_string()),
+            Err(err) if err.errno == Errno::ENOMEM => uffd_testkit::skip(&err.to_string()),
             Err(err) => panic!("{err}"),
         }
         // SAFETY: as above; the collapse kept the content.

@@ -128,7 +128,7 @@ mod tests {
     fn wake_is_accepted() {
         let uffd = match crate::Userfaultfd::open(0) {
             Ok(u) => u,
-            Err(err) => return crate::testing::skip(&err.to_string()),
+            Err(err) => return uffd_testkit::skip(&err.to_string()),
         };
         let region = crate::Region::anonymous(4096).expect("mmap");
         uffd.register(region.addr(), 4096, crate::Modes::MISSING)

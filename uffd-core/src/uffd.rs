@@ -478,7 +478,7 @@ mod tests {
     fn open_reports_origin_and_features() {
         let uffd = match Userfaultfd::open(0) {
             Ok(uffd) => uffd,
-            Err(err) => return crate::testing::skip(&err.to_string()),
+            Err(err) => return uffd_testkit::skip(&err.to_string()),
         };
         assert_eq!(uffd.features(), 0);
         assert!(uffd.raw_fd() >= 0);
@@ -492,7 +492,7 @@ mod tests {
         };
         let uffd = match Userfaultfd::open_with(0, options) {
             Ok(uffd) => uffd,
-            Err(err) => return crate::testing::skip(&err.to_string()),
+            Err(err) => return uffd_testkit::skip(&err.to_string()),
         };
         assert_eq!(uffd.origin(), Origin::Syscall);
         let page = crate::region::page_size() as u64;
@@ -523,7 +523,7 @@ mod tests {
         use nix::fcntl::{fcntl, FcntlArg, OFlag};
         let sender = match Userfaultfd::open(0) {
             Ok(uffd) => uffd,
-            Err(err) => return crate::testing::skip(&err.to_string()),
+            Err(err) => return uffd_testkit::skip(&err.to_string()),
         };
         let page = crate::region::page_size();
         let region = crate::Region::anonymous(page).expect("mmap");
@@ -565,7 +565,7 @@ mod tests {
         // Bit 63 is not a feature on any kernel: UFFDIO_API must say EINVAL.
         match Userfaultfd::open(1 << 63) {
             Err(UffdError::Api { errno, .. }) => assert_eq!(errno, Errno::EINVAL),
-            Err(err @ UffdError::Create { .. }) => crate::testing::skip(&err.to_string()),
+            Err(err @ UffdError::Create { .. }) => uffd_testkit::skip(&err.to_string()),
             other => panic!("expected EINVAL, got {other:?}"),
         }
     }

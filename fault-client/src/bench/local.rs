@@ -129,7 +129,7 @@ mod tests {
     #[test]
     fn local_paths_measure() -> Result<()> {
         if let Err(err) = Userfaultfd::open(0) {
-            uffd_core::testing::skip(&err.to_string());
+            uffd_testkit::skip(&err.to_string());
             return Ok(());
         }
         let cpus = local_cpus()?;

@@ -43,7 +43,7 @@ pub fn setup(backing: Backing, placement: HugetlbPlacement, units: u64) -> Optio
             ),
             Ok(None) => {}
             Err(err) => {
-                uffd_core::testing::skip(&err.to_string());
+                uffd_testkit::skip(&err.to_string());
                 return None;
             }
         }
@@ -52,7 +52,7 @@ pub fn setup(backing: Backing, placement: HugetlbPlacement, units: u64) -> Optio
     let uffd = match Userfaultfd::open(features) {
         Ok(uffd) => Arc::new(uffd),
         Err(err) => {
-            uffd_core::testing::skip(&err.to_string());
+            uffd_testkit::skip(&err.to_string());
             return None;
         }
     };
@@ -60,7 +60,7 @@ pub fn setup(backing: Backing, placement: HugetlbPlacement, units: u64) -> Optio
     let memory = match Memory::new(backing, len, placement) {
         Ok(memory) => memory,
         Err(err @ MemoryError::Pool(PoolError::Short { .. })) => {
-            uffd_core::testing::skip(&err.to_string());
+            uffd_testkit::skip(&err.to_string());
             return None;
         }
         Err(err) => panic!("mapping {backing}: {err}"),

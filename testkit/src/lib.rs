@@ -1,0 +1,15 @@
+//! `uffd-testkit`: scaffolding for the workspace's tests, kept out of the libraries.
+//!
+//! Many tests need a privilege or kernel feature (userfaultfd, huge pages, network namespaces,
+//! `SCHED_FIFO`). On a developer's machine that lacks one, such a test skips with a printed
+//! reason. Under CI (`CI=true`) the machine is set up to provide everything the suite needs, so a
+//! skip there would silently hide a regression: [`skip`] fails the test instead.
+
+/// Skips the calling test with a printed reason, or fails it under CI (`CI=true`), where
+/// everything the suite needs is available and a skip would hide a regression.
+pub fn skip(reason: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("test needs something this machine lacks (a skip fails under CI): {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
