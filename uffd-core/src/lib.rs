@@ -17,7 +17,8 @@
 //!   dirty tracking.
 //! - [`place`]: placement with outcomes as values (`Placed`, `AlreadyPresent`, `Retry`, `Gone`).
 //! - [`proto`]: the versioned wire protocol (frames, strict decoder); see `docs/protocol.md`.
-//! - [`wire`]: endpoints, connections, framed reading and writing.
+//! - [`wire`]: frames over a byte stream: `endpoint` (endpoints, listening, connecting), `conn`
+//!   (connections and their socket options), `framed` (framed reading and writing).
 //! - [`bitmap`]: lock-free page bitmaps (received, requested, sent).
 //! - [`stats`]: latency histograms and the one percentile definition.
 //! - [`handler`]: a minimal in-process fault handler thread (poll, read, resolve), the
