@@ -101,10 +101,7 @@ fn main() -> Result<()> {
     });
 
     let (handled, eexist) = (handled.into_inner(), eexist.into_inner());
-    let (by_filler, skipped) = (
-        filled.placed as usize / PAGE,
-        filled.present as usize / PAGE,
-    );
+    let (by_filler, skipped) = (filled.placed as usize, filled.present as usize);
     println!("part 2: handler placed {handled} pages, its COPY was EEXIST {eexist} times");
     println!("part 2: filler placed {by_filler} pages; its COPY was EEXIST at {skipped} pages");
     // Every page was placed exactly once, by one path or the other (page 0 in part 1).

@@ -212,17 +212,17 @@ impl Placer {
                 let dst = pager.page_addr(offset / page);
                 let began = Instant::now();
                 let filled = uffd_core::place::fill(&pager.uffd, dst, source, page)?;
+                // Every page up to the stop is present now, placed here or before.
+                let done = filled.placed + filled.present;
                 if filled.placed > 0 {
                     mapped.push(Mapped {
                         offset,
-                        len: filled.placed + filled.present,
+                        len: done * page,
                         began,
                         ended: Instant::now(),
                     });
                 }
-                // Every page up to the stop is present now, placed here or before.
                 let first = offset / page;
-                let done = (filled.placed + filled.present) / page;
                 pager
                     .page_state
                     .received
@@ -231,8 +231,8 @@ impl Placer {
                     pager.recheck.store(true, Ordering::Release);
                 }
                 Ok(Progress {
-                    pages_placed: filled.placed / page,
-                    pages_present: filled.present / page,
+                    pages_placed: filled.placed,
+                    pages_present: filled.present,
                     pages_gathered: 0,
                     units_completed: done,
                     stopped: filled.stopped,

@@ -84,7 +84,9 @@ pub enum AssembleError {
 /// Result alias of this module.
 pub type Result<T> = std::result::Result<T, AssembleError>;
 
-/// What one call did.
+/// What one call did: the sum of its placements (each a [`uffd_core::place::Filled`] in
+/// 4 KiB pages: `pages_placed`, `pages_present`, `stopped`), plus what only an assembler
+/// knows: pages gathered into staging, units finished, units left without a huge mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Progress {
     /// 4 KiB pages newly present in the region (their bits were set by this call).
@@ -114,9 +116,11 @@ impl Progress {
         self.stopped = self.stopped.or(other.stopped);
     }
 
+    /// Adds one unit's (or range's) placement, except its stop: callers decide what a stop
+    /// means for their slot.
     fn absorb(&mut self, placed: &Placed) {
-        self.pages_placed += placed.placed;
-        self.pages_present += placed.present;
+        self.pages_placed += placed.pages.placed;
+        self.pages_present += placed.pages.present;
         if placed.not_huge {
             self.units_not_huge += 1;
         }
@@ -363,8 +367,8 @@ impl Assembler {
             .extend(placed.mapped.iter().map(|run| Mapped::of_run(offset, run)));
         let mut progress = Progress::default();
         progress.absorb(&placed);
-        progress.units_completed = placed.placed + placed.present;
-        progress.stopped = placed.stopped;
+        progress.units_completed = placed.pages.placed + placed.pages.present;
+        progress.stopped = placed.pages.stopped;
         Ok(progress)
     }
 
@@ -521,7 +525,7 @@ impl Assembler {
         self.mapped
             .extend(placed.mapped.iter().map(|run| Mapped::of_run(start, run)));
         progress.absorb(&placed);
-        match placed.stopped {
+        match placed.pages.stopped {
             None => {
                 progress.units_completed += 1;
                 if let Some(slot) = self.slots.remove(&unit) {
@@ -569,7 +573,7 @@ impl Assembler {
         self.mapped
             .extend(placed.mapped.iter().map(|run| Mapped::of_run(start, run)));
         progress.absorb(&placed);
-        match placed.stopped {
+        match placed.pages.stopped {
             None => progress.units_completed += 1,
             stop => progress.stopped = progress.stopped.or(stop),
         }

@@ -23,7 +23,7 @@
 //! and the memfd alike), so [`crate::Memory::new`] checks `free - reserved` first and names
 //! the sysctl to raise when it is short.
 
-use uffd_core::place::{self, Outcome, PlaceError, Stop};
+use uffd_core::place::{self, Outcome, PlaceError};
 use uffd_core::{PageBitmap, Userfaultfd};
 
 use crate::gathered::Gathered;
@@ -84,17 +84,16 @@ fn account(
     match outcome {
         // A hugetlb placement is all or nothing: every page of the unit is new.
         Outcome::Placed(_) => {
-            out.placed = (0..pages).filter(|&i| received.set(first_page + i)).count() as u64;
+            out.pages.placed = (0..pages).filter(|&i| received.set(first_page + i)).count() as u64;
             out.mapped.extend(run);
             *have = Gathered::new(pages);
         }
         // Another connection (or the demand path) placed this huge page first.
         Outcome::AlreadyPresent => {
-            out.present = have.count() as u64;
+            out.pages.present = have.count() as u64;
             *have = Gathered::new(pages);
         }
-        Outcome::Retry => out.stopped = Some(Stop::Retry),
-        Outcome::Gone => out.stopped = Some(Stop::Gone),
+        stop => out.pages.stopped = stop.stop(),
     }
     out
 }
@@ -102,13 +101,14 @@ fn account(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uffd_core::place::Stop;
 
     #[test]
     fn accounting_of_whole_unit_outcomes() {
         let received = PageBitmap::new(1024);
         let mut have = Gathered::full(512);
         let placed = account(Outcome::Placed(2 << 20), None, &mut have, &received, 512);
-        assert_eq!((placed.placed, placed.present), (512, 0));
+        assert_eq!((placed.pages.placed, placed.pages.present), (512, 0));
         assert_eq!(received.count(), 512);
         assert!(received.get(512) && !received.get(511));
         assert_eq!(have.count(), 0);
@@ -116,12 +116,12 @@ mod tests {
         let mut have = Gathered::full(512);
         have.remove(3);
         let placed = account(Outcome::AlreadyPresent, None, &mut have, &received, 0);
-        assert_eq!((placed.placed, placed.present), (0, 511));
+        assert_eq!((placed.pages.placed, placed.pages.present), (0, 511));
         assert_eq!(received.count(), 512, "no bit for someone else's page");
 
         let mut have = Gathered::full(512);
         let placed = account(Outcome::Retry, None, &mut have, &received, 0);
-        assert_eq!(placed.stopped, Some(Stop::Retry));
+        assert_eq!(placed.pages.stopped, Some(Stop::Retry));
         assert_eq!(have.count(), 512, "kept for the retry");
     }
 }

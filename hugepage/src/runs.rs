@@ -12,7 +12,7 @@
 
 use std::time::Instant;
 
-use uffd_core::place::{self, Outcome, Stop};
+use uffd_core::place::{self, Filled, Outcome};
 use uffd_core::PageBitmap;
 
 use crate::backing::PAGE;
@@ -63,15 +63,13 @@ pub(crate) fn pages_placed(outcome: &place::Result<Outcome>, max: usize) -> usiz
     }
 }
 
-/// What placing a unit's runs did, in 4 KiB pages.
+/// What placing a unit (or its runs) did: the page counts every placement has, plus what
+/// only a unit has. Summed per call into [`crate::Progress`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Placed {
-    /// Pages this call made present (their bits are set now).
-    pub placed: u64,
-    /// Gathered pages found already present.
-    pub present: u64,
-    /// Where it stopped early; the pages not yet accounted stay in the set.
-    pub stopped: Option<Stop>,
+    /// 4 KiB pages made present (their bits are set now) and gathered pages found already
+    /// present; where it stopped early, the pages not yet accounted stay in the set.
+    pub pages: Filled,
     /// A THP unit that ended up mapped by 4 KiB pages (collapse failed).
     pub not_huge: bool,
     /// The runs of pages made present, one per ioctl that placed any.
@@ -96,7 +94,7 @@ pub(crate) fn place_runs(
         }
         if received.get(first_page + i) {
             have.remove(i);
-            out.present += 1;
+            out.pages.present += 1;
             i += 1;
             continue;
         }
@@ -115,10 +113,10 @@ pub(crate) fn place_runs(
                     received.set(first_page + p);
                     have.remove(p);
                 }
-                out.placed += done as u64;
+                out.pages.placed += done as u64;
                 if done == 0 {
                     have.remove(i);
-                    out.present += 1;
+                    out.pages.present += 1;
                     i += 1;
                 } else {
                     i += done;
@@ -126,15 +124,11 @@ pub(crate) fn place_runs(
             }
             Outcome::AlreadyPresent => {
                 have.remove(i);
-                out.present += 1;
+                out.pages.present += 1;
                 i += 1;
             }
-            Outcome::Retry => {
-                out.stopped = Some(Stop::Retry);
-                break;
-            }
-            Outcome::Gone => {
-                out.stopped = Some(Stop::Gone);
+            stop => {
+                out.pages.stopped = stop.stop();
                 break;
             }
         }
@@ -172,6 +166,7 @@ pub(crate) fn run_at(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uffd_core::place::Stop;
 
     #[test]
     fn runs_skip_received_and_absent_pages() {
@@ -189,7 +184,11 @@ mod tests {
         .expect("no error");
         assert_eq!(calls, vec![(0, 3), (4, 1), (6, 2)]);
         assert_eq!(
-            (placed.placed, placed.present, placed.stopped),
+            (
+                placed.pages.placed,
+                placed.pages.present,
+                placed.pages.stopped
+            ),
             (6, 1, None)
         );
         assert!(!placed.not_huge);
@@ -213,7 +212,7 @@ mod tests {
             Ok(answers.pop().unwrap_or(Outcome::Retry))
         })
         .expect("no error");
-        assert_eq!((placed.placed, placed.present), (3, 1));
+        assert_eq!((placed.pages.placed, placed.pages.present), (3, 1));
         assert!(received.get(0) && !received.get(2) && received.get(3));
     }
 
@@ -257,7 +256,7 @@ mod tests {
         let mut have = Gathered::full(4);
         let placed =
             place_runs(&received, 0, &mut have, |_, _| Ok(Outcome::Retry)).expect("no error");
-        assert_eq!(placed.stopped, Some(Stop::Retry));
+        assert_eq!(placed.pages.stopped, Some(Stop::Retry));
         assert_eq!(have.count(), 4);
     }
 }

@@ -46,7 +46,7 @@
 //! lock ([`crate::Assembler::prepare_spare`]), so the fault handler never waits for it.
 
 use nix::sys::mman::MmapAdvise;
-use uffd_core::place::{self, Outcome, PlaceError, Stop};
+use uffd_core::place::{self, Outcome, PlaceError};
 use uffd_core::region::{advise_range, Advice, AdviseError, Region, RegionError, HUGE_2M};
 use uffd_core::{PageBitmap, Userfaultfd};
 
@@ -231,15 +231,11 @@ pub(crate) fn place(
                     received.set(first_page + i);
                     have.remove(i);
                 }
-                out.placed = moved as u64;
+                out.pages.placed = moved as u64;
             }
             Outcome::AlreadyPresent => {}
-            Outcome::Retry => {
-                out.stopped = Some(Stop::Retry);
-                return Ok(out);
-            }
-            Outcome::Gone => {
-                out.stopped = Some(Stop::Gone);
+            stop => {
+                out.pages.stopped = stop.stop();
                 return Ok(out);
             }
         }
@@ -262,11 +258,9 @@ pub(crate) fn place(
                 place::copy(uffd, addr, bytes, true)
             })
         })?;
-        out.placed += runs.placed;
-        out.present += runs.present;
+        out.pages.add(&runs.pages);
         out.mapped.extend(runs.mapped);
-        if runs.stopped.is_some() {
-            out.stopped = runs.stopped;
+        if out.pages.stopped.is_some() {
             return Ok(out);
         }
     }

@@ -25,7 +25,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::place::{self, Outcome};
+use crate::place::{self, Outcome, Stop};
 use crate::uffd::{Event, Userfaultfd};
 
 /// What the default source page holds: a resolved page shows it (a zero-filled page would not).
@@ -240,15 +240,16 @@ fn serve(shared: &Shared, mut resolve: Resolve) {
 fn resolve_one(shared: &Shared, resolve: &mut Resolve, start: u64) -> Result<(), String> {
     let uffd = &*shared.uffd;
     for _ in 0..RETRIES {
-        match resolve(uffd, start).map_err(|e| e.to_string())? {
-            Outcome::Placed(_) => return Ok(()),
-            Outcome::AlreadyPresent => {
+        let outcome = resolve(uffd, start).map_err(|e| e.to_string())?;
+        match outcome.stop() {
+            None if outcome == Outcome::AlreadyPresent => {
                 return uffd
                     .wake(start, shared.page)
                     .map_err(|e| format!("UFFDIO_WAKE: {e}"))
             }
-            Outcome::Retry => std::thread::yield_now(),
-            Outcome::Gone => return Err("the process owning the region exited".into()),
+            None => return Ok(()),
+            Some(Stop::Retry) => std::thread::yield_now(),
+            Some(Stop::Gone) => return Err("the process owning the region exited".into()),
         }
     }
     Err(format!(

@@ -14,7 +14,9 @@
 //!
 //! A multi-page COPY works page by page and stops at the first page that already exists, so
 //! [`fill`] drives a range to the end: it skips present pages one at a time and reports how
-//! many bytes it placed and how many were already there.
+//! many pages it placed and how many were already there, as a [`Filled`]. `Retry` and `Gone`
+//! end the placement of a range; [`Outcome::stop`] says which [`Stop`] each one is, for every
+//! pager that places ranges (here and in the `hugepage` crate).
 
 use nix::errno::Errno;
 
@@ -33,6 +35,18 @@ pub enum Outcome {
     Retry,
     /// The process owning the registered memory has exited.
     Gone,
+}
+
+impl Outcome {
+    /// Why a placement must stop here, if it must: `Retry` and `Gone` end a range's
+    /// placement, `Placed` and `AlreadyPresent` let it go on.
+    pub fn stop(self) -> Option<Stop> {
+        match self {
+            Outcome::Placed(_) | Outcome::AlreadyPresent => None,
+            Outcome::Retry => Some(Stop::Retry),
+            Outcome::Gone => Some(Stop::Gone),
+        }
+    }
 }
 
 /// Which placement ioctl failed.
@@ -152,7 +166,7 @@ pub fn poison(uffd: &Userfaultfd, dst: u64, len: u64, wake: bool) -> Result<Outc
     classify(Op::Poison, dst, len, answer)
 }
 
-/// Where [`fill`] stopped before the end of its range.
+/// Why a placement stopped before the end of its range ([`Outcome::stop`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
     /// An event must be read first; the rest of the range is still missing.
@@ -161,15 +175,27 @@ pub enum Stop {
     Gone,
 }
 
-/// What [`fill`] did with a range.
+/// What placing a range did, in pages: [`fill`]'s answer, and what the `hugepage` crate
+/// counts for a unit (in 4 KiB pages) before adding it to its per-call totals.
+///
+/// Every page of the range up to the stop is counted once, as placed or as present.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Filled {
-    /// Bytes placed by this call.
+    /// Pages this call made present.
     pub placed: u64,
-    /// Bytes skipped because they were already present.
+    /// Pages skipped because they were already present (they came by another path).
     pub present: u64,
-    /// Why it stopped early, if it did; the unfilled part starts at `placed + present`.
+    /// Why it stopped early, if it did; the unfilled part starts `placed + present` pages in.
     pub stopped: Option<Stop>,
+}
+
+impl Filled {
+    /// Adds `other` to `self`; the first stop wins.
+    pub fn add(&mut self, other: &Filled) {
+        self.placed += other.placed;
+        self.present += other.present;
+        self.stopped = self.stopped.or(other.stopped);
+    }
 }
 
 /// How to place one piece of a range: COPY from a buffer or ZEROPAGE.
@@ -191,26 +217,29 @@ impl Source<'_> {
 }
 
 /// Places a whole range at `dst`, page by page where it must: pages that are already present
-/// are skipped (they came by another path), the rest are placed and woken.
+/// are skipped (they came by another path), the rest are placed and woken. The range's
+/// length is a multiple of `page`, the size [`Filled`] counts in.
 pub fn fill(uffd: &Userfaultfd, dst: u64, source: Source<'_>, page: u64) -> Result<Filled> {
     let len = source.len();
     let mut done = Filled::default();
-    while done.placed + done.present < len {
-        let at = done.placed + done.present;
+    let mut at = 0;
+    while at < len {
         let outcome = match source {
             // `at` is below the slice's length, which is a usize.
             Source::Bytes(bytes) => copy(uffd, dst + at, &bytes[at as usize..], true)?,
             Source::Zero(_) => zeropage(uffd, dst + at, len - at, true)?,
         };
         match outcome {
-            Outcome::Placed(n) => done.placed += n,
-            Outcome::AlreadyPresent => done.present += page.min(len - at),
-            Outcome::Retry => {
-                done.stopped = Some(Stop::Retry);
-                break;
+            Outcome::Placed(n) => {
+                done.placed += n / page;
+                at += n;
             }
-            Outcome::Gone => {
-                done.stopped = Some(Stop::Gone);
+            Outcome::AlreadyPresent => {
+                done.present += 1;
+                at += page;
+            }
+            stop => {
+                done.stopped = stop.stop();
                 break;
             }
         }
@@ -268,8 +297,8 @@ mod tests {
         copy(&uffd, region.addr() + 5 * ps, &one, true).expect("copy");
         let all = vec![9u8; 8 * page_size()];
         let filled = fill(&uffd, region.addr(), Source::Bytes(&all), ps).expect("fill");
-        assert_eq!(filled.placed, 6 * ps);
-        assert_eq!(filled.present, 2 * ps);
+        assert_eq!(filled.placed, 6);
+        assert_eq!(filled.present, 2);
         assert_eq!(filled.stopped, None);
         for p in 0..8u64 {
             // SAFETY: every page is present now.
@@ -286,7 +315,7 @@ mod tests {
         let ps = page_size() as u64;
         copy(&uffd, region.addr() + ps, &vec![3u8; page_size()], true).expect("copy");
         let filled = fill(&uffd, region.addr(), Source::Zero(4 * ps), ps).expect("fill");
-        assert_eq!((filled.placed, filled.present), (3 * ps, ps));
+        assert_eq!((filled.placed, filled.present), (3, 1));
         // SAFETY: every page is present.
         let bytes = unsafe { region.as_slice() };
         assert!(bytes[..page_size()].iter().all(|&b| b == 0));
