@@ -122,12 +122,7 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
             saw_end |= batch
                 .frames()
                 .any(|(header, _)| header.kind == uffd_core::proto::Kind::End);
-            let bytes = reader.bytes_read();
-            pager
-                .counters
-                .bytes_received
-                .fetch_add(bytes - last_bytes, Ordering::Relaxed);
-            last_bytes = bytes;
+            count_received(pager, reader.bytes_read(), &mut last_bytes);
             // Whole frames read before an error are placed all the same.
             let sent = full_tx.send(batch).is_ok();
             match result {
@@ -264,14 +259,18 @@ pub fn receive(pager: &Pager, channel: Channel, reader: FrameReader<Conn>, gener
             }
         }
         let result = handle_frame(pager, &mut placer, channel, frame);
-        let bytes = reader.bytes_read();
-        pager
-            .counters
-            .bytes_received
-            .fetch_add(bytes - last_bytes, Ordering::Relaxed);
-        last_bytes = bytes;
+        count_received(pager, reader.bytes_read(), &mut last_bytes);
         if let Err(why) = result {
             return pager.run.fail(why.to_string());
         }
     }
+}
+
+/// Adds the bytes a reader has read since `last` (its count then) to the run's counter.
+fn count_received(pager: &Pager, now: u64, last: &mut u64) {
+    pager
+        .counters
+        .bytes_received
+        .fetch_add(now - *last, Ordering::Relaxed);
+    *last = now;
 }
