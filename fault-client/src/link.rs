@@ -233,10 +233,22 @@ fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
                     return pager.run.fail(format!("recovery impossible: {err}"));
                 }
                 Err(err) if streak.hopeless(config.reconnect_timeout) => {
-                    return pager.run.fail(format!(
-                        "lost the page server ({why}) and could not reconnect within {:?}: {err}",
-                        config.reconnect_timeout
-                    ));
+                    // After reconnections that brought nothing, that is the news; else the
+                    // loss and the failed reconnection are.
+                    return pager.run.fail(if streak.losses > 1 {
+                        format!(
+                            "no new page for {:?} (--reconnect-timeout): the connection to the \
+                             page server was lost {} times (last: {why}), and reconnecting \
+                             failed: {err}",
+                            config.reconnect_timeout, streak.losses
+                        )
+                    } else {
+                        format!(
+                            "lost the page server ({why}) and could not reconnect within {:?}: \
+                             {err}",
+                            config.reconnect_timeout
+                        )
+                    });
                 }
                 Err(err) => {
                     tracing::debug!("reconnect failed: {err}");
