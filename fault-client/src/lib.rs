@@ -31,7 +31,7 @@
 //! - `cli`: the command line; `cli::run` is what the binary calls.
 //! - `output`: the report and the probe as a table or JSON; `progress`: the live progress line.
 //! - `trace::parse` reads a trace back; `plot` draws it, `stages` splits each urgent fault
-//!   into its stages.
+//!   into its stages; `plot/`: `events`, `histogram`, `cdf`, `timeline`, `chart`, `text`, `render`.
 //! - `demo`: the one-command demo (a page-server child process).
 //! - `bench`: `fault-client bench`, the standard comparison set as one table.
 
