@@ -7,6 +7,7 @@
 //! the whole workspace is in `DESIGN.md`.
 //!
 //! # Layout
+//! - [`convert`]: `u64` ↔ `usize` on a 64-bit target, justified once.
 //! - [`sys`]: the raw ioctls, and the only `ioctl(2)` calls (COPY, ZEROPAGE, CONTINUE, MOVE,
 //!   POISON, WAKE, API; USERFAULTFD_IOC_NEW on `/dev/userfaultfd`; PAGEMAP_SCAN on
 //!   `/proc/self/pagemap`).
@@ -30,12 +31,14 @@
 //! - [`cpu`]: CPU affinity (for measurements) and real-time scheduling for the urgent path.
 //!
 //! Modules depend one way; each uses only modules on the lines above its own:
-//! 1. `sys`, `region`, `bitmap`, `stats`, `repeat`, `cpu`, `proto`
-//! 2. `uffd`, `pagemap`, `synthetic`, `wire`
-//! 3. `place`, `probe`
-//! 4. `handler`
+//! 1. `convert`
+//! 2. `sys`, `region`, `bitmap`, `stats`, `repeat`, `cpu`, `proto`
+//! 3. `uffd`, `pagemap`, `synthetic`, `wire`
+//! 4. `place`, `probe`
+//! 5. `handler`
 
 pub mod bitmap;
+pub mod convert;
 pub mod cpu;
 pub mod handler;
 pub mod logging;

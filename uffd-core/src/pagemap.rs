@@ -274,7 +274,7 @@ mod tests {
         // The scan protected them again: nothing is written until the next write.
         assert_eq!(pagemap.take_written(start, len).expect("scan"), []);
         // A range not armed for async WP is refused rather than reported clean.
-        let plain = Region::anonymous(page as usize).expect("mmap");
+        let plain = Region::anonymous(crate::region::page_size()).expect("mmap");
         assert!(pagemap.take_written(plain.addr(), page).is_err());
     }
 }

@@ -20,6 +20,7 @@
 
 use nix::errno::Errno;
 
+use crate::convert::usize_from;
 use crate::sys::{self, RangeAnswer};
 use crate::uffd::Userfaultfd;
 
@@ -226,7 +227,7 @@ pub fn fill(uffd: &Userfaultfd, dst: u64, source: Source<'_>, page: u64) -> Resu
     while at < len {
         let outcome = match source {
             // `at` is below the slice's length, which is a usize.
-            Source::Bytes(bytes) => copy(uffd, dst + at, &bytes[at as usize..], true)?,
+            Source::Bytes(bytes) => copy(uffd, dst + at, &bytes[usize_from(at)..], true)?,
             Source::Zero(_) => zeropage(uffd, dst + at, len - at, true)?,
         };
         match outcome {
@@ -300,9 +301,9 @@ mod tests {
         assert_eq!(filled.placed, 6);
         assert_eq!(filled.present, 2);
         assert_eq!(filled.stopped, None);
-        for p in 0..8u64 {
+        for p in 0..8 {
             // SAFETY: every page is present now.
-            let byte = unsafe { *region.as_ptr().add((p * ps) as usize) };
+            let byte = unsafe { *region.as_ptr().add(p * page_size()) };
             assert_eq!(byte, if p == 2 || p == 5 { 1 } else { 9 }, "page {p}");
         }
     }

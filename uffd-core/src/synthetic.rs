@@ -157,6 +157,7 @@ pub fn synthetic_page(seed: u64, zero_fraction: f64, index: u64, page: &mut [u8]
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::convert::usize_from;
 
     #[test]
     fn pages_are_deterministic_and_zero_pages_are_told_without_generating() {
@@ -167,7 +168,7 @@ mod tests {
         for i in 0..64u64 {
             let mut one = vec![1u8; 4096];
             image.fill(i, &mut one);
-            let at = (i * 4096) as usize;
+            let at = usize_from(i * 4096);
             assert_eq!(&all[at..at + 4096], &one[..], "page {i}");
             let is_zero = one.iter().all(|&b| b == 0);
             assert_eq!(image.is_zero(i), is_zero, "page {i}");

@@ -14,6 +14,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use userfaultfd::{EventBuffer, RegisterMode, Uffd};
 
+use crate::convert::usize_from;
 use crate::sys;
 
 /// Errors of this module.
@@ -311,7 +312,11 @@ impl Userfaultfd {
     /// Registers `start..start+len` and returns the `ioctl_bit` mask the kernel allows there.
     pub fn register(&self, start: u64, len: u64, modes: Modes) -> Result<u64> {
         self.uffd
-            .register_with_mode(start as *mut libc::c_void, len as usize, modes.to_crate())
+            .register_with_mode(
+                start as *mut libc::c_void,
+                usize_from(len),
+                modes.to_crate(),
+            )
             .map(|ioctls| ioctls.bits())
             .map_err(|source| UffdError::Register { start, len, source })
     }
@@ -319,7 +324,7 @@ impl Userfaultfd {
     /// Unregisters a range; faults there become ordinary faults again.
     pub fn unregister(&self, start: u64, len: u64) -> Result<()> {
         self.uffd
-            .unregister(start as *mut libc::c_void, len as usize)
+            .unregister(start as *mut libc::c_void, usize_from(len))
             .map_err(UffdError::Unregister)
     }
 
@@ -391,9 +396,10 @@ impl Userfaultfd {
     pub fn write_protect(&self, start: u64, len: u64, protect: bool) -> Result<()> {
         let ptr = start as *mut libc::c_void;
         let result = if protect {
-            self.uffd.write_protect(ptr, len as usize)
+            self.uffd.write_protect(ptr, usize_from(len))
         } else {
-            self.uffd.remove_write_protection(ptr, len as usize, true)
+            self.uffd
+                .remove_write_protection(ptr, usize_from(len), true)
         };
         result.map_err(UffdError::Read)
     }
@@ -456,7 +462,12 @@ fn open_raw(options: OpenOptions) -> Result<(RawFd, Origin)> {
         // descriptor or -1 with errno set.
         let ret = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
         match Errno::result(ret) {
-            Ok(fd) => return Ok((fd as RawFd, Origin::Syscall)),
+            Ok(fd) => {
+                // syscall(2) returns the kernel's int descriptor widened to a long.
+                #[allow(clippy::cast_possible_truncation)]
+                let fd = fd as RawFd;
+                return Ok((fd, Origin::Syscall));
+            }
             Err(errno) => tried.push(format!("userfaultfd(2): {errno}")),
         }
     }
@@ -473,6 +484,7 @@ fn open_raw(options: OpenOptions) -> Result<(RawFd, Origin)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::convert::u64_from;
 
     #[test]
     fn open_reports_origin_and_features() {
@@ -495,8 +507,9 @@ mod tests {
             Err(err) => return uffd_testkit::skip(&err.to_string()),
         };
         assert_eq!(uffd.origin(), Origin::Syscall);
-        let page = crate::region::page_size() as u64;
-        let region = crate::Region::anonymous(page as usize).expect("mmap");
+        let page = crate::region::page_size();
+        let region = crate::Region::anonymous(page).expect("mmap");
+        let page = u64_from(page);
         uffd.register(region.addr(), page, Modes::MISSING)
             .expect("register");
         let (_read_end, write_end) = nix::unistd::pipe().expect("pipe");

@@ -2,6 +2,7 @@
 //! mapped, which another test thread's allocation in the same process could map again at any
 //! moment (seen once in a full-suite run).
 
+use uffd_core::convert::u64_from;
 use uffd_core::region::{page_size, Region};
 
 /// True if `addr` is mapped (msync answers ENOMEM for an unmapped page).
@@ -12,19 +13,21 @@ fn mapped(addr: u64) -> bool {
 
 #[test]
 fn unmap_moved_spares_the_holes_the_moves_left() {
-    let page = page_size() as u64;
-    let region = Region::anonymous(4 * page as usize).expect("mmap");
+    let bytes = page_size();
+    let page = u64_from(bytes);
+    let region = Region::anonymous(4 * bytes).expect("mmap");
     let base = region.addr();
     // The application moves page 1 elsewhere (to an address it got from mmap)...
-    let target = Region::anonymous(page as usize).expect("target");
+    let target = Region::anonymous(bytes).expect("target");
     let to = target.addr();
-    std::mem::forget(target); // the mremap below replaces it
-                              // SAFETY: page 1 of `region` and the page at `to` are mappings of this test only.
+    // The mremap below replaces it.
+    std::mem::forget(target);
+    // SAFETY: page 1 of `region` and the page at `to` are mappings of this test only.
     let moved = unsafe {
         libc::mremap(
             (base + page) as *mut libc::c_void,
-            page as usize,
-            page as usize,
+            bytes,
+            bytes,
             libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
             to as *mut libc::c_void,
         )
@@ -40,7 +43,7 @@ fn unmap_moved_spares_the_holes_the_moves_left() {
     let other = unsafe {
         libc::mmap(
             (base + page) as *mut libc::c_void,
-            page as usize,
+            bytes,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
             -1,
@@ -57,5 +60,5 @@ fn unmap_moved_spares_the_holes_the_moves_left() {
         assert!(!mapped(addr), "{addr:#x} still mapped");
     }
     // SAFETY: the test's own mapping in the hole.
-    unsafe { libc::munmap(other, page as usize) };
+    unsafe { libc::munmap(other, bytes) };
 }

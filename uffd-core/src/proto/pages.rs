@@ -87,10 +87,11 @@ mod tests {
     use super::super::tests::{limits, roundtrip, PAGE};
     use super::super::{decode, Frame, ProtoError};
     use super::*;
+    use crate::convert::usize_from;
 
     #[test]
     fn request_data_zero_and_end_round_trip() {
-        let page = vec![0xA5u8; PAGE as usize];
+        let page = vec![0xA5u8; usize_from(PAGE)];
         roundtrip(Frame::Request {
             offset: PAGE,
             len: PAGE,
@@ -131,7 +132,7 @@ mod tests {
         #[test]
         fn data_frames_round_trip(page in 0u64..64, pages in 1u64..4, fill in any::<u8>()) {
             let pages = pages.min(64 - page);
-            let bytes = vec![fill; (pages * PAGE) as usize];
+            let bytes = vec![fill; usize_from(pages * PAGE)];
             let frame = Frame::Data { offset: page * PAGE, bytes: &bytes };
             let mut buf = BytesMut::new();
             frame.encode(&mut buf);

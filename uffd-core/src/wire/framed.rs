@@ -395,7 +395,7 @@ mod tests {
             batch_bytes in 1usize..300_000,
         ) {
             let pages: Vec<Vec<u8>> =
-                sizes.iter().enumerate().map(|(i, &n)| vec![i as u8; n * 4096]).collect();
+                sizes.iter().zip(0u8..).map(|(&n, fill)| vec![fill; n * 4096]).collect();
             let frames: Vec<Frame<'_>> = pages
                 .iter()
                 .enumerate()
