@@ -17,11 +17,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use uffd_core::convert::{u64_from, usize_from};
 use uffd_core::place::{self, PlaceError, Stop};
 use uffd_core::region::{Region, RegionError};
 use uffd_core::{PageBitmap, Userfaultfd};
 
-use crate::backing::{Backing, HugetlbPlacement, PAGE};
+use crate::backing::{Backing, HugetlbPlacement, PAGE, PAGE_BYTES};
 use crate::chunks::{pieces, Piece};
 use crate::gathered::Gathered;
 use crate::hugetlb;
@@ -222,8 +223,8 @@ impl Assembler {
         }
         let mut progress = Progress::default();
         for piece in pieces(offset, len, self.mem.backing.unit()) {
-            let start = piece.offset_in_chunk as usize;
-            let src = &bytes[start..start + piece.len as usize];
+            let start = usize_from(piece.offset_in_chunk);
+            let src = &bytes[start..start + usize_from(piece.len)];
             self.gather(piece, Some(src), received, &mut progress)?;
         }
         Ok(progress)
@@ -268,8 +269,7 @@ impl Assembler {
         let mut progress = Progress::default();
         let mut ready = Vec::new();
         for (&unit, slot) in self.slots.iter_mut() {
-            let first_page =
-                usize::try_from(unit).unwrap_or(usize::MAX) * self.mem.backing.pages_per_unit();
+            let first_page = usize_from(unit) * self.mem.backing.pages_per_unit();
             if slot.waiting || slot.have.complete(|i| received.get(first_page + i)) {
                 ready.push(unit);
             }
@@ -322,6 +322,11 @@ impl Assembler {
         self.slots.len()
     }
 
+    /// The index in `received` of unit `unit`'s first 4 KiB page.
+    fn first_page(&self, unit: u64) -> usize {
+        usize_from(unit) * self.mem.backing.pages_per_unit()
+    }
+
     fn check(&self, offset: u64, len: u64, received: &PageBitmap) -> Result<()> {
         if !offset.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
             return Err(AssembleError::Misaligned { offset, len });
@@ -330,7 +335,7 @@ impl Assembler {
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(AssembleError::OutOfRange { offset, len, size });
         }
-        let pages = self.mem.region.len() / PAGE as usize;
+        let pages = self.mem.region.len() / PAGE_BYTES;
         if received.len() < pages {
             return Err(AssembleError::Bitmap {
                 bits: received.len(),
@@ -348,18 +353,18 @@ impl Assembler {
         bytes: Option<&[u8]>,
         received: &PageBitmap,
     ) -> Result<Progress> {
-        let first_page = (offset / PAGE) as usize;
+        let first_page = usize_from(offset / PAGE);
         // Where the pages are now (a move of the region may have cut the range).
         let dst = self.mem.dst(offset, len);
-        let mut all = Gathered::full((len / PAGE) as usize);
+        let mut all = Gathered::full(usize_from(len / PAGE));
         let uffd = &self.uffd;
         let placed = place_runs(received, first_page, &mut all, |i, n| {
             run_at(&dst, i, n, |addr, first, pages| {
-                let at = first * PAGE as usize;
-                let run = pages * PAGE as usize;
+                let at = first * PAGE_BYTES;
+                let run = pages * PAGE_BYTES;
                 match bytes {
                     Some(bytes) => place::copy(uffd, addr, &bytes[at..at + run], true),
-                    None => place::zeropage(uffd, addr, run as u64, true),
+                    None => place::zeropage(uffd, addr, u64_from(run), true),
                 }
             })
         })?;
@@ -382,9 +387,9 @@ impl Assembler {
         progress: &mut Progress,
     ) -> Result<()> {
         let pages_per_unit = self.mem.backing.pages_per_unit();
-        let first_page = piece.unit as usize * pages_per_unit;
-        let p0 = (piece.offset_in_unit / PAGE) as usize;
-        let np = (piece.len / PAGE) as usize;
+        let first_page = self.first_page(piece.unit);
+        let p0 = usize_from(piece.offset_in_unit / PAGE);
+        let np = usize_from(piece.len / PAGE);
         if !self.slots.contains_key(&piece.unit) {
             if (p0..p0 + np).all(|i| received.get(first_page + i)) {
                 progress.pages_present += np as u64;
@@ -406,7 +411,7 @@ impl Assembler {
                 // The unit's page in the alias mapping.
                 Some(alias) => alias
                     .as_ptr()
-                    .wrapping_add(piece.unit as usize * self.mem.backing.unit() as usize),
+                    .wrapping_add(usize_from(piece.unit * self.mem.backing.unit())),
                 None => return Ok(()),
             },
         };
@@ -419,7 +424,7 @@ impl Assembler {
                 }
                 continue;
             }
-            let page = PAGE as usize;
+            let page = PAGE_BYTES;
             // SAFETY: `base` is the start of a unit-sized staging page that this slot owns
             // (or the unit's page in the alias mapping, which is not mapped in the region
             // yet: its `received` bit is clear), and `i` < pages per unit, so the 4 KiB at
@@ -464,7 +469,7 @@ impl Assembler {
                 (Backing::Thp, _) => (Stage::Thp(ThpStage::new()?), true),
                 (_, HugetlbPlacement::Continue) => (Stage::Alias, true),
                 (_, HugetlbPlacement::Copy) => {
-                    let unit = self.mem.backing.unit() as usize;
+                    let unit = usize_from(self.mem.backing.unit());
                     (Stage::Buffer(Region::thp(unit)?), true)
                 }
             },
@@ -486,10 +491,10 @@ impl Assembler {
 
     /// Places the complete unit `unit` and releases its slot (unless it must be retried).
     fn place(&mut self, unit: u64, received: &PageBitmap, progress: &mut Progress) -> Result<()> {
+        let first_page = self.first_page(unit);
         let Some(slot) = self.slots.get_mut(&unit) else {
             return Ok(());
         };
-        let first_page = unit as usize * self.mem.backing.pages_per_unit();
         // Where the unit is now: the application may have moved it (see crate::moves).
         let dst = self.mem.unit_dst(unit);
         let unit_len = self.mem.backing.unit();
@@ -507,7 +512,8 @@ impl Assembler {
                 let dst = whole(&dst, unit_len, unit)?;
                 // SAFETY: the staging buffer is mapped for its whole length, owned by this
                 // slot and not written while the slice lives (this call only reads it).
-                let src = unsafe { std::slice::from_raw_parts(region.as_ptr(), unit_len as usize) };
+                let src =
+                    unsafe { std::slice::from_raw_parts(region.as_ptr(), usize_from(unit_len)) };
                 hugetlb::copy_unit(&self.uffd, dst, src, &mut slot.have, received, first_page)?
             }
             // The alias is written at the unit's page-cache offset, which a move of the
@@ -552,7 +558,7 @@ impl Assembler {
         progress: &mut Progress,
     ) -> Result<()> {
         let pages = self.mem.backing.pages_per_unit();
-        let first_page = unit as usize * pages;
+        let first_page = self.first_page(unit);
         let unit_len = self.mem.backing.unit();
         let dst = whole(&self.mem.unit_dst(unit), unit_len, unit)?;
         let mut have = Gathered::full(pages);
@@ -560,7 +566,8 @@ impl Assembler {
             (Some(zero), _) => {
                 // SAFETY: the zero source is a unit-sized private mapping that nothing ever
                 // writes; reading it maps the shared zero page.
-                let src = unsafe { std::slice::from_raw_parts(zero.as_ptr(), unit_len as usize) };
+                let src =
+                    unsafe { std::slice::from_raw_parts(zero.as_ptr(), usize_from(unit_len)) };
                 hugetlb::copy_unit(&self.uffd, dst, src, &mut have, received, first_page)?
             }
             (None, Some(_)) => {
@@ -583,7 +590,7 @@ impl Assembler {
     /// Makes sure unit `unit`'s huge page is in the memfd's page cache (continue way).
     fn touch_alias(&self, unit: u64) {
         if let Some(alias) = &self.mem.alias {
-            let offset = unit as usize * self.mem.backing.unit() as usize;
+            let offset = usize_from(unit * self.mem.backing.unit());
             // SAFETY: `offset` is the start of a unit inside the alias mapping (`unit` <
             // units). Reading it makes the kernel allocate the zeroed huge page into the
             // memfd's page cache (a shared hugetlb mapping does so on reads too) without
@@ -593,7 +600,7 @@ impl Assembler {
     }
 
     fn recycle(&mut self, stage: Stage) {
-        let keep = (SPARE_BYTES / self.mem.backing.unit()).max(1) as usize;
+        let keep = usize_from((SPARE_BYTES / self.mem.backing.unit()).max(1));
         if matches!(stage, Stage::Alias) || self.spare.len() >= keep {
             return;
         }

@@ -11,10 +11,14 @@
 use std::fmt;
 use std::str::FromStr;
 
+use uffd_core::convert::usize_from;
 use uffd_core::region::{HUGE_1G, HUGE_2M};
 
 /// The base page size the whole crate works in (x86_64).
 pub const PAGE: u64 = 4096;
+
+/// [`PAGE`] as a `usize`: the length of a base page in memory.
+pub const PAGE_BYTES: usize = usize_from(PAGE);
 
 /// Errors of this module.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,8 +93,7 @@ impl Backing {
 
     /// 4 KiB pages per unit.
     pub fn pages_per_unit(self) -> usize {
-        // At most 2^18: fits any usize.
-        (self.unit() / PAGE) as usize
+        usize_from(self.unit() / PAGE)
     }
 }
 

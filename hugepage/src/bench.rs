@@ -15,12 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use uffd_core::convert::usize_from;
 use uffd_core::place::{self, PlaceError, Stop};
 use uffd_core::uffd::UffdError;
 use uffd_core::{Latency, PageBitmap, Summary, Userfaultfd};
 
 use crate::assembler::{AssembleError, Progress};
-use crate::backing::{Backing, HugetlbPlacement, PAGE};
+use crate::backing::{Backing, HugetlbPlacement, PAGE, PAGE_BYTES};
 use crate::chunks::{self, ChunkError, Order};
 use crate::memory::{needed_features, Memory, MemoryError};
 use crate::pattern::{Mismatch, Pattern};
@@ -307,7 +308,7 @@ fn run_with_memory(config: &BenchConfig, raised: Option<&Raised>) -> Result<Benc
     let mut urgent_pages = 0;
     let mut buf = Vec::new();
     for chunk in &plan {
-        buf.resize(chunk.len as usize, 0);
+        buf.resize(usize_from(chunk.len), 0);
         pattern.fill(chunk.offset, &mut buf);
         let started = Instant::now();
         let progress = assembler.data(chunk.offset, &buf, &received)?;
@@ -320,7 +321,7 @@ fn run_with_memory(config: &BenchConfig, raised: Option<&Raised>) -> Result<Benc
             return Err(BenchError::Stopped(stop));
         }
         total.merge(&progress);
-        let u = (chunk.offset / unit) as usize;
+        let u = usize_from(chunk.offset / unit);
         if preempted && !seen[u] {
             seen[u] = true;
             urgent_pages += preempt(config, &memory, &uffd, &received, &pattern, &urgent, u)?;
@@ -390,14 +391,14 @@ fn preempt(
 ) -> Result<u64> {
     match config.backing.hugetlb_size() {
         None => {
-            let mut page = vec![0u8; PAGE as usize];
+            let mut page = vec![0u8; PAGE_BYTES];
             let mut placed = 0;
             for &p in urgent.get(u).map(Vec::as_slice).unwrap_or(&[]) {
                 pattern.page(p, &mut page);
                 if let place::Outcome::Placed(_) =
                     place::copy(uffd, memory.addr() + p * PAGE, &page, true)?
                 {
-                    received.set(p as usize);
+                    received.set(usize_from(p));
                     placed += 1;
                 }
             }

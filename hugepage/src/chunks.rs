@@ -187,6 +187,7 @@ pub fn urgent_pages(units: u64, unit: u64, per_unit: usize, seed: u64) -> Vec<Ve
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use uffd_core::convert::usize_from;
 
     const UNIT: u64 = 2 << 20;
 
@@ -261,10 +262,10 @@ mod tests {
         fn plans_cover_every_byte_once(units in 1u64..6, chunk_pages in 1u64..200, window in 1usize..4, seed: u64, order_i in 0usize..3) {
             let order = [Order::Seq, Order::Shuffled, Order::Preempted][order_i];
             let chunks = plan(units, UNIT, chunk_pages * PAGE, order, window, seed).expect("valid");
-            let mut covered = vec![0u8; (units * UNIT / PAGE) as usize];
+            let mut covered = vec![0u8; usize_from(units * UNIT / PAGE)];
             for c in &chunks {
                 for p in c.offset / PAGE..(c.offset + c.len) / PAGE {
-                    covered[p as usize] += 1;
+                    covered[usize_from(p)] += 1;
                 }
             }
             prop_assert!(covered.iter().all(|&n| n == 1));

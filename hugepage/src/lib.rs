@@ -89,7 +89,7 @@ pub mod status;
 pub mod thp;
 
 pub use assembler::{AssembleError, Assembler, Mapped, Progress};
-pub use backing::{Backing, HugetlbPlacement, PAGE};
+pub use backing::{Backing, HugetlbPlacement, PAGE, PAGE_BYTES};
 pub use bench::{BenchConfig, BenchReport};
 pub use chunks::{Chunk, Order};
 pub use memory::{Memory, MemoryError};

@@ -19,7 +19,7 @@ use uffd_core::uffd::UffdError;
 use uffd_core::{Modes, Userfaultfd};
 
 use crate::assembler::Assembler;
-use crate::backing::{Backing, HugetlbPlacement, PAGE};
+use crate::backing::{Backing, HugetlbPlacement, PAGE, PAGE_BYTES};
 use crate::mappings::Mappings;
 use crate::moves::{Move, Moves};
 use crate::pagemap::{Pagemap, PagemapError};
@@ -163,7 +163,7 @@ impl Memory {
 
     /// Number of 4 KiB pages: the size of the `received` bitmap.
     pub fn pages(&self) -> usize {
-        self.len() / PAGE as usize
+        self.len() / PAGE_BYTES
     }
 
     /// Number of units.

@@ -5,11 +5,12 @@
 //! a page copied twice is caught. The random bytes come from a few templates computed once,
 //! which keeps generating and checking a 1 GiB image cheap even in an unoptimised build.
 
-use crate::backing::PAGE;
+use uffd_core::convert::{u64_from, usize_from};
+
+use crate::backing::{PAGE, PAGE_BYTES};
 
 /// Number of distinct page templates.
 const TEMPLATES: usize = 5;
-const PAGE_BYTES: usize = PAGE as usize;
 
 /// The content of an image, by seed.
 #[derive(Debug, Clone)]
@@ -54,7 +55,7 @@ impl Pattern {
 
     /// Writes image page `page` into `out` (one page long).
     pub fn page(&self, page: u64, out: &mut [u8]) {
-        let template = &self.templates[(page % TEMPLATES as u64) as usize];
+        let template = &self.templates[usize_from(page % u64_from(TEMPLATES))];
         out.copy_from_slice(template);
         out[..8].copy_from_slice(&page.to_le_bytes());
         out[8..16].copy_from_slice(&(self.seed ^ page.rotate_left(17)).to_le_bytes());
@@ -79,7 +80,7 @@ impl Pattern {
     pub fn check(&self, offset: u64, found: &[u8]) -> Result<(), Mismatch> {
         let mut expected = vec![0u8; PAGE_BYTES];
         for (i, page) in found.chunks(PAGE_BYTES).enumerate() {
-            let at = offset + (i * PAGE_BYTES) as u64;
+            let at = offset + u64_from(i * PAGE_BYTES);
             self.page(at / PAGE, &mut expected);
             check_bytes(at, page, &expected[..page.len()])?;
         }

@@ -50,7 +50,7 @@ use uffd_core::place::{self, Outcome, PlaceError};
 use uffd_core::region::{advise_range, Advice, AdviseError, Region, RegionError, HUGE_2M};
 use uffd_core::{PageBitmap, Userfaultfd};
 
-use crate::backing::PAGE;
+use crate::backing::{PAGE, PAGE_BYTES};
 use crate::gathered::Gathered;
 use crate::moves::Dst;
 use crate::pagemap::Pagemap;
@@ -71,7 +71,7 @@ pub enum ThpError {
 pub type Result<T> = std::result::Result<T, ThpError>;
 
 const UNIT: u64 = HUGE_2M as u64;
-const PAGES: usize = HUGE_2M / PAGE as usize;
+const PAGES: usize = HUGE_2M / PAGE_BYTES;
 
 /// A 2 MiB staging page: one THP gathering one unit's chunks.
 #[derive(Debug)]
@@ -248,11 +248,11 @@ pub(crate) fn place(
         let base = stage.as_ptr();
         let runs = place_runs(received, first_page, have, |i, n| {
             run_at(dst, i, n, |addr, first, pages| {
-                let offset = first * PAGE as usize;
+                let offset = first * PAGE_BYTES;
                 // SAFETY: `first + pages` <= 512, so the range lies inside the 2 MiB staging
                 // page, which nothing writes while this slice lives.
                 let bytes =
-                    unsafe { std::slice::from_raw_parts(base.add(offset), pages * PAGE as usize) };
+                    unsafe { std::slice::from_raw_parts(base.add(offset), pages * PAGE_BYTES) };
                 // Each run wakes the threads waiting on its own pages: they see complete 4 KiB
                 // pages as soon as those are in.
                 place::copy(uffd, addr, bytes, true)

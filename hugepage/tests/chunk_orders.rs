@@ -7,6 +7,7 @@ mod common;
 use common::{deliver, random_chunks, setup, verify, Delivery};
 use hugepage::{Backing, HugetlbPlacement, Pattern, PAGE};
 use proptest::prelude::*;
+use uffd_core::convert::usize_from;
 
 fn check(
     backing: Backing,
@@ -34,12 +35,12 @@ fn check(
     }
     let pattern = Pattern::new(seed);
     let mut assembler = s.assembler();
-    let mut completions = vec![0u32; units as usize];
+    let mut completions = vec![0u64; usize_from(units)];
     let mut placed = 0;
     for d in deliveries {
         let p = deliver(&mut assembler, d, &pattern, &s.received);
         placed += p.pages_placed;
-        completions[(d.offset / unit) as usize] += p.units_completed as u32;
+        completions[usize_from(d.offset / unit)] += p.units_completed;
         prop_assert_eq!(p.units_not_huge, 0);
     }
     prop_assert!(

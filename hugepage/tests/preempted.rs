@@ -5,6 +5,7 @@ mod common;
 
 use common::{assert_all_huge, deliver, feed, random_chunks, setup, verify};
 use hugepage::{Backing, HugetlbPlacement, Pattern, PAGE};
+use uffd_core::convert::usize_from;
 use uffd_core::place::{self, Outcome};
 
 /// Places image page `page` with a 4 KiB UFFDIO_COPY, as a fault handler would, and sets its
@@ -13,7 +14,7 @@ fn urgent(s: &common::Setup, pattern: &Pattern, page: u64) {
     let bytes = pattern.bytes(page * PAGE, PAGE);
     let outcome = place::copy(&s.uffd, s.memory.addr() + page * PAGE, &bytes, true).expect("copy");
     assert_eq!(outcome, Outcome::Placed(PAGE));
-    assert!(s.received.set(page as usize));
+    assert!(s.received.set(usize_from(page)));
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{assert_all_huge, deliver, random_chunks, setup, verify};
 use hugepage::{Backing, HugetlbPlacement, Pattern};
+use uffd_core::convert::usize_from;
 use uffd_core::uffd::Event;
 use uffd_core::Userfaultfd;
 
@@ -56,7 +57,7 @@ fn reader_sees_all_or_nothing(backing: Backing, placement: HugetlbPlacement) {
         let (passes, bad, stop, pattern) =
             (passes.clone(), bad.clone(), stop.clone(), pattern.clone());
         std::thread::spawn(move || {
-            let mut seen = vec![0u8; unit as usize];
+            let mut seen = vec![0u8; usize_from(unit)];
             while !stop.load(Ordering::Acquire) || passes.load(Ordering::Acquire) == 0 {
                 // SAFETY: `target..target+unit` is unit 1 of the registered region, alive until
                 // the test joins this thread; reading a missing page blocks in the fault until

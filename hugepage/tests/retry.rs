@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{random_chunks, verify};
 use hugepage::{Backing, HugetlbPlacement, Memory, Pattern};
+use uffd_core::convert::usize_from;
 use uffd_core::place::Stop;
 use uffd_core::sys::feature;
 use uffd_core::uffd::Event;
@@ -18,7 +19,7 @@ use uffd_core::{PageBitmap, Userfaultfd};
 fn a_pending_remove_event_makes_the_unit_wait_for_retry() {
     let memory = Memory::new(
         Backing::Thp,
-        2 * Backing::Thp.unit() as usize,
+        2 * usize_from(Backing::Thp.unit()),
         HugetlbPlacement::Copy,
     )
     .expect("map");
@@ -43,7 +44,7 @@ fn a_pending_remove_event_makes_the_unit_wait_for_retry() {
         unsafe {
             libc::madvise(
                 unit1 as *mut libc::c_void,
-                unit as usize,
+                usize_from(unit),
                 libc::MADV_DONTNEED,
             )
         }

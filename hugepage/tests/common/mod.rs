@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use hugepage::pool::{self, PoolError};
 use hugepage::{
-    Assembler, Backing, HugetlbPlacement, Memory, MemoryError, Pattern, Progress, PAGE,
+    Assembler, Backing, HugetlbPlacement, Memory, MemoryError, Pattern, Progress, PAGE, PAGE_BYTES,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -164,7 +164,7 @@ pub fn verify(memory: &Memory, received: &PageBitmap, pattern: &Pattern, zero: &
     );
     // SAFETY: every page is present (all bits set) and nothing writes the region now.
     let bytes = unsafe { memory.as_slice() };
-    for (p, page) in bytes.chunks(PAGE as usize).enumerate() {
+    for (p, page) in bytes.chunks(PAGE_BYTES).enumerate() {
         let offset = p as u64 * PAGE;
         if in_zero(offset, zero) {
             hugepage::pattern::check_zero(offset, page).expect("zero page");
