@@ -11,8 +11,8 @@
 //! - [`sys`]: the raw ioctls, and the only `ioctl(2)` calls (COPY, ZEROPAGE, CONTINUE, MOVE,
 //!   POISON, WAKE, API; USERFAULTFD_IOC_NEW on `/dev/userfaultfd`; PAGEMAP_SCAN on
 //!   `/proc/self/pagemap`).
-//! - [`uffd`]: the descriptor: creation, UFFDIO_API, registration, reading fault and event
-//!   messages.
+//! - [`uffd`]: the descriptor: creation and UFFDIO_API (`open`), registration (`register`),
+//!   reading fault and event messages (`event`).
 //! - [`region`]: mappings that own their `munmap`.
 //! - [`pagemap`]: PAGEMAP_SCAN: which pages are huge or the zero page; async write-protect
 //!   dirty tracking.
