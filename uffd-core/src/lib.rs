@@ -13,7 +13,8 @@
 //!   `/proc/self/pagemap`).
 //! - [`uffd`]: the descriptor: creation and UFFDIO_API (`open`), registration (`register`),
 //!   reading fault and event messages (`event`).
-//! - [`region`]: mappings that own their `munmap`.
+//! - [`region`]: mappings that own their `munmap`; memory files and their shared mappings
+//!   (`memfd`); `madvise` advice for any range (`advice`).
 //! - [`pagemap`]: PAGEMAP_SCAN: which pages are huge or the zero page; async write-protect
 //!   dirty tracking.
 //! - [`place`]: placement with outcomes as values (`Placed`, `AlreadyPresent`, `Retry`, `Gone`).

@@ -3,12 +3,22 @@
 //! A [`Region`] is the memory a userfaultfd is registered on. It is only ever accessed through
 //! raw pointers (the kernel fills it behind Rust's back), so it hands out addresses, not slices,
 //! except through the explicitly `unsafe` [`Region::as_slice`].
+//!
+//! This file maps private memory (anonymous, THP-aligned, hugetlb) and unmaps it; `memfd`
+//! holds memory files and their shared mappings (the alias pair of minor faults), `advice`
+//! the `madvise(2)` advice that may be given for any range (collapse, populate).
 
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
 
 use nix::errno::Errno;
 use nix::sys::mman::{self, MapFlags, ProtFlags};
+
+mod advice;
+mod memfd;
+
+pub use advice::{advise_range, Advice, AdviseError};
+pub use memfd::Memfd;
 
 /// The base page size of this architecture (x86_64: 4 KiB).
 pub fn page_size() -> usize {
@@ -19,6 +29,9 @@ pub fn page_size() -> usize {
 
 /// The PMD-level huge page size on x86_64.
 pub const HUGE_2M: usize = 2 << 20;
+
+/// The PUD-level huge page size on x86_64.
+pub const HUGE_1G: usize = 1 << 30;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -144,42 +157,17 @@ impl Region {
             what: "hugetlb",
             errno,
         })?;
-        Ok(Region {
-            start: map_start.cast(),
-            len,
-            map_start,
-            map_len: len,
-        })
+        Ok(Region::whole(map_start, len))
     }
 
-    /// Maps `len` bytes of `memfd` (from offset 0) `MAP_SHARED`. Mapping the same memfd twice
-    /// gives the alias pair that minor faults and UFFDIO_CONTINUE work with.
-    pub fn shared(memfd: &Memfd, len: usize) -> Result<Self> {
-        let len = len.div_ceil(memfd.page) * memfd.page;
-        let len_nz = NonZeroUsize::new(len).ok_or(RegionError::Empty)?;
-        // SAFETY: a new shared mapping of our own memfd at a kernel-chosen address aliases no
-        // Rust object; the memfd is at least `len` long (Memfd::new sized it).
-        let map_start = unsafe {
-            mman::mmap(
-                None,
-                len_nz,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                &memfd.fd,
-                0,
-            )
-        }
-        .map_err(|errno| RegionError::Map {
-            len,
-            what: "shared memfd",
-            errno,
-        })?;
-        Ok(Region {
+    /// A mapping of `len` bytes at `map_start` that is used whole (no alignment slack).
+    fn whole(map_start: NonNull<libc::c_void>, len: usize) -> Region {
+        Region {
             start: map_start.cast(),
             len,
             map_start,
             map_len: len,
-        })
+        }
     }
 
     /// Start address.
@@ -239,154 +227,11 @@ impl Region {
     }
 }
 
-/// `madvise(2)` advice that keeps what the memory holds, so that it may be given for any range
-/// of this process: inside a [`Region`], or where the application moved a region's pages with
-/// `mremap`. (Advice that may discard pages goes through [`Region::advise`], on memory the
-/// Region owns.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Advice {
-    /// `MADV_COLLAPSE` (Linux 6.1): copy the range's pages into new huge pages and map those
-    /// by PMD, whatever the THP sysfs mode says (but not in a `MADV_NOHUGEPAGE` range: EINVAL). Synchronous: it holds the mmap lock for
-    /// writing while it copies. In a range registered with a userfaultfd it needs every page
-    /// present and none the shared zero page (EBUSY or EAGAIN otherwise).
-    Collapse,
-    /// `MADV_POPULATE_WRITE` (Linux 5.14): fault every page in writable, as a write would,
-    /// without writing: a missing page is allocated zeroed (or raises a userfault in a
-    /// registered range), a zero-page mapping gets a private zeroed page.
-    PopulateWrite,
-}
-
-impl Advice {
-    /// The advice's name, as madvise(2) spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Advice::Collapse => "MADV_COLLAPSE",
-            Advice::PopulateWrite => "MADV_POPULATE_WRITE",
-        }
-    }
-
-    fn raw(self) -> libc::c_int {
-        match self {
-            Advice::Collapse => libc::MADV_COLLAPSE,
-            Advice::PopulateWrite => libc::MADV_POPULATE_WRITE,
-        }
-    }
-}
-
-/// [`advise_range`] failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("{advice} of {len} bytes at {addr:#x} failed: {errno}", advice = .advice.name())]
-pub struct AdviseError {
-    /// The advice.
-    pub advice: Advice,
-    /// Start of the range.
-    pub addr: u64,
-    /// Length of the range.
-    pub len: u64,
-    /// The kernel's answer (ENOMEM where nothing is mapped).
-    pub errno: Errno,
-}
-
-/// Gives `advice` for `addr..addr+len` (page-aligned start).
-pub fn advise_range(addr: u64, len: u64, advice: Advice) -> std::result::Result<(), AdviseError> {
-    let fail = |errno| AdviseError {
-        advice,
-        addr,
-        len,
-        errno,
-    };
-    let bytes = usize::try_from(len).map_err(|_| fail(Errno::EINVAL))?;
-    // SAFETY: both kinds of advice leave the content of every page as it was and unmap
-    // nothing (MADV_COLLAPSE copies pages into a huge page and swaps the mapping under the
-    // mmap lock; MADV_POPULATE_WRITE only faults pages in), so no Rust object changes under
-    // its owner. A range that is not mapped, or not suitable, is refused with an errno.
-    let ret = unsafe { libc::madvise(addr as *mut libc::c_void, bytes, advice.raw()) };
-    Errno::result(ret).map(drop).map_err(fail)
-}
-
 fn huge_flag(huge: usize) -> Result<MapFlags> {
     match huge {
         HUGE_2M => Ok(MapFlags::MAP_HUGE_2MB),
         HUGE_1G => Ok(MapFlags::MAP_HUGE_1GB),
         _ => Err(RegionError::HugeSize(huge)),
-    }
-}
-
-/// The PUD-level huge page size on x86_64.
-pub const HUGE_1G: usize = 1 << 30;
-
-/// An anonymous memory file (`memfd_create`): shmem, or hugetlbfs with `huge` pages.
-#[derive(Debug)]
-pub struct Memfd {
-    fd: std::os::fd::OwnedFd,
-    len: usize,
-    page: usize,
-}
-
-impl Memfd {
-    /// Creates a memfd of `len` bytes (rounded up to its page size). `huge` = None for shmem
-    /// with base pages, or Some(2 MiB / 1 GiB) for hugetlbfs pages from the pool.
-    pub fn new(name: &str, len: usize, huge: Option<usize>) -> Result<Self> {
-        use nix::sys::memfd::{memfd_create, MFdFlags};
-        let mut flags = MFdFlags::MFD_CLOEXEC;
-        let page = match huge {
-            Some(size) => {
-                flags |= MFdFlags::MFD_HUGETLB
-                    | match size {
-                        HUGE_2M => MFdFlags::MFD_HUGE_2MB,
-                        HUGE_1G => MFdFlags::MFD_HUGE_1GB,
-                        _ => return Err(RegionError::HugeSize(size)),
-                    };
-                size
-            }
-            None => page_size(),
-        };
-        let len = len.div_ceil(page) * page;
-        let fd = memfd_create(name, flags).map_err(|errno| RegionError::Map {
-            len,
-            what: "memfd_create",
-            errno,
-        })?;
-        nix::unistd::ftruncate(&fd, i64::try_from(len).unwrap_or(i64::MAX)).map_err(|errno| {
-            RegionError::Map {
-                len,
-                what: "ftruncate memfd",
-                errno,
-            }
-        })?;
-        Ok(Memfd { fd, len, page })
-    }
-
-    /// Size in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Always false.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Its page size (base or huge).
-    pub fn page(&self) -> usize {
-        self.page
-    }
-
-    /// Punches out `offset..offset+len` (`fallocate(PUNCH_HOLE)`): the pages leave the page
-    /// cache, so the range is MISSING again in every mapping.
-    pub fn punch_hole(&self, offset: usize, len: usize) -> Result<()> {
-        use nix::fcntl::{fallocate, FallocateFlags};
-        fallocate(
-            &self.fd,
-            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
-            i64::try_from(offset).unwrap_or(i64::MAX),
-            i64::try_from(len).unwrap_or(i64::MAX),
-        )
-        .map_err(|errno| RegionError::Map {
-            len,
-            what: "fallocate(PUNCH_HOLE)",
-            errno,
-        })
     }
 }
 
@@ -455,55 +300,6 @@ mod tests {
         let region = Region::thp(3 << 20).expect("mmap");
         assert_eq!(region.len(), 4 << 20);
         assert_eq!(region.addr() % HUGE_2M as u64, 0);
-    }
-
-    #[test]
-    fn shmem_alias_sees_writes() {
-        let memfd = Memfd::new("alias-test", 8192, None).expect("memfd");
-        let a = Region::shared(&memfd, memfd.len()).expect("map a");
-        let b = Region::shared(&memfd, memfd.len()).expect("map b");
-        // SAFETY: both mappings are 8 KiB of the same shmem file; nothing else accesses them.
-        unsafe { a.as_ptr().add(4096).write(42) };
-        // SAFETY: as above.
-        assert_eq!(unsafe { b.as_ptr().add(4096).read() }, 42);
-    }
-
-    #[test]
-    fn collapse_makes_one_huge_page_of_4k_pages() {
-        let pagemap = crate::Pagemap::open().expect("pagemap");
-        let region = Region::anonymous_aligned(HUGE_2M, HUGE_2M).expect("mmap");
-        let (addr, len) = (region.addr(), HUGE_2M as u64);
-        // Refused over memory that is not mapped at all.
-        let unmapped = advise_range(0, len, Advice::Collapse).expect_err("address 0");
-        assert_eq!(unmapped.advice, Advice::Collapse);
-        assert!(unmapped
-            .to_string()
-            .starts_with("MADV_COLLAPSE of 2097152 bytes at 0x0"));
-        region
-            .advise(
-                0,
-                HUGE_2M,
-                mman::MmapAdvise::MADV_NOHUGEPAGE,
-                "MADV_NOHUGEPAGE",
-            )
-            .expect("advise");
-        advise_range(addr, len, Advice::PopulateWrite).expect("populate");
-        // SAFETY: the region is ours and populated; nothing else refers to it.
-        unsafe { region.as_ptr().add(4096).write(5) };
-        assert_eq!(pagemap.huge_bytes(addr, len).expect("scan"), 0);
-        // MADV_NOHUGEPAGE kept the populate to 4 KiB pages whatever the THP mode; MADV_COLLAPSE
-        // ignores the sysfs mode but not that, so lift it.
-        region
-            .advise(0, HUGE_2M, mman::MmapAdvise::MADV_HUGEPAGE, "MADV_HUGEPAGE")
-            .expect("advise");
-        match advise_range(addr, len, Advice::Collapse) {
-            Ok(()) => assert!(pagemap.is_huge(addr, len).expect("scan")),
-            // No free huge page even after compaction: a property of this machine's memory.
-            Err(err) if err.errno == Errno::ENOMEM => uffd_testkit::skip(&err.to_string()),
-            Err(err) => panic!("{err}"),
-        }
-        // SAFETY: as above; the collapse kept the content.
-        assert_eq!(unsafe { region.as_ptr().add(4096).read() }, 5);
     }
 
     #[test]
