@@ -13,7 +13,8 @@
 //!   assemblers.
 //! - `mappings` (private): the mappings a [`Memory`] shares with its assemblers.
 //! - `moves` (private): where the region's pages are now, after the application's `mremap`s.
-//! - [`assembler`]: one per connection: slots of units in progress, completion, [`Progress`].
+//! - [`assembler`]: one per connection: what a call did ([`Progress`]), slots of units in
+//!   progress and their staging pages (`staging`), placing a complete unit (`place`).
 //! - [`thp`]: staging THPs moved into place with UFFDIO_MOVE, collapse after urgent pages.
 //! - [`hugetlb`]: whole-huge-page COPY, or alias mapping + UFFDIO_CONTINUE.
 //! - `gathered` / `runs` (private): which pages a unit holds; placing runs around present pages.
