@@ -9,8 +9,9 @@
 //! In the order a connection meets them:
 //! - [`config`]: the settings, and the limits on what one peer can hold on to.
 //! - [`image`]: the served bytes, zero pages, per-page checksums, image identity.
-//! - [`admission`]: new connections until their hello has arrived: one event loop, the
-//!   pending table (oldest dropped first), the hello deadline.
+//! - [`admission`]: new connections until their hello has arrived: one event loop and its
+//!   limits; `pending` (one connection's first frame, the hello deadline) and `table` (the
+//!   pending connections, oldest dropped first, counted per source).
 //! - [`server`]: the [`Server`] (bind, serve, shutdown) and the life of one connection, step
 //!   by step, each step in a module of its own (private):
 //!   - `sockopt`: socket options: peer liveness (keepalive, `TCP_USER_TIMEOUT`), and per role

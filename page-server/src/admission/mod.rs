@@ -16,23 +16,24 @@
 //! table and goes to the `admit` callback (the server starts its handshake thread), with the
 //! bytes read so far. Bad headers are answered here: an error frame, then the connection is
 //! drained for a moment before it is closed, so the frame is not lost to a reset.
+//!
+//! This file is the event loop and its rules; `pending` reads one connection's first frame,
+//! `table` keeps the pending connections in accept order and counts them per source.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Read, Write};
-use std::net::IpAddr;
+use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use uffd_core::proto::{self, ErrorCode, Header, Kind, HEADER_LEN};
-use uffd_core::{Conn, Frame, Listener, WireError};
+use uffd_core::proto::ErrorCode;
+use uffd_core::{Conn, Frame, Listener};
 
-use crate::ServeError;
+mod pending;
+mod table;
 
-/// The longest hello payload: its fixed fields (34 bytes, see docs/protocol.md) and the
-/// longest token. A longer "hello" is read by the handshake thread, which refuses it.
-const HELLO_MAX: usize = 34 + proto::MAX_TEXT;
+use pending::{read_some, Pending, State, Step};
+use table::Table;
 
 /// How long a refused connection is drained after its error frame before it is closed.
 const LINGER: Duration = Duration::from_millis(200);
@@ -75,44 +76,13 @@ pub struct Refused {
     pub message: String,
 }
 
-#[derive(Debug)]
-enum State {
-    /// Reading the first frame: `buf[..filled]` has arrived, `buf.len()` is what is needed.
-    Hello { buf: Vec<u8>, filled: usize },
-    /// An error frame was sent; what the peer still sends is read and dropped until it
-    /// closes or the deadline passes.
-    Closing,
-}
-
-#[derive(Debug)]
-struct Pending {
-    conn: Conn,
-    source: Option<IpAddr>,
-    deadline: Instant,
-    state: State,
-}
-
-/// What reading a pending connection came to.
-enum Step {
-    /// Waiting for more bytes.
-    Wait,
-    /// Closed (end of stream, error, or drained).
-    Gone,
-    /// The first frame (or its header) is complete.
-    Arrived,
-    /// The header does not decode.
-    Bad(ServeError),
-}
-
 /// The admission table and its event loop.
 #[derive(Debug)]
 pub struct Admission<'a> {
     listener: &'a Listener,
     rules: Rules,
     /// Pending connections by accept order: the first entry is the oldest.
-    table: BTreeMap<u64, Pending>,
-    per_source: HashMap<IpAddr, usize>,
-    next_id: u64,
+    table: Table,
     /// Published table size ([`crate::Server::pending`]).
     published: &'a AtomicUsize,
     drops: Tally,
@@ -124,9 +94,7 @@ impl<'a> Admission<'a> {
         Admission {
             listener,
             rules,
-            table: BTreeMap::new(),
-            per_source: HashMap::new(),
-            next_id: 0,
+            table: Table::default(),
             published,
             drops: Tally::default(),
         }
@@ -162,7 +130,7 @@ impl<'a> Admission<'a> {
     /// deadline. Returns whether the listener is ready, and the ready pending connections.
     fn wait(&self) -> io::Result<(bool, Vec<u64>)> {
         let now = Instant::now();
-        let next = self.table.values().map(|p| p.deadline).min();
+        let next = self.table.iter().map(|(_, p)| p.deadline).min();
         let timeout = next
             .map_or(Duration::from_millis(100), |d| {
                 d.saturating_duration_since(now)
@@ -174,8 +142,8 @@ impl<'a> Admission<'a> {
         fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
         fds.extend(
             self.table
-                .values()
-                .map(|p| PollFd::new(p.conn.as_fd(), PollFlags::POLLIN)),
+                .iter()
+                .map(|(_, p)| PollFd::new(p.conn.as_fd(), PollFlags::POLLIN)),
         );
         match nix::poll::poll(&mut fds, PollTimeout::from(millis)) {
             Ok(_) => {}
@@ -186,10 +154,10 @@ impl<'a> Admission<'a> {
         let accept = ready(&fds[0]);
         let ids = self
             .table
-            .keys()
+            .iter()
             .zip(&fds[1..])
             .filter(|(_, fd)| ready(fd))
-            .map(|(&id, _)| id)
+            .map(|((id, _), _)| id)
             .collect();
         Ok((accept, ids))
     }
@@ -205,8 +173,8 @@ impl<'a> Admission<'a> {
                     // Out of descriptors: the oldest pending connection makes room (the new
                     // one waits in the listen backlog until the next turn).
                     self.drops.count("out of file descriptors");
-                    match self.table.keys().next() {
-                        Some(&id) => self.evict(id, "the server is out of file descriptors"),
+                    match self.table.oldest() {
+                        Some(id) => self.evict(id, "the server is out of file descriptors"),
                         // Sessions hold them all: the listener stays ready, so pause rather
                         // than spin until one ends.
                         None => std::thread::sleep(Duration::from_millis(10)),
@@ -227,13 +195,8 @@ impl<'a> Admission<'a> {
         }
         let source = conn.peer_ip();
         if let (Some(limit), Some(ip)) = (self.rules.max_per_source, source) {
-            if self.per_source.get(&ip).is_some_and(|&n| n >= limit) {
-                let oldest = self
-                    .table
-                    .iter()
-                    .find(|(_, p)| p.source == Some(ip))
-                    .map(|(&id, _)| id);
-                if let Some(id) = oldest {
+            if self.table.count_from(ip) >= limit {
+                if let Some(id) = self.table.oldest_from(ip) {
                     self.drops.count("--max-pending-per-source");
                     let why = format!(
                         "{limit} connections from {ip} were waiting for their hello \
@@ -244,7 +207,7 @@ impl<'a> Admission<'a> {
             }
         }
         if self.table.len() >= self.rules.max_pending {
-            if let Some(&id) = self.table.keys().next() {
+            if let Some(id) = self.table.oldest() {
                 self.drops.count("--max-pending");
                 let why = format!(
                     "{} connections were waiting for their hello (--max-pending) and this \
@@ -254,65 +217,43 @@ impl<'a> Admission<'a> {
                 self.evict(id, &why);
             }
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        if let Some(ip) = source {
-            *self.per_source.entry(ip).or_default() += 1;
-        }
-        self.table.insert(
-            id,
-            Pending {
-                conn,
-                source,
-                deadline: Instant::now() + self.rules.hello_timeout,
-                state: State::Hello {
-                    buf: Vec::new(),
-                    filled: 0,
-                },
+        self.table.insert(Pending {
+            conn,
+            source,
+            deadline: Instant::now() + self.rules.hello_timeout,
+            state: State::Hello {
+                buf: Vec::new(),
+                filled: 0,
             },
-        );
-    }
-
-    /// Removes a pending connection from the table (closing it when the result is dropped).
-    fn remove(&mut self, id: u64) -> Option<Pending> {
-        let pending = self.table.remove(&id)?;
-        if let Some(ip) = pending.source {
-            if let Some(n) = self.per_source.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_source.remove(&ip);
-                }
-            }
-        }
-        Some(pending)
+        });
     }
 
     /// Drops a pending connection to make room: an error frame if it fits, then the close.
     fn evict(&mut self, id: u64, why: &str) {
-        if let Some(mut pending) = self.remove(id) {
+        if let Some(mut pending) = self.table.remove(id) {
             let message = format!("dropped: {why}");
             send_error(&mut pending.conn, ErrorCode::TooManySessions, &message);
         }
     }
 
     fn progress(&mut self, id: u64, admit: &mut impl FnMut(Arrival) -> Result<(), Refused>) {
-        let Some(pending) = self.table.get_mut(&id) else {
+        let Some(pending) = self.table.get_mut(id) else {
             return;
         };
         match read_some(pending, self.rules.max_payload) {
             Step::Wait => {}
             Step::Gone => {
-                self.remove(id);
+                self.table.remove(id);
             }
             Step::Bad(err) => {
-                if let Some(pending) = self.remove(id) {
+                if let Some(pending) = self.table.remove(id) {
                     tracing::info!(peer = %pending.conn.peer(), "closing connection: {err}");
                     let code = err.code().unwrap_or(ErrorCode::Protocol);
                     self.refuse(pending.conn, code, &err.to_string());
                 }
             }
             Step::Arrived => {
-                let Some(pending) = self.remove(id) else {
+                let Some(pending) = self.table.remove(id) else {
                     return;
                 };
                 let State::Hello { mut buf, filled } = pending.state else {
@@ -349,20 +290,15 @@ impl<'a> Admission<'a> {
             Conn::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
             Conn::Unix(s) => s.shutdown(std::net::Shutdown::Write),
         };
-        let id = self.next_id;
-        self.next_id += 1;
         // Not counted per source: it is on its way out.
-        self.table.insert(
-            id,
-            Pending {
-                conn,
-                source: None,
-                deadline: Instant::now() + LINGER,
-                state: State::Closing,
-            },
-        );
+        self.table.insert(Pending {
+            conn,
+            source: None,
+            deadline: Instant::now() + LINGER,
+            state: State::Closing,
+        });
         if self.table.len() > self.rules.max_pending {
-            if let Some(&oldest) = self.table.keys().next() {
+            if let Some(oldest) = self.table.oldest() {
                 self.evict(oldest, "too many connections waiting for their hello");
             }
         }
@@ -370,14 +306,8 @@ impl<'a> Admission<'a> {
 
     /// Closes the connections whose deadline has passed.
     fn expire(&mut self, now: Instant) {
-        let expired: Vec<u64> = self
-            .table
-            .iter()
-            .filter(|(_, p)| p.deadline <= now)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in expired {
-            if let Some(pending) = self.remove(id) {
+        for id in self.table.expired(now) {
+            if let Some(pending) = self.table.remove(id) {
                 if matches!(pending.state, State::Hello { .. }) {
                     tracing::debug!(
                         peer = %pending.conn.peer(),
@@ -388,64 +318,6 @@ impl<'a> Admission<'a> {
             }
         }
     }
-}
-
-/// Reads what a pending connection has for us, without blocking.
-fn read_some(pending: &mut Pending, max_payload: usize) -> Step {
-    let (buf, filled) = match &mut pending.state {
-        State::Closing => return drain(&mut pending.conn),
-        State::Hello { buf, filled } => (buf, filled),
-    };
-    loop {
-        if buf.is_empty() {
-            buf.resize(HEADER_LEN, 0);
-        }
-        let n = match pending.conn.read(&mut buf[*filled..]) {
-            Ok(0) => return Step::Gone,
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return Step::Gone,
-        };
-        *filled += n;
-        if *filled < buf.len() {
-            continue;
-        }
-        if buf.len() > HEADER_LEN {
-            return Step::Arrived; // the whole hello
-        }
-        let head: [u8; HEADER_LEN] = match buf[..HEADER_LEN].try_into() {
-            Ok(head) => head,
-            Err(_) => return Step::Gone,
-        };
-        match Header::parse(head, max_payload) {
-            Err(err) => return Step::Bad(ServeError::Wire(WireError::Proto(err))),
-            Ok(header) if header.kind == Kind::Hello && (header.len as usize) <= HELLO_MAX => {
-                buf.resize(HEADER_LEN + header.len as usize, 0);
-                if *filled == buf.len() {
-                    return Step::Arrived;
-                }
-            }
-            // Not a hello, or too long for one: the handshake thread reads the rest and
-            // answers it.
-            Ok(_) => return Step::Arrived,
-        }
-    }
-}
-
-/// Reads and drops what a closing connection still sends.
-fn drain(conn: &mut Conn) -> Step {
-    let mut sink = [0u8; 4096];
-    for _ in 0..16 {
-        match conn.read(&mut sink) {
-            Ok(0) => return Step::Gone,
-            Ok(_) => {}
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Step::Gone,
-        }
-    }
-    Step::Wait
 }
 
 /// Writes an error frame on a non-blocking connection; one that does not fit is not sent.
@@ -477,89 +349,5 @@ impl Tally {
             self.since_last = 0;
             self.last = Some(Instant::now());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::net::UnixStream;
-
-    /// A pending entry reading from one end of a socket pair; the other end is returned.
-    fn pending() -> (Pending, UnixStream) {
-        let (ours, theirs) = UnixStream::pair().expect("pair");
-        let conn = Conn::Unix(ours);
-        conn.set_nonblocking(true).expect("non-blocking");
-        let pending = Pending {
-            conn,
-            source: None,
-            deadline: Instant::now() + Duration::from_secs(5),
-            state: State::Hello {
-                buf: Vec::new(),
-                filled: 0,
-            },
-        };
-        (pending, theirs)
-    }
-
-    fn hello() -> Vec<u8> {
-        let mut buf = bytes::BytesMut::new();
-        Frame::Hello(proto::Hello {
-            version: proto::VERSION,
-            role: proto::Role::Urgent,
-            flags: 0,
-            session: 0,
-            unit: 4096,
-            image_id: 0,
-            token: b"secret",
-        })
-        .encode(&mut buf);
-        buf.to_vec()
-    }
-
-    fn first(pending: &Pending) -> &[u8] {
-        match &pending.state {
-            State::Hello { buf, filled } => &buf[..*filled],
-            State::Closing => &[],
-        }
-    }
-
-    #[test]
-    fn a_hello_in_pieces_arrives_whole_and_nothing_more_is_read() {
-        let (mut p, mut peer) = pending();
-        let hello = hello();
-        assert!(matches!(read_some(&mut p, 1 << 20), Step::Wait));
-        for piece in hello.chunks(5) {
-            assert!(matches!(read_some(&mut p, 1 << 20), Step::Wait));
-            peer.write_all(piece).expect("write");
-        }
-        // A request right behind the hello stays in the socket for the handshake thread.
-        peer.write_all(&[4, 0, 0, 0, 16, 0, 0, 0]).expect("write");
-        assert!(matches!(read_some(&mut p, 1 << 20), Step::Arrived));
-        assert_eq!(first(&p), &hello[..]);
-    }
-
-    #[test]
-    fn another_first_frame_is_handed_over_after_its_header() {
-        let (mut p, mut peer) = pending();
-        let mut request = bytes::BytesMut::new();
-        Frame::Request {
-            offset: 0,
-            len: 4096,
-        }
-        .encode(&mut request);
-        peer.write_all(&request).expect("write");
-        assert!(matches!(read_some(&mut p, 1 << 20), Step::Arrived));
-        assert_eq!(first(&p), &request[..HEADER_LEN]);
-    }
-
-    #[test]
-    fn a_bad_header_or_the_end_of_stream() {
-        let (mut p, mut peer) = pending();
-        peer.write_all(b"GET / HTTP/1.1\r\n").expect("write");
-        assert!(matches!(read_some(&mut p, 1 << 20), Step::Bad(_)));
-        let (mut p, peer) = pending();
-        drop(peer);
-        assert!(matches!(read_some(&mut p, 1 << 20), Step::Gone));
     }
 }
