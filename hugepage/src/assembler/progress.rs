@@ -8,9 +8,6 @@ use uffd_core::place::Stop;
 use crate::backing::PAGE;
 use crate::runs::{MappedRun, Placed};
 
-#[cfg(doc)]
-use super::Assembler;
-
 /// What one call did: the sum of its placements (each a [`uffd_core::place::Filled`] in
 /// 4 KiB pages: `pages_placed`, `pages_present`, `stopped`), plus what only an assembler
 /// knows: pages gathered into staging, units finished, units left without a huge mapping.
@@ -26,7 +23,8 @@ pub struct Progress {
     /// a 4 KiB page.
     pub units_completed: u64,
     /// Set when placing stopped early: `Retry` (read the userfaultfd's events, then call
-    /// [`Assembler::retry`]) or `Gone` (the process owning the region exited).
+    /// [`Assembler::retry`](super::Assembler::retry)) or `Gone` (the process owning the
+    /// region exited).
     pub stopped: Option<Stop>,
     /// THP units placed but left mapped with 4 KiB pages (MADV_COLLAPSE failed).
     pub units_not_huge: u64,
@@ -57,7 +55,7 @@ impl Progress {
 /// Pages that became present in the region: `len` bytes at image `offset`, mapped by one
 /// placement ioctl (a unit's UFFDIO_MOVE, COPY or CONTINUE, or one run of its pages) that was
 /// issued at `began` and returned at `ended`. The threads waiting on these pages were woken
-/// in between. See [`Assembler::take_mapped`].
+/// in between. See [`Assembler::take_mapped`](super::Assembler::take_mapped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mapped {
     /// Image offset of the first page.

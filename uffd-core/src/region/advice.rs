@@ -10,9 +10,10 @@ use nix::errno::Errno;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Advice {
     /// `MADV_COLLAPSE` (Linux 6.1): copy the range's pages into new huge pages and map those
-    /// by PMD, whatever the THP sysfs mode says (but not in a `MADV_NOHUGEPAGE` range: EINVAL). Synchronous: it holds the mmap lock for
-    /// writing while it copies. In a range registered with a userfaultfd it needs every page
-    /// present and none the shared zero page (EBUSY or EAGAIN otherwise).
+    /// by PMD, whatever the THP sysfs mode says (but not in a `MADV_NOHUGEPAGE` range:
+    /// EINVAL). Synchronous: it holds the mmap lock for writing while it copies. In a range
+    /// registered with a userfaultfd it needs every page present and none the shared zero
+    /// page (EBUSY or EAGAIN otherwise).
     Collapse,
     /// `MADV_POPULATE_WRITE` (Linux 5.14): fault every page in writable, as a write would,
     /// without writing: a missing page is allocated zeroed (or raises a userfault in a
