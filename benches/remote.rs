@@ -1,6 +1,6 @@
 //! Remote paging against its baselines, measured in one run so the ratios are comparable:
 //!
-//! - (a) the in-process 4K fault round trip with a minimal handler (`uffd_lab::local`);
+//! - (a) the in-process 4K fault round trip with a minimal handler (`uffd_testkit::local`);
 //! - a raw 4K TCP request/response over loopback;
 //! - (b) the remote 4K fault: a touch of a missing page through the real fault-client pager
 //!   and the real page-server (urgent connection only), over loopback;
@@ -123,7 +123,8 @@ fn remote_fault(c: &mut Criterion) {
     });
     group.bench_function("local_copy_round_trip", |b| {
         b.iter_custom(|iters| {
-            let samples = uffd_lab::local::copy_fault_round_trips(iters as usize).expect("local");
+            let samples =
+                uffd_testkit::local::copy_fault_round_trips(iters as usize).expect("local");
             samples.iter().for_each(|s| record("local", *s));
             samples.iter().sum()
         })
