@@ -12,6 +12,12 @@ use uffd_core::Endpoint;
 
 pub const PAGE: u64 = 4096;
 
+/// `n`, a page index or a length in `u64` (as the pager and the protocol count them), as a
+/// `usize` to index a bitmap or slice memory with.
+pub fn to_usize(n: u64) -> usize {
+    usize::try_from(n).expect("a page index or length of this process fits in usize")
+}
+
 /// A page server running on a thread of the test process, shut down on drop.
 pub struct TestServer {
     pub endpoint: Endpoint,
