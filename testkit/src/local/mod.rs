@@ -67,14 +67,3 @@ pub const VERIFY_OFFSET: usize = uffd_core::handler::CHECK_OFFSET;
 
 /// The byte a write access stores at offset 0.
 const TOUCH: u8 = 0x5A;
-
-#[cfg(test)]
-fn skip_without_uffd() -> bool {
-    match uffd_core::Userfaultfd::open(0) {
-        Ok(_) => false,
-        Err(err) => {
-            crate::skip(&err.to_string());
-            true
-        }
-    }
-}

@@ -135,12 +135,12 @@ pub fn copy_fault_round_trips(n: usize) -> Result<Vec<Duration>> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{reserve_hugepages_2m, skip_without_uffd};
+    use super::super::reserve_hugepages_2m;
     use super::*;
 
     #[test]
     fn every_4k_path_round_trips() -> Result<()> {
-        if skip_without_uffd() {
+        if !crate::have_uffd() {
             return Ok(());
         }
         for path in FaultPath::ALL.into_iter().filter(|p| !p.needs_hugetlb()) {
@@ -155,7 +155,7 @@ mod tests {
 
     #[test]
     fn hugetlb_paths_round_trip() -> Result<()> {
-        if skip_without_uffd() {
+        if !crate::have_uffd() {
             return Ok(());
         }
         let _pool = match reserve_hugepages_2m(2) {
