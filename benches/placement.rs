@@ -10,7 +10,7 @@
 //!   a whole 2M THP, and a WRITEPROTECT protect + un-protect pair on one 4K page.
 //! - `fault/<path>/{same_cpu,diff_cpu}`: the full fault round trip (the access that faults,
 //!   the handler's poll + read + ioctl, the wake-up), with the faulting thread and the handler
-//!   pinned to the same CPU or to two different CPUs. See `uffd_lab::local`.
+//!   pinned to the same CPU or to two different CPUs. See `uffd_testkit::local`.
 //! - `fault/first_touch_4k`: a plain kernel first-touch fault on an unregistered anonymous page,
 //!   the baseline.
 //!
@@ -26,7 +26,7 @@ use uffd_core::place::{self, Outcome, PlaceError};
 use uffd_core::region::HUGE_2M;
 use uffd_core::sys::feature;
 use uffd_core::{page_size, Modes, Region, Summary, Userfaultfd};
-use uffd_lab::local::{
+use uffd_testkit::local::{
     self, CpuLoad, FaultPath, Fixture, HugepageReservation, LoadShare, Pinning, RoundTrip, FILL,
     VERIFY_OFFSET,
 };

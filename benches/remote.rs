@@ -1,6 +1,6 @@
 //! Remote paging against its baselines, measured in one run so the ratios are comparable:
 //!
-//! - (a) the in-process 4K fault round trip with a minimal handler (`uffd_lab::local`);
+//! - (a) the in-process 4K fault round trip with a minimal handler (`uffd_testkit::local`);
 //! - a raw 4K TCP request/response over loopback;
 //! - (b) the remote 4K fault: a touch of a missing page through the real fault-client pager
 //!   and the real page-server (urgent connection only), over loopback;
@@ -29,6 +29,8 @@ use uffd_core::{Endpoint, Latency};
 
 const PAGE: usize = 4096;
 const GIB: u64 = 1 << 30;
+/// [`GIB`] as a length in memory.
+const GIB_LEN: usize = 1 << 30;
 
 /// Per-operation samples by case name, for the ratios.
 static SAMPLES: Mutex<Option<HashMap<&'static str, Latency>>> = Mutex::new(None);
@@ -123,7 +125,8 @@ fn remote_fault(c: &mut Criterion) {
     });
     group.bench_function("local_copy_round_trip", |b| {
         b.iter_custom(|iters| {
-            let samples = uffd_lab::local::copy_fault_round_trips(iters as usize).expect("local");
+            let faults = usize::try_from(iters).expect("criterion's iteration count fits in usize");
+            let samples = uffd_testkit::local::copy_fault_round_trips(faults).expect("local");
             samples.iter().for_each(|s| record("local", *s));
             samples.iter().sum()
         })
@@ -230,7 +233,7 @@ fn transfer(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let mut region = vec![0u8; GIB as usize]; // calloc: mapped, not yet touched
+                let mut region = vec![0u8; GIB_LEN]; // calloc: mapped, not yet touched
                 let took = raw_transfer_into(&sender, &mut region);
                 record("raw_tcp_fresh", took);
                 total += took;
@@ -250,11 +253,11 @@ fn raw_transfer(sender: &BulkSender) -> Duration {
 /// Receives 1 GiB from `sender` in reads of at most 64 KiB into `buf`: over and over into its
 /// start when it is smaller than 1 GiB, else filling it in order. Returns how long it took.
 fn raw_transfer_into(sender: &BulkSender, buf: &mut [u8]) -> Duration {
-    let fill = buf.len() as u64 >= GIB;
+    let fill = buf.len() >= GIB_LEN;
     let start = Instant::now();
     let mut stream = TcpStream::connect(sender.addr).expect("connect");
     let mut got = 0usize;
-    while got < GIB as usize {
+    while got < GIB_LEN {
         let at = if fill { got } else { 0 };
         let end = (at + (64 << 10)).min(buf.len());
         let n = stream.read(&mut buf[at..end]).expect("read");

@@ -63,7 +63,10 @@ fn parse_args() -> Result<Args> {
             "--sizes" => args.sizes = list(value()?)?,
             "--rounds" => args.rounds = value()?.parse()?,
             "--sessions" => {
-                args.sessions = list(value()?)?.into_iter().map(|n| n as usize).collect()
+                args.sessions = list(value()?)?
+                    .into_iter()
+                    .map(usize::try_from)
+                    .collect::<Result<_, _>>()?
             }
             "--session-image" => args.session_image = value()?,
             // cargo bench passes --bench; anything else is a mistake.

@@ -101,7 +101,8 @@ fn main() -> Result<()> {
     });
 
     let (handled, eexist) = (handled.into_inner(), eexist.into_inner());
-    let (by_filler, skipped) = (filled.placed as usize, filled.present as usize);
+    let by_filler = usize::try_from(filled.placed)?;
+    let skipped = usize::try_from(filled.present)?;
     println!("part 2: handler placed {handled} pages, its COPY was EEXIST {eexist} times");
     println!("part 2: filler placed {by_filler} pages; its COPY was EEXIST at {skipped} pages");
     // Every page was placed exactly once, by one path or the other (page 0 in part 1).
@@ -123,6 +124,7 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// What every byte of page `page` of the image holds.
 fn content(page: usize) -> u8 {
-    (page % 251) as u8
+    u8::try_from(page % 251).expect("a remainder of 251 fits in a byte")
 }

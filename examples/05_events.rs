@@ -31,7 +31,7 @@ fn main() -> Result<()> {
     uffd.register(base, region.len() as u64, Modes::MISSING)
         .context("UFFDIO_REGISTER")?;
     // Pages 0..6 present (page i holds byte i); pages 6 and 7 missing.
-    let image: Vec<u8> = (0..6 * PAGE).map(|b| (b / PAGE) as u8).collect();
+    let image: Vec<u8> = (0..6).flat_map(page_of).collect();
     place::fill(&uffd, base, Source::Bytes(&image), page)?;
 
     // FORK: fork() itself waits until the event is read. The child's registered ranges report

@@ -76,13 +76,11 @@ fn main() -> Result<()> {
     // instead of this process hanging on a fault nobody will answer.
     drop(uffd);
 
-    for page in 0..PAGES {
+    // Page 0 holds 'a', page 1 'b', ...
+    for (page, letter) in (0..PAGES).zip(b'a'..) {
         let byte = read_byte(region.addr() + (page * PAGE) as u64);
         println!("application: page {page} reads '{}'", char::from(byte));
-        ensure!(
-            byte == b'a' + page as u8,
-            "page {page} has the wrong content"
-        );
+        ensure!(byte == letter, "page {page} has the wrong content");
     }
     // Done: the handler answers the end of the stream with its fault count.
     sock.shutdown(Shutdown::Write).context("shutdown")?;
@@ -129,7 +127,8 @@ fn handler(mut sock: UnixStream) -> Result<()> {
             let Event::Fault { addr, .. } = event else {
                 bail!("unexpected event {event:?}");
             };
-            let content = page_of(b'a' + (served as u8));
+            // The n-th fault gets the n-th letter: the application touches the pages in order.
+            let content = page_of(b'a' + u8::try_from(served)?);
             let outcome = place::copy(&uffd, addr, &content, true)?;
             ensure!(outcome == Outcome::Placed(PAGE as u64), "COPY: {outcome:?}");
             served += 1;

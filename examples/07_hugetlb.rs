@@ -10,7 +10,7 @@
 mod common;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{join, next_event, read_byte, scope_or_exit, PAGE};
+use common::{join, next_event, page_of, read_byte, scope_or_exit, PAGE};
 use hugepage::pool;
 use uffd_core::place::{self, Outcome};
 use uffd_core::probe::names;
@@ -39,9 +39,14 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// The image content: every 4 KiB page holds its index within the huge page.
+/// The image content: every 4 KiB page holds its index within the huge page, modulo 256 (the
+/// 512 pages count through the bytes twice).
 fn pattern() -> Vec<u8> {
-    (0..HUGE_2M).map(|b| (b / PAGE) as u8).collect()
+    (0..=u8::MAX)
+        .cycle()
+        .take(HUGE_2M / PAGE)
+        .flat_map(page_of)
+        .collect()
 }
 
 /// Part 1: a MISSING fault in a private hugetlb mapping, resolved by one 2 MiB UFFDIO_COPY.

@@ -10,7 +10,7 @@ mod common;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{write_byte, PAGE};
+use common::{page_of, write_byte, PAGE};
 use nix::errno::Errno;
 use nix::sys::mman::MmapAdvise;
 use uffd_core::place::{self, Outcome};
@@ -121,7 +121,11 @@ fn main() -> Result<()> {
 /// 2 MiB of content: page p holds byte p % 255 + 1, never 0, so that no page of it could pass
 /// for the zero page.
 fn pattern() -> Vec<u8> {
-    (0..HUGE_2M).map(|b| (b / PAGE % 255 + 1) as u8).collect()
+    (1..=u8::MAX)
+        .cycle()
+        .take(HUGE_2M / PAGE)
+        .flat_map(page_of)
+        .collect()
 }
 
 /// The 2 MiB at `addr`, copied out.

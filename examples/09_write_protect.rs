@@ -39,7 +39,7 @@ fn sync_snapshot() -> Result<()> {
     };
     uffd.register(region.addr(), region.len() as u64, modes)?;
     let at = |page: u64| region.addr() + page * PAGE as u64;
-    let image: Vec<u8> = (0..4 * PAGE).map(|b| b'a' + (b / PAGE) as u8).collect();
+    let image: Vec<u8> = (b'a'..=b'd').flat_map(page_of).collect();
     place::fill(&uffd, region.addr(), Source::Bytes(&image), PAGE as u64)?;
     uffd.write_protect(region.addr(), region.len() as u64, true)?;
     ensure!(read_byte(at(2)) == b'c', "page 2 content");
@@ -120,9 +120,10 @@ fn async_dirty_tracking() -> Result<()> {
 /// The pages of `start..` written since the last scan, write-protecting them again.
 fn written_pages(pagemap: &Pagemap, start: u64, pages: usize) -> Result<Vec<usize>> {
     let runs = pagemap.take_written(start, (pages * PAGE) as u64)?;
-    Ok(runs
+    let written = runs
         .iter()
         .flat_map(|&(run, len)| (run..run + len).step_by(PAGE))
-        .map(|addr| ((addr - start) / PAGE as u64) as usize)
-        .collect())
+        .map(|addr| usize::try_from(addr - start).map(|offset| offset / PAGE))
+        .collect::<Result<_, _>>()?;
+    Ok(written)
 }

@@ -80,7 +80,7 @@ fn main() -> Result<()> {
                 Outcome::AlreadyPresent => eexist.fetch_add(1, Relaxed),
                 other => bail!("placing at offset {offset}: {other:?}"),
             };
-            received.set(offset as usize / PAGE);
+            received.set(page_index(offset)?);
         }
         Ok(())
     };
@@ -96,7 +96,7 @@ fn main() -> Result<()> {
                     let Frame::Request { offset, len } = frame else {
                         bail!("expected a request")
                     };
-                    for p in offset as usize / PAGE..(offset + len) as usize / PAGE {
+                    for p in page_index(offset)?..page_index(offset + len)? {
                         if sent.set(p) {
                             writer.send(&page_frame(p))?;
                         }
@@ -146,7 +146,7 @@ fn main() -> Result<()> {
                             bail!("unexpected {event:?}")
                         };
                         faults.fetch_add(1, Relaxed);
-                        let p = ((addr - region.addr()) / PAGE as u64) as usize;
+                        let p = page_index(addr - region.addr())?;
                         if !received.get(p) && requested.set(p) {
                             writer.send(&Frame::Request {
                                 offset: (p * PAGE) as u64,
@@ -195,10 +195,16 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The index of the page at byte `offset` of the region (offsets are `u64` on the wire).
+fn page_index(offset: u64) -> Result<usize> {
+    Ok(usize::try_from(offset)? / PAGE)
+}
+
+/// The byte page `page` of the image holds.
 fn content(page: usize) -> u8 {
     if page.is_multiple_of(8) {
         0
     } else {
-        (page % 251 + 1) as u8
+        u8::try_from(page % 251 + 1).expect("at most 251")
     }
 }

@@ -6,7 +6,7 @@
 //!   says (as the `stream` target);
 //! - hostile sessions: random scripts of hellos, requests, frames, garbage and resets against
 //!   a live `TestServer` always end in well-formed answers or an error frame and a close,
-//!   never a hang; and a well-behaved client is served afterwards (`fuzz/src/session.rs`, as
+//!   never a hang; and a well-behaved client is served afterwards (`fuzz/src/session/`, as
 //!   the `session` target).
 //!
 //! The harness files are shared with the fuzz project through `#[path]`. Seeds are fixed, so
@@ -29,7 +29,7 @@ mod frames;
 #[path = "../fuzz/src/oracle.rs"]
 #[allow(dead_code)]
 mod oracle;
-#[path = "../fuzz/src/session.rs"]
+#[path = "../fuzz/src/session/mod.rs"]
 #[allow(dead_code)]
 mod session;
 
@@ -178,15 +178,9 @@ fn hello_op() -> impl Strategy<Value = Op> {
         prop_oneof![10 => Just(0u8), 1 => 1..=5u8],
     )
         .prop_map(|(role, flags, session, unit_log2, image, token, twist)| {
-            Op::Hello(HelloOp {
-                role,
-                flags,
-                session,
-                unit_log2,
-                image,
-                token,
-                twist,
-            })
+            Op::Hello(HelloOp::from_bytes([
+                role, flags, session, unit_log2, image, token, twist,
+            ]))
         })
 }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use common::{eventually, hello, synthetic, Observed, TestServer, PAGE};
+use common::{eventually, hello, synthetic, to_usize, Observed, TestServer, PAGE};
 use page_server::Image;
 use uffd_core::proto::{self, ErrorCode, Frame, Hello, Limits, Role};
 use uffd_core::{Conn, Endpoint, FrameReader, FrameWriter};
@@ -173,9 +173,11 @@ fn hostile_clients_alongside_a_real_one() {
     let target = addr(&server);
     // Hostile clients hammer the server while a real client runs.
     let hostile = std::thread::spawn(move || {
-        for i in 0..200u32 {
+        for i in 0..200u8 {
             if let Ok(mut s) = TcpStream::connect(&target) {
-                let junk: Vec<u8> = (0..64).map(|j| (i.wrapping_mul(31) + j) as u8).collect();
+                let junk: Vec<u8> = (0..64)
+                    .map(|j| i.wrapping_mul(31).wrapping_add(j))
+                    .collect();
                 let _ = s.write_all(&junk);
                 let mut sink = [0u8; 256];
                 let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
@@ -416,7 +418,7 @@ fn fault_client_across_idle_timeouts() {
         // SAFETY: page `p` is present (just touched) in the client's region, which lives as
         // long as the client; nothing writes it.
         unsafe {
-            std::slice::from_raw_parts(addr, PAGE as usize)
+            std::slice::from_raw_parts(addr, to_usize(PAGE))
                 == image.bytes(p * PAGE, PAGE).expect("image bytes")
         }
     };

@@ -118,7 +118,7 @@ fn file_image_dump_matches_the_file() {
     let path = dir.join(format!("uffd-lab-image-{}", std::process::id()));
     let mut content = vec![0u8; 300_000];
     for (i, b) in content.iter_mut().enumerate() {
-        *b = (i * 7 % 251) as u8;
+        *b = u8::try_from(i * 7 % 251).expect("a remainder of 251 fits in a byte");
     }
     content[8192..16384].fill(0); // two zero pages
     std::fs::write(&path, &content).expect("write image");

@@ -67,7 +67,7 @@ fn stream_seeds() -> Vec<Vec<u8>> {
     let sel = frames::small_image_selector(IMAGE_LEN);
     let (limits, _) = limits_from(&sel);
     let valid = valid_frames(&limits);
-    let page = vec![0x5au8; PAGE as usize];
+    let page = vec![0x5au8; usize::try_from(PAGE).expect("a page fits in memory")];
     let server_side: Vec<u8> = [
         encode(&Frame::Welcome(Welcome {
             version: proto::VERSION,

@@ -1,7 +1,7 @@
 //! The page-server's session state machine over TCP: the input is a script of client
 //! operations (see `session::Script::parse`) played against a real `page_server::Server`
 //! started once per process on 127.0.0.1:0 (two variants: defaults, and token + no
-//! preemption). Every answer is checked (see `src/session.rs`); then every session must be
+//! preemption). Every answer is checked (see `src/session/`); then every session must be
 //! gone, and a fresh well-behaved client must still get its page.
 //!
 //! `UFFD_FUZZ_TOLERATE_LEAKS=1` skips the session-leak check and lifts the session limit

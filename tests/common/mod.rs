@@ -12,6 +12,12 @@ use uffd_core::Endpoint;
 
 pub const PAGE: u64 = 4096;
 
+/// `n`, a page index or a length in `u64` (as the pager and the protocol count them), as a
+/// `usize` to index a bitmap or slice memory with.
+pub fn to_usize(n: u64) -> usize {
+    usize::try_from(n).expect("a page index or length of this process fits in usize")
+}
+
 /// A page server running on a thread of the test process, shut down on drop.
 pub struct TestServer {
     pub endpoint: Endpoint,
@@ -69,33 +75,9 @@ pub fn synthetic(len: u64, seed: u64, zero_fraction: f64) -> Image {
     Image::synthetic(len, seed, zero_fraction, PAGE).expect("synthetic image")
 }
 
-/// True if this process may use userfaultfd; otherwise prints why the test is skipped (and
-/// fails under CI).
-pub fn have_uffd() -> bool {
-    match uffd_core::Userfaultfd::open(0) {
-        Ok(_) => true,
-        Err(err) => {
-            uffd_testkit::skip(&err.to_string());
-            false
-        }
-    }
-}
-
-/// True if the hugetlb pool of `size`-byte pages has `pages` available; otherwise prints why
-/// the test is skipped (and fails under CI). `scripts/hugepages.sh reserve` fills the pools.
-pub fn pool_has(size: u64, pages: u64) -> bool {
-    let have = uffd_core::probe::huge_pools()
-        .iter()
-        .find(|p| p.size == size)
-        .map_or(0, |p| p.available());
-    if have < pages {
-        uffd_testkit::skip(&format!(
-            "{pages} huge pages of {size} bytes needed, {have} available: run `scripts/hugepages.sh reserve` as root"
-        ));
-        return false;
-    }
-    true
-}
+/// Userfaultfd, and free huge pages: a test skips without them (fails under CI).
+#[allow(unused_imports)] // like the rest of this module, each test uses a different subset
+pub use uffd_testkit::{have_uffd, pool_has};
 
 /// A binary of this workspace (built by `cargo test --workspace`), from target/<profile>/.
 pub fn binary(name: &str) -> PathBuf {
