@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{have_uffd, pool_has, synthetic, to_usize, TestServer, PAGE};
+use common::{have_uffd, pool_has, synthetic, usize_from, TestServer, PAGE};
 use fault_client::client::{Client, ClientOptions};
 use hugepage::{Backing, HugetlbPlacement};
 use page_server::Image;
@@ -90,7 +90,7 @@ fn page_bytes(client: &Client, p: u64) -> &[u8] {
     // SAFETY: page `p` lies in the registered region (at its current address), which lives as
     // long as the client; a missing page is fetched while this thread waits. Nothing writes the
     // region during the test.
-    unsafe { std::slice::from_raw_parts(addr, to_usize(PAGE)) }
+    unsafe { std::slice::from_raw_parts(addr, usize_from(PAGE)) }
 }
 
 fn is_image_page(client: &Client, image: &Image, p: u64) -> bool {
@@ -118,7 +118,7 @@ fn eventually(what: &str, done: impl Fn() -> bool) {
 /// `mremap(MREMAP_FIXED)` (which replaces the reservation; it is not registered, so that
 /// queues no UNMAP event).
 fn reserve(len: u64, align: u64) -> u64 {
-    let total = to_usize(len + align);
+    let total = usize_from(len + align);
     // SAFETY: a fresh anonymous mapping at a kernel-chosen address aliases nothing.
     let base = unsafe {
         libc::mmap(
@@ -140,7 +140,7 @@ fn reserve(len: u64, align: u64) -> u64 {
     ] {
         if n > 0 {
             // SAFETY: the range is part of the reservation just made, used by nobody.
-            let rc = unsafe { libc::munmap(at as *mut libc::c_void, to_usize(n)) };
+            let rc = unsafe { libc::munmap(at as *mut libc::c_void, usize_from(n)) };
             assert_eq!(rc, 0, "munmap: {}", errno());
         }
     }
@@ -161,8 +161,8 @@ fn try_move_range(from: u64, len: u64, to: u64) -> std::io::Result<u64> {
     let moved = unsafe {
         libc::mremap(
             from as *mut libc::c_void,
-            to_usize(len),
-            to_usize(len),
+            usize_from(len),
+            usize_from(len),
             libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
             to as *mut libc::c_void,
         )
@@ -175,7 +175,7 @@ fn try_move_range(from: u64, len: u64, to: u64) -> std::io::Result<u64> {
 
 fn unmap(addr: u64, len: u64) {
     // SAFETY: the range is a mapping of this test that nothing references any more.
-    let rc = unsafe { libc::munmap(addr as *mut libc::c_void, to_usize(len)) };
+    let rc = unsafe { libc::munmap(addr as *mut libc::c_void, usize_from(len)) };
     assert_eq!(rc, 0, "munmap: {}", errno());
 }
 
@@ -183,7 +183,7 @@ fn unmap(addr: u64, len: u64) {
 fn unmapped(addr: u64) -> bool {
     let mut vec = [0u8; 1];
     // SAFETY: mincore only writes one byte per page into `vec`, which has room for one page.
-    let rc = unsafe { libc::mincore(addr as *mut libc::c_void, to_usize(PAGE), vec.as_mut_ptr()) };
+    let rc = unsafe { libc::mincore(addr as *mut libc::c_void, usize_from(PAGE), vec.as_mut_ptr()) };
     rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOMEM)
 }
 
@@ -211,7 +211,7 @@ fn remap_case(backing: Backing, image_len: u64, first: u64, end: u64) {
     eventually("the touched pages recorded", || {
         arrived
             .iter()
-            .all(|&p| pager.page_state.received.get(to_usize(p)))
+            .all(|&p| pager.page_state.received.get(usize_from(p)))
     });
     let requests = arrived.len() as u64;
     eventually("one request per touched page", || {
@@ -269,7 +269,7 @@ fn remap_case(backing: Backing, image_len: u64, first: u64, end: u64) {
     });
     assert!(moved
         .clone()
-        .all(|p| pager.page_state.gone.get(to_usize(p))));
+        .all(|p| pager.page_state.gone.get(usize_from(p))));
     drop(pager);
     client.close().expect("close");
     eprintln!(
@@ -386,13 +386,13 @@ fn move_while_streaming(
         .filter(|u| !pager.unit_present(u * unit_pages, unit_pages))
         .count() as u64;
     assert!(
-        present_at_move < to_usize(pager.pages),
+        present_at_move < usize_from(pager.pages),
         "the stream was still running at the move"
     );
     // A fault at the new address, most likely before the stream gets there. On a thread: if
     // the pager fails, the fault is never resolved, and the failure must show at once.
     let late = m.end - 3;
-    let late_addr = to_usize(pager.page_addr(late));
+    let late_addr = usize_from(pager.page_addr(late));
     // SAFETY: the page lies in the client's region at its new address; the thread waits in
     // the fault until the page is placed.
     let fault =
@@ -427,7 +427,7 @@ fn move_while_streaming(
     eventually("the UNMAP event", || {
         pager.page_state.gone.count() as u64 == m.end - m.first
     });
-    assert!((m.first..m.end).all(|p| pager.page_state.gone.get(to_usize(p))));
+    assert!((m.first..m.end).all(|p| pager.page_state.gone.get(usize_from(p))));
     drop(pager);
     client.close().expect("close");
     eprintln!("{backing} {placement} {m:?}: {moved:?}, all pages verified");
@@ -612,7 +612,7 @@ struct Check {
 /// the parent process has other threads, so the child must not allocate, lock or panic.
 fn child_checks(checks: &[Check]) -> i32 {
     for (index, check) in (1..=100).zip(checks) {
-        for i in 0..to_usize(PAGE) {
+        for i in 0..usize_from(PAGE) {
             // SAFETY: both ranges are one page, mapped in the child's copy of the address
             // space (the region's missing pages are resolved through the child's userfaultfd).
             let (got, want) = unsafe {
@@ -706,11 +706,11 @@ fn fork_case(background: bool) {
     eventually("the touched pages recorded", || {
         touched
             .iter()
-            .all(|&p| pager.page_state.received.get(to_usize(p)))
+            .all(|&p| pager.page_state.received.get(usize_from(p)))
     });
     let missing_at_fork = child_pages
         .iter()
-        .filter(|&&p| !pager.page_state.received.get(to_usize(p)))
+        .filter(|&&p| !pager.page_state.received.get(usize_from(p)))
         .count();
     assert!(missing_at_fork > 0, "the child must find missing pages");
     let expected: Vec<Vec<u8>> = child_pages
@@ -743,7 +743,7 @@ fn fork_case(background: bool) {
     // The child's missing pages were fetched through the parent, which has them now.
     assert!(child_pages
         .iter()
-        .all(|&p| pager.page_state.received.get(to_usize(p))));
+        .all(|&p| pager.page_state.received.get(usize_from(p))));
     let wrong = wrong_pages(&client, &server.image);
     assert!(wrong.is_empty(), "the parent's pages differ: {wrong:?}");
     if background {
@@ -790,8 +790,8 @@ fn grown_region_extension_reads_zero() {
     let grown = unsafe {
         libc::mremap(
             pager.page_addr(0) as *mut libc::c_void,
-            to_usize(len),
-            to_usize(len + 16 * PAGE),
+            usize_from(len),
+            usize_from(len + 16 * PAGE),
             libc::MREMAP_MAYMOVE,
         )
     };
@@ -811,7 +811,7 @@ fn grown_region_extension_reads_zero() {
     client.close().expect("close");
     if rx.recv_timeout(Duration::from_secs(5)).is_ok() || read.is_ok() {
         // SAFETY: the grown mapping is ours, and the reading thread is done with it.
-        unsafe { libc::munmap(grown, to_usize(len + 16 * PAGE)) };
+        unsafe { libc::munmap(grown, usize_from(len + 16 * PAGE)) };
     }
     assert_eq!(
         read,

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use common::{eventually, hello, synthetic, to_usize, Observed, TestServer, PAGE};
+use common::{eventually, hello, synthetic, usize_from, Observed, TestServer, PAGE};
 use page_server::Image;
 use uffd_core::proto::{self, ErrorCode, Frame, Hello, Limits, Role};
 use uffd_core::{Conn, Endpoint, FrameReader, FrameWriter};
@@ -418,7 +418,7 @@ fn fault_client_across_idle_timeouts() {
         // SAFETY: page `p` is present (just touched) in the client's region, which lives as
         // long as the client; nothing writes it.
         unsafe {
-            std::slice::from_raw_parts(addr, to_usize(PAGE))
+            std::slice::from_raw_parts(addr, usize_from(PAGE))
                 == image.bytes(p * PAGE, PAGE).expect("image bytes")
         }
     };

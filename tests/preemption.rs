@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{synthetic, to_usize, TestServer, PAGE};
+use common::{synthetic, usize_from, TestServer, PAGE};
 use uffd_core::proto::{self, Hello, Role};
 use uffd_core::{Conn, Frame, FrameReader, FrameWriter, Limits};
 
@@ -58,12 +58,12 @@ fn receive(
         match reader.read_frame(&limits) {
             Ok(Some(Frame::Data { offset, bytes })) => {
                 for p in offset / PAGE..(offset + bytes.len() as u64) / PAGE {
-                    arrived[to_usize(p)].fetch_or(mark, Ordering::AcqRel);
+                    arrived[usize_from(p)].fetch_or(mark, Ordering::AcqRel);
                 }
             }
             Ok(Some(Frame::Zero { offset, len })) => {
                 for p in offset / PAGE..(offset + len) / PAGE {
-                    arrived[to_usize(p)].fetch_or(mark, Ordering::AcqRel);
+                    arrived[usize_from(p)].fetch_or(mark, Ordering::AcqRel);
                 }
             }
             Ok(Some(Frame::End)) => done.store(true, Ordering::Release),
@@ -123,7 +123,7 @@ fn half_sent_units_finish_first_and_no_page_travels_twice() {
     }
     let mut worst = Duration::ZERO;
     for &(probe, sent) in &probes {
-        while arrived[to_usize(probe)].load(Ordering::Acquire) == 0 {
+        while arrived[usize_from(probe)].load(Ordering::Acquire) == 0 {
             assert!(
                 sent.elapsed() < Duration::from_secs(5),
                 "probe page {probe} starved"

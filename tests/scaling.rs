@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{have_uffd, to_usize, ServerProcess, TestServer, PAGE};
+use common::{have_uffd, usize_from, ServerProcess, TestServer, PAGE};
 use fault_client::client::{Client, ClientOptions};
 use fault_client::{RunConfig, Workload};
 use uffd_core::Synthetic;
@@ -40,7 +40,7 @@ fn page_of(client: &Client, p: u64) -> Vec<u8> {
     let addr = client.pager().page_addr(p) as *const u8;
     // SAFETY: page `p` is present (just touched) in the client's region, which lives as long
     // as the client; nothing writes it.
-    unsafe { std::slice::from_raw_parts(addr, to_usize(PAGE)) }.to_vec()
+    unsafe { std::slice::from_raw_parts(addr, usize_from(PAGE)) }.to_vec()
 }
 
 #[test]
@@ -75,10 +75,10 @@ fn truncated_image_file_ends_the_session_with_the_reason_and_the_server_serves_o
     options.background = false;
     let other = Client::open(&options).expect("another session");
     for p in (0..new_len / PAGE).step_by(97) {
-        let at = to_usize(p * PAGE);
+        let at = usize_from(p * PAGE);
         assert_eq!(
             page_of(&other, p),
-            &content[at..at + to_usize(PAGE)],
+            &content[at..at + usize_from(PAGE)],
             "page {p}"
         );
     }
@@ -100,7 +100,7 @@ fn a_huge_synthetic_image_serves_right_pages_from_a_small_server() {
     assert_eq!(client.image_size(), SIZE);
     let image = Synthetic::new(SIZE, 5, 0.1, PAGE).expect("the same image");
     let pages = SIZE / PAGE;
-    let mut expected = vec![0u8; to_usize(PAGE)];
+    let mut expected = vec![0u8; usize_from(PAGE)];
     // Pages all over the terabyte, the last one included.
     for k in 0..512u64 {
         let p = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) % pages;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{have_uffd, synthetic, to_usize, TestServer, PAGE};
+use common::{have_uffd, synthetic, usize_from, TestServer, PAGE};
 use fault_client::client::{Client, ClientOptions};
 use rand::{Rng, SeedableRng};
 
@@ -66,7 +66,7 @@ fn stress(image_bytes: u64, threads: usize, run_for: Duration, drop_every: u64) 
                 let ret = unsafe {
                     libc::madvise(
                         addr as *mut libc::c_void,
-                        to_usize(n * PAGE),
+                        usize_from(n * PAGE),
                         libc::MADV_DONTNEED,
                     )
                 };
@@ -106,8 +106,8 @@ fn stress(image_bytes: u64, threads: usize, run_for: Duration, drop_every: u64) 
         let _ = byte;
         let addr = pager.page_addr(p) as *const u8;
         // SAFETY: every page is present now and nothing writes the region.
-        let bytes = unsafe { std::slice::from_raw_parts(addr, to_usize(PAGE)) };
-        let ok = if pager.page_state.discarded.get(to_usize(p)) {
+        let bytes = unsafe { std::slice::from_raw_parts(addr, usize_from(PAGE)) };
+        let ok = if pager.page_state.discarded.get(usize_from(p)) {
             bytes.iter().all(|&b| b == 0)
         } else {
             bytes == server.image.bytes(p * PAGE, PAGE).expect("image bytes")
@@ -122,7 +122,7 @@ fn stress(image_bytes: u64, threads: usize, run_for: Duration, drop_every: u64) 
         reconnects: c.reconnects.load(Ordering::Relaxed),
         removes: c.events_remove.load(Ordering::Relaxed),
         discarded: (0..pages)
-            .filter(|&p| pager.page_state.discarded.get(to_usize(p)))
+            .filter(|&p| pager.page_state.discarded.get(usize_from(p)))
             .count(),
     };
     eprintln!(

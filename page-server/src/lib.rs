@@ -30,10 +30,6 @@
 //! Modules depend one way: `cli` → `server` → (`admission`, the step modules, `urgent`,
 //! `background`) → `send` → `session` → `image`, with `config` and `error` used from above.
 
-// Firecracker's cast lints, for this crate only (the workspace table cannot be extended per
-// crate): a cast that can cut or flip a value is converted with a check, or says why it cannot.
-#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-
 pub mod admission;
 pub mod background;
 pub mod cli;

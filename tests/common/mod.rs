@@ -10,13 +10,11 @@ use std::thread::JoinHandle;
 use page_server::{Config, Image, Server};
 use uffd_core::Endpoint;
 
-pub const PAGE: u64 = 4096;
+/// A page index or a length in `u64` (as the pager and the protocol count them) as a `usize`
+/// to index a bitmap or slice memory with.
+pub use uffd_core::convert::usize_from;
 
-/// `n`, a page index or a length in `u64` (as the pager and the protocol count them), as a
-/// `usize` to index a bitmap or slice memory with.
-pub fn to_usize(n: u64) -> usize {
-    usize::try_from(n).expect("a page index or length of this process fits in usize")
-}
+pub const PAGE: u64 = 4096;
 
 /// A page server running on a thread of the test process, shut down on drop.
 pub struct TestServer {
