@@ -58,9 +58,14 @@ pub struct Args {
     #[arg(long)]
     pub no_preempt: bool,
 
-    /// Fault injection: close each connection after it has sent N frames (the client
-    /// reconnects and resumes; for tests and demos of recovery).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    /// Close each connection after it has sent N frames (the client reconnects and resumes;
+    /// for tests and demos of recovery).
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..),
+        help_heading = "Fault injection (tests and demos)"
+    )]
     pub drop_every: Option<u64>,
 
     /// Sessions served at once.
@@ -211,7 +216,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut config = Config::new(args.listen.clone());
     config.policy.chunk = args.chunk;
     config.policy.preempt = !args.no_preempt;
-    config.policy.drop_every = args.drop_every;
+    config.fault_injection.drop_every = args.drop_every;
     config.max_sessions = args.max_sessions;
     config.max_pending = args.max_pending;
     config.max_pending_per_source = args.max_pending_per_source;

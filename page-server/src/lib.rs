@@ -24,6 +24,8 @@
 //!   (preemption at chunk boundaries, no page on two connections).
 //! - [`urgent`]: answering requests. [`background`]: the stream. [`send`]: pages to frames.
 //! - [`error`]: why a connection stopped, and the error frame the client is told.
+//! - [`inject`]: fault injection, the test hook that breaks connections on purpose
+//!   (`--drop-every`), called from `send`.
 //! - [`cli`]: the command line, and [`run`] which the binary calls.
 //!
 //! Modules depend one way: `cli` → `server` → (`admission`, the step modules, `urgent`,
@@ -40,6 +42,7 @@ pub mod config;
 pub mod error;
 mod handshake;
 pub mod image;
+pub mod inject;
 mod registry;
 pub mod send;
 pub mod server;
@@ -52,5 +55,6 @@ pub use cli::{run, Args};
 pub use config::Config;
 pub use error::ServeError;
 pub use image::Image;
+pub use inject::FaultInjection;
 pub use server::Server;
 pub use session::Policy;
