@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use uffd_core::units::{self, ParseError, Prefixes};
 use uffd_core::Endpoint;
 
 use crate::client::RunConfig;
@@ -83,7 +84,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub threads: u64,
     /// Touches, as a fraction of the image's pages (0..=1).
-    #[arg(long, default_value_t = 0.25, value_name = "FRACTION", value_parser = parse_fraction)]
+    #[arg(long, default_value_t = 0.25, value_name = "FRACTION", value_parser = units::parse_fraction)]
     pub touch: f64,
     /// How the region is backed: anon (4 KiB pages), thp (transparent huge pages, placed
     /// whole with UFFDIO_MOVE), hugetlb-2m or hugetlb-1g (hugetlbfs pool pages).
@@ -155,19 +156,11 @@ pub struct RunArgs {
     pub urgent_rt_priority: Option<i32>,
 }
 
-fn parse_window(s: &str) -> Result<u32, String> {
-    match parse_size::parse_size(s) {
-        Ok(n) if (4096..=1 << 30).contains(&n) => Ok(n as u32),
-        Ok(_) => Err(format!("`{s}`: the window must be between 4KiB and 1GiB")),
-        Err(e) => Err(format!("`{s}` is not a size (e.g. 256KiB): {e}")),
-    }
-}
-
-fn parse_fraction(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
-        _ => Err(format!("`{s}` is not a fraction between 0 and 1")),
-    }
+/// A receive window: 4 KiB to 1 GiB.
+fn parse_window(s: &str) -> Result<u32, ParseError> {
+    let bytes = units::parse_bytes_between(s, Prefixes::Si, 4096, 1 << 30)?;
+    // At most 1 GiB: always fits.
+    Ok(u32::try_from(bytes).unwrap_or(u32::MAX))
 }
 
 /// Runs a parsed command line.

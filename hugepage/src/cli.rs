@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use uffd_core::units::{self, ParseError, Prefixes};
 
 use crate::backing::{Backing, HugetlbPlacement};
 use crate::bench::{self, BenchConfig};
@@ -75,25 +76,19 @@ pub enum Command {
     },
 }
 
-fn parse_size(text: &str) -> Result<u64, String> {
-    parse_size::Config::new()
-        .with_binary()
-        .parse_size(text)
-        .map_err(|e| format!("`{text}`: {e}"))
+/// A chunk: a non-zero multiple of 4 KiB (`64KiB`, `64K` and `1M` are powers of 1024 here).
+fn parse_chunk(text: &str) -> Result<u64, ParseError> {
+    units::parse_multiple(text, Prefixes::Binary, 4096, None)
 }
 
-fn parse_chunk(text: &str) -> Result<u64, String> {
-    let size = parse_size(text)?;
-    if size == 0 || size % 4096 != 0 {
-        return Err(format!("`{text}` is not a non-zero multiple of 4 KiB"));
-    }
-    Ok(size)
-}
-
-fn parse_huge_size(text: &str) -> Result<u64, String> {
-    match parse_size(text)? {
+/// A huge page size: 2M or 1G.
+fn parse_huge_size(text: &str) -> Result<u64, ParseError> {
+    match units::parse_bytes(text, Prefixes::Binary)? {
         size @ (0x20_0000 | 0x4000_0000) => Ok(size),
-        _ => Err(format!("`{text}`: huge pages are 2M or 1G")),
+        _ => Err(ParseError::NotOneOf {
+            input: text.to_owned(),
+            allowed: "a huge page size: 2M or 1G",
+        }),
     }
 }
 

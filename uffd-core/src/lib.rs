@@ -28,9 +28,10 @@
 //! - [`synthetic`]: synthetic images, generated page by page from `(seed, index)`.
 //! - [`probe`](mod@probe): what the kernel and the process allow.
 //! - [`cpu`]: CPU affinity (for measurements) and real-time scheduling for the urgent path.
+//! - [`units`]: sizes, durations, rates and fractions as the command lines write them.
 //!
 //! Modules depend one way; each uses only modules on the lines above its own:
-//! 1. `sys`, `region`, `bitmap`, `stats`, `repeat`, `cpu`, `proto`
+//! 1. `sys`, `region`, `bitmap`, `stats`, `repeat`, `cpu`, `proto`, `units`
 //! 2. `uffd`, `pagemap`, `synthetic`, `wire`
 //! 3. `place`, `probe`
 //! 4. `handler`
@@ -49,6 +50,7 @@ pub mod stats;
 pub mod synthetic;
 pub mod sys;
 pub mod uffd;
+pub mod units;
 pub mod wire;
 
 pub use bitmap::PageBitmap;
