@@ -284,7 +284,7 @@ impl Client {
         self.pager
             .run
             .wait_until(|| self.pager.complete())
-            .map_err(ClientError::Transfer)
+            .map_err(|failed| ClientError::Transfer(failed.why))
     }
 
     /// Stops the threads and closes the connections. Call it only when no thread can be
@@ -397,7 +397,7 @@ pub fn run_watched(
     pager
         .run
         .wait_until(all_done)
-        .map_err(ClientError::Transfer)?;
+        .map_err(|failed| ClientError::Transfer(failed.why))?;
     let (latency, touched, touches_present) = watcher
         .join()
         .map_err(|_| ClientError::Transfer("a workload thread panicked".into()))?;

@@ -31,7 +31,7 @@ fn fetch_all(pager: &Arc<Pager>) -> Result<(), ClientError> {
     pager
         .run
         .wait_until(|| done.load(Ordering::Acquire))
-        .map_err(ClientError::Transfer)
+        .map_err(|failed| ClientError::Transfer(failed.why))
 }
 
 /// Fetches every page, then compares each page with the reference: the server's checksum,
