@@ -6,8 +6,46 @@ use clap::{Parser, Subcommand};
 use uffd_core::units::{self, ParseError, Prefixes};
 use uffd_core::Endpoint;
 
-use crate::client::RunConfig;
+use crate::bench::BenchError;
+use crate::client::{ClientError, RunConfig};
+use crate::demo::DemoError;
+use crate::plot::PlotError;
+use crate::trace::ReadTraceError;
 use crate::workload::Workload;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// `--token-file` cannot be read.
+    #[error("cannot read token file {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The run failed.
+    #[error(transparent)]
+    Run(#[from] ClientError),
+    /// `--verify` (or the demo) found a page that differs from the server's image.
+    #[error("verification failed: the region differs from the server's image")]
+    Verification,
+    /// The probe's JSON could not be written.
+    #[error("writing the probe as JSON: {0}")]
+    ProbeJson(serde_json::Error),
+    /// `fault-client plot` failed.
+    #[error(transparent)]
+    Plot(#[from] PlotError),
+    /// `fault-client stages` could not read its trace.
+    #[error(transparent)]
+    Stages(#[from] ReadTraceError),
+    /// `fault-client demo` failed.
+    #[error(transparent)]
+    Demo(#[from] DemoError),
+    /// `fault-client bench` failed.
+    #[error(transparent)]
+    Bench(#[from] BenchError),
+}
 
 /// Fill a userfaultfd-registered region on demand from a page-server, and measure it.
 #[derive(Debug, Parser)]
@@ -164,7 +202,7 @@ fn parse_window(s: &str) -> Result<u32, ParseError> {
 }
 
 /// Runs a parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+pub fn run(cli: Cli) -> Result<(), CommandError> {
     match cli.command {
         Command::Run(args) => {
             let mut config = RunConfig::new(args.server);
@@ -185,22 +223,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config.reconnect_timeout = std::time::Duration::from_secs(args.reconnect_timeout);
             config.stall_timeout = std::time::Duration::from_secs(args.stall_timeout);
             if let Some(path) = args.token_file {
-                let token = std::fs::read(&path).map_err(|e| {
-                    anyhow::anyhow!("cannot read token file {}: {e}", path.display())
-                })?;
+                let token = match std::fs::read(&path) {
+                    Ok(token) => token,
+                    Err(source) => return Err(CommandError::TokenFile { path, source }),
+                };
                 config.token = token.trim_ascii().to_vec();
             }
             let report = crate::progress::run(&config)?;
             print_report(&report, args.json);
             if report.verified == Some(false) {
-                anyhow::bail!("verification failed: the region differs from the server's image");
+                return Err(CommandError::Verification);
             }
             Ok(())
         }
         Command::Probe { json } => {
             let probe = uffd_core::probe();
             if json {
-                println!("{}", serde_json::to_string(&probe)?);
+                let json = serde_json::to_string(&probe).map_err(CommandError::ProbeJson)?;
+                println!("{json}");
             } else {
                 print!("{}", crate::probe_table(&probe));
             }
@@ -229,11 +269,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let report = crate::demo::demo(&size, threads, touch)?;
             print_report(&report, json);
             if report.verified != Some(true) {
-                anyhow::bail!("verification failed");
+                return Err(CommandError::Verification);
             }
             Ok(())
         }
-        Command::Bench(args) => crate::bench::run(&args),
+        Command::Bench(args) => Ok(crate::bench::run(&args)?),
     }
 }
 

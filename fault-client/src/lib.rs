@@ -74,6 +74,6 @@ pub mod progress;
 pub mod stages;
 
 #[cfg(feature = "lab")]
-pub use cli::{run, Cli};
+pub use cli::{run, Cli, CommandError};
 #[cfg(feature = "lab")]
 pub use output::probe_table;

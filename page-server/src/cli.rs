@@ -6,14 +6,51 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{ArgGroup, Parser};
 use uffd_core::units::{self, ParseError, Prefixes};
 use uffd_core::Endpoint;
 
 use crate::config::Config;
-use crate::image::Image;
+use crate::image::{Image, ImageError};
 use crate::server::Server;
+use crate::ServeError;
+
+/// Why the server did not start, or stopped, by step.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// SIGINT or SIGTERM cannot be caught.
+    #[error("cannot handle SIGINT and SIGTERM: {0}")]
+    Signals(std::io::Error),
+    /// Neither `--image` nor `--synthetic` (clap asks for one; a caller of [`run`] may not).
+    #[error("give --image FILE or --synthetic SIZE")]
+    NoImage,
+    /// The image cannot be opened or generated.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// `--urgent-rt-priority` is not allowed here.
+    #[error("--urgent-rt-priority: cannot run threads SCHED_FIFO: {0}")]
+    RealTime(uffd_core::cpu::CpuError),
+    /// `--token-file` cannot be read.
+    #[error("cannot read token file {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `--token-file` holds nothing but white space.
+    #[error("token file {path} is empty")]
+    EmptyToken {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The `listening on ADDR` line cannot be written.
+    #[error("writing the listening address to stdout: {0}")]
+    PrintAddress(std::io::Error),
+    /// Binding, or serving, failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
 
 /// Serve a memory image to fault-clients: urgent page requests on one connection, a
 /// background stream of everything else on another.
@@ -160,17 +197,17 @@ fn parse_chunk(s: &str) -> Result<u64, ParseError> {
 }
 
 /// Runs the server until SIGINT or SIGTERM.
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args) -> Result<(), RunError> {
     // Before anything is printed: a script may signal as soon as it sees the address.
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&shutdown))?;
+        signal_hook::flag::register(signal, Arc::clone(&shutdown)).map_err(RunError::Signals)?;
     }
     let page = uffd_core::page_size() as u64;
     let image = match (&args.image, args.synthetic) {
         (Some(path), _) => Image::from_file(path, page)?,
         (None, Some(size)) => Image::synthetic(size, args.seed, args.zero_fraction, page)?,
-        (None, None) => anyhow::bail!("give --image FILE or --synthetic SIZE"),
+        (None, None) => return Err(RunError::NoImage),
     };
     let mut config = Config::new(args.listen.clone());
     config.policy.chunk = args.chunk;
@@ -184,15 +221,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.idle_timeout = args.idle_timeout;
     config.max_bandwidth = args.max_bandwidth;
     if let Some(priority) = args.urgent_rt_priority {
-        uffd_core::cpu::check_realtime(priority)
-            .context("--urgent-rt-priority: cannot run threads SCHED_FIFO")?;
+        uffd_core::cpu::check_realtime(priority).map_err(RunError::RealTime)?;
         config.urgent_priority = Some(priority);
     }
     if let Some(path) = &args.token_file {
-        let token = std::fs::read(path)
-            .with_context(|| format!("cannot read token file {}", path.display()))?;
+        let token = std::fs::read(path).map_err(|source| RunError::TokenFile {
+            path: path.clone(),
+            source,
+        })?;
         let token = token.trim_ascii().to_vec();
-        anyhow::ensure!(!token.is_empty(), "token file {} is empty", path.display());
+        if token.is_empty() {
+            return Err(RunError::EmptyToken { path: path.clone() });
+        }
         config.token = Some(token);
     }
     tracing::info!(
@@ -209,8 +249,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let server = Server::bind(config, Arc::new(image))?;
     let endpoint = server.local_endpoint()?;
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "listening on {endpoint}")?;
-    stdout.flush()?;
+    writeln!(stdout, "listening on {endpoint}")
+        .and_then(|()| stdout.flush())
+        .map_err(RunError::PrintAddress)?;
     server.serve(&shutdown)?;
     Ok(())
 }

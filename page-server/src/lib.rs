@@ -51,7 +51,7 @@ mod sockopt;
 mod timeout;
 pub mod urgent;
 
-pub use cli::{run, Args};
+pub use cli::{run, Args, RunError};
 pub use config::Config;
 pub use error::ServeError;
 pub use image::Image;

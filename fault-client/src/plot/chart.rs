@@ -1,7 +1,6 @@
 //! What the panels share: log and linear axes, the frame of a latency chart, the p50/p99
 //! marks, legends and the notice of an empty panel.
 
-use anyhow::Result;
 use plotters::coord::combinators::{LogCoord, WithKeyPoints};
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
@@ -10,6 +9,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::events::Latency;
 use super::text::format_latency;
+use super::DrawResult;
 use super::{FONT, LABEL_BAND_PX};
 
 /// The grid of a log axis from `lo` to `hi` (both powers of ten): `m` × 10^k for every
@@ -53,7 +53,7 @@ pub(super) type LatencyChart<'a, DB> =
 pub(super) fn latency_panel<DB>(
     area: &DrawingArea<DB, Shift>,
     caption: &str,
-) -> Result<(DrawingArea<DB, Shift>, DrawingArea<DB, Shift>)>
+) -> DrawResult<(DrawingArea<DB, Shift>, DrawingArea<DB, Shift>)>
 where
     DB: DrawingBackend,
     DB::ErrorType: 'static,
@@ -69,7 +69,7 @@ pub(super) fn latency_chart<'a, DB>(
     y_max: f64,
     y_desc: &str,
     y_format: &dyn Fn(&f64) -> String,
-) -> Result<LatencyChart<'a, DB>>
+) -> DrawResult<LatencyChart<'a, DB>>
 where
     DB: DrawingBackend,
     DB::ErrorType: 'static,
@@ -106,7 +106,7 @@ pub(super) fn draw_percentile_marks<DB>(
     chart: &mut LatencyChart<'_, DB>,
     lat: &Latency,
     y_top: f64,
-) -> Result<()>
+) -> DrawResult<()>
 where
     DB: DrawingBackend,
     DB::ErrorType: 'static,
@@ -132,7 +132,7 @@ fn label_position<DB>(
     side: HPos,
     text: &str,
     style: &TextStyle,
-) -> Result<(i32, i32)>
+) -> DrawResult<(i32, i32)>
 where
     DB: DrawingBackend,
     DB::ErrorType: 'static,
@@ -151,7 +151,7 @@ where
 pub(super) fn draw_legend<'a, DB, X, Y>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
     position: SeriesLabelPosition,
-) -> Result<()>
+) -> DrawResult<()>
 where
     DB: DrawingBackend + 'a,
     DB::ErrorType: 'static,
@@ -170,7 +170,7 @@ where
 }
 
 /// A panel with only a sentence in the middle.
-pub(super) fn draw_notice<DB>(area: &DrawingArea<DB, Shift>, text: &str) -> Result<()>
+pub(super) fn draw_notice<DB>(area: &DrawingArea<DB, Shift>, text: &str) -> DrawResult<()>
 where
     DB: DrawingBackend,
     DB::ErrorType: 'static,

@@ -1,6 +1,5 @@
 //! Panel 1: the latency histogram, log-binned and stacked by resolution.
 
-use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -8,6 +7,7 @@ use super::chart::{
     draw_legend, draw_percentile_marks, latency_chart, latency_panel, linear_axis_labels,
 };
 use super::events::Latency;
+use super::DrawResult;
 use super::{colour, BINS_PER_DECADE};
 
 /// The histogram: log-spaced bins, counts per resolution in the order of `lat.by_how`.
@@ -50,7 +50,7 @@ impl Histogram {
 }
 
 /// Panel 1: the stacked log-binned histogram, with p50/p99 lines.
-pub(super) fn draw_histogram<DB>(area: &DrawingArea<DB, Shift>, lat: &Latency) -> Result<()>
+pub(super) fn draw_histogram<DB>(area: &DrawingArea<DB, Shift>, lat: &Latency) -> DrawResult<()>
 where
     DB: DrawingBackend,
     DB::ErrorType: 'static,
