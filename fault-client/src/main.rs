@@ -1,5 +1,7 @@
 //! `fault-client`: parses the command line and calls [`fault_client::run`].
 
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {

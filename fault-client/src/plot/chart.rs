@@ -15,6 +15,8 @@ use super::{FONT, LABEL_BAND_PX};
 /// The grid of a log axis from `lo` to `hi` (both powers of ten): `m` × 10^k for every
 /// decade and every mantissa `m` in `mantissas`.
 fn log_grid(lo: f64, hi: f64, mantissas: &[f64]) -> Vec<f64> {
+    // Both are powers of ten with hi >= lo: a small whole number of decades.
+    #[allow(clippy::cast_possible_truncation)]
     let decades = (hi / lo).log10().round() as i32;
     let mut points: Vec<f64> = (0..decades)
         .flat_map(|k| {
@@ -40,6 +42,8 @@ fn log_latency_axis(lo: f64, hi: f64) -> WithKeyPoints<LogCoord<f64>> {
 /// them) need, so that a 1 ms timeline reads 0.2, 0.4, … and a 500 ms one 100, 200, ….
 pub(super) fn linear_axis_labels(max: f64) -> impl Fn(&f64) -> String {
     let step = max / 10.0;
+    // A whole number clamped to 0..=6.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let decimals = (-step.log10().floor()).clamp(0.0, 6.0) as usize;
     move |x: &f64| format!("{x:.decimals$}")
 }

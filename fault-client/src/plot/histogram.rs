@@ -22,12 +22,17 @@ struct Histogram {
 impl Histogram {
     fn new(lat: &Latency) -> Histogram {
         let (lo, hi) = lat.axis_range();
+        // Both are powers of ten with hi > lo: a small positive whole number of bins.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let bins = ((hi / lo).log10() * BINS_PER_DECADE).round() as usize;
         let edge = |i: usize| lo * 10f64.powf(i as f64 / BINS_PER_DECADE);
         let edges: Vec<f64> = (0..=bins).map(edge).collect();
         let bin_of = |us: f64| {
             let i = ((us / lo).log10() * BINS_PER_DECADE).floor();
-            (i.max(0.0) as usize).min(bins - 1)
+            // Flooring a non-negative bin position is the point; above the last bin saturates.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let bin = i.max(0.0) as usize;
+            bin.min(bins - 1)
         };
         let counts = lat
             .by_how
