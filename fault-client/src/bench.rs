@@ -68,75 +68,27 @@
 //! # Layout
 //! `args` (the flags and the `Plan` they give), `cases` (the rows and how each runs),
 //! `local` (the in-process measurements), `children` (the page-server children and each remote
-//! run supervised with a timeout), `results` (rows, medians, ratios), `notes` and `table`.
+//! run supervised with a timeout), `results` (rows, medians, ratios), `notes` and `table`;
+//! `error` (why a bench failed, by step).
 
 mod args;
 mod cases;
 mod children;
+mod error;
 mod local;
 mod notes;
 mod results;
 mod table;
 
 pub use args::BenchArgs;
+pub use error::{BenchError, LocalError};
 pub use results::{Bench, Ratios, Row};
 
 use args::Plan;
 use cases::Case;
 use children::run_rounds;
-pub use local::LocalError;
 use local::{local_cpus, run_local};
 use notes::{below_floor_note, hung_notes, notes_for};
-
-/// Why `fault-client bench` failed, by step.
-#[derive(Debug, thiserror::Error)]
-pub enum BenchError {
-    /// The CPUs this process may run on cannot be read.
-    #[error("{0}")]
-    Cpus(#[from] uffd_core::cpu::CpuError),
-    /// A local case failed.
-    #[error("bench case {case}: {source}")]
-    Local {
-        /// The case's name.
-        case: String,
-        /// Why.
-        source: LocalError,
-    },
-    /// A page-server child could not be started.
-    #[error("starting a page-server ({which}): {source}")]
-    StartServer {
-        /// `preempt` or `--no-preempt`.
-        which: &'static str,
-        /// Why.
-        source: crate::demo::ServerChildError,
-    },
-    /// The thread of a remote run could not be started.
-    #[error("starting a bench run thread: {0}")]
-    SpawnRun(std::io::Error),
-    /// A remote run failed.
-    #[error("bench case {case}: {source}")]
-    Remote {
-        /// The case's name.
-        case: String,
-        /// Why.
-        source: crate::client::ClientError,
-    },
-    /// The thread of a remote run panicked.
-    #[error("bench case {case}: the run thread panicked")]
-    RunPanicked {
-        /// The case's name.
-        case: String,
-    },
-    /// The JSON could not be written.
-    #[error("serialising the bench: {0}")]
-    Json(serde_json::Error),
-    /// Runs never finished (the table or JSON is printed first).
-    #[error("runs that never finished (a fault was never resolved): {runs}")]
-    Hung {
-        /// Each hung case, with how many of its runs hung.
-        runs: String,
-    },
-}
 
 /// Runs `fault-client bench` and prints the table or the JSON.
 pub fn run(args: &BenchArgs) -> Result<(), BenchError> {

@@ -45,68 +45,22 @@
 
 mod cdf;
 mod chart;
+mod error;
 mod events;
 mod histogram;
 mod render;
 mod text;
 mod timeline;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use plotters::style::RGBColor;
 
-use crate::trace::{ReadTraceError, Resolution as How};
+use crate::trace::Resolution as How;
+pub use error::{DrawError, PlotError, RenderError};
 use events::{read_trace, Latency};
-pub use render::RenderError;
 use render::{register_font, render_png, render_svg, Format};
 use text::summary;
-
-/// Why `fault-client plot` failed, by step.
-#[derive(Debug, thiserror::Error)]
-pub enum PlotError {
-    /// The output's extension is neither `.svg` nor `.png`.
-    #[error("cannot tell the picture format of {path}: the file name must end in .svg or .png")]
-    Format {
-        /// The output file.
-        path: PathBuf,
-    },
-    /// The trace cannot be read, or a line of it is not a trace line.
-    #[error(transparent)]
-    ReadTrace(#[from] ReadTraceError),
-    /// A `resolved` or `arrival` event has no resolution.
-    #[error("{path}: a {event} event without a resolution")]
-    NoResolution {
-        /// The trace.
-        path: PathBuf,
-        /// The event's name.
-        event: &'static str,
-    },
-    /// The embedded font cannot be loaded.
-    #[error("the embedded DejaVu Sans font could not be loaded")]
-    Font,
-    /// Drawing or encoding the picture failed.
-    #[error("drawing {path}: {source}")]
-    Render {
-        /// The output file.
-        path: PathBuf,
-        /// What failed.
-        source: RenderError,
-    },
-    /// The picture cannot be written.
-    #[error("writing {path}: {source}")]
-    Write {
-        /// The output file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-}
-
-/// What plotters reports when drawing fails (its error type depends on the backend).
-pub type DrawError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The result of a drawing step.
-type DrawResult<T> = Result<T, DrawError>;
 
 /// The size of the picture in pixels.
 const SIZE: (u32, u32) = (1200, 1400);

@@ -7,8 +7,8 @@ use std::sync::mpsc::RecvTimeoutError;
 
 use super::args::Plan;
 use super::cases::{remote_config, skip_reason, Case};
+use super::error::BenchError;
 use super::results::Row;
-use super::BenchError;
 use crate::client::{self, ClientError};
 use crate::demo::ServerChild;
 use crate::report::Report;

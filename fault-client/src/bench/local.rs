@@ -5,51 +5,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use uffd_core::cpu::{allowed_cpus, pin_current_thread, CpuError};
-use uffd_core::handler::{Handler, HandlerError, CHECK_OFFSET, FILL, GATE_TIMEOUT};
-use uffd_core::region::RegionError;
-use uffd_core::uffd::UffdError;
+use uffd_core::handler::{Handler, CHECK_OFFSET, FILL, GATE_TIMEOUT};
 use uffd_core::{page_size, Latency, Modes, Region, Userfaultfd};
 
 use super::args::Plan;
 use super::cases::Case;
+use super::error::{BenchError, LocalError};
 use super::results::{Measured, Row};
-use super::BenchError;
-
-/// Why a local measurement failed, by step.
-#[derive(Debug, thiserror::Error)]
-pub enum LocalError {
-    /// The measured region cannot be mapped.
-    #[error("mapping the {what} region: {source}")]
-    Map {
-        /// `first-touch` or `round-trip`.
-        what: &'static str,
-        /// Why.
-        source: RegionError,
-    },
-    /// No userfaultfd.
-    #[error("opening a userfaultfd: {0}")]
-    Open(UffdError),
-    /// The region cannot be registered.
-    #[error("registering the round-trip region: {0}")]
-    Register(UffdError),
-    /// The in-process fault handler failed.
-    #[error("{0}")]
-    Handler(#[from] HandlerError),
-    /// A thread cannot be pinned to its CPU.
-    #[error("{0}")]
-    Pin(#[from] CpuError),
-    /// The measuring thread panicked.
-    #[error("the {0} thread panicked")]
-    Panicked(&'static str),
-    /// A page does not hold what the handler copied into it.
-    #[error("page {page} holds {got:#04x} after its fault, not the COPY source's {FILL:#04x}")]
-    WrongContent {
-        /// The page's index.
-        page: usize,
-        /// The byte read.
-        got: u8,
-    },
-}
 
 pub(super) fn run_local(
     case: Case,

@@ -7,8 +7,8 @@ use super::chart::{
     draw_legend, draw_percentile_marks, latency_chart, latency_panel, linear_axis_labels,
 };
 use super::colour;
+use super::error::DrawResult;
 use super::events::Latency;
-use super::DrawResult;
 
 /// Panel 2: the CDF per resolution and of all faults, with p50/p99 lines.
 pub(super) fn draw_cdf<DB>(area: &DrawingArea<DB, Shift>, lat: &Latency) -> DrawResult<()>

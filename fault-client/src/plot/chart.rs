@@ -7,9 +7,9 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use super::error::DrawResult;
 use super::events::Latency;
 use super::text::format_latency;
-use super::DrawResult;
 use super::{FONT, LABEL_BAND_PX};
 
 /// The grid of a log axis from `lo` to `hi` (both powers of ten): `m` × 10^k for every

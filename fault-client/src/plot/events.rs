@@ -5,7 +5,8 @@ use std::path::Path;
 
 use uffd_core::stats::percentile_sorted;
 
-use super::{PlotError, MIB, MIN_LATENCY_US};
+use super::error::PlotError;
+use super::{MIB, MIN_LATENCY_US};
 use crate::trace::{self, EventKind, Resolution as How};
 
 /// A `fault` event: the handler read a fault message for the page at `offset`.

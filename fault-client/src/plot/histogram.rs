@@ -6,8 +6,8 @@ use plotters::prelude::*;
 use super::chart::{
     draw_legend, draw_percentile_marks, latency_chart, latency_panel, linear_axis_labels,
 };
+use super::error::DrawResult;
 use super::events::Latency;
-use super::DrawResult;
 use super::{colour, BINS_PER_DECADE};
 
 /// The histogram: log-spaced bins, counts per resolution in the order of `lat.by_how`.

@@ -7,31 +7,15 @@ use plotters::prelude::*;
 
 use super::cdf::draw_cdf;
 use super::chart::draw_notice;
+use super::error::{DrawError, PlotError, RenderError};
 use super::events::{Events, Latency};
 use super::histogram::draw_histogram;
 use super::text::title;
 use super::timeline::draw_timeline;
-use super::{DrawError, PlotError, FONT, SIZE};
+use super::{FONT, SIZE};
 
 /// DejaVu Sans (a Latin-1 subset), for every text of the picture.
 static FONT_BYTES: &[u8] = include_bytes!("../../assets/DejaVuSans-subset.ttf");
-
-/// Why the picture could not be made ([`PlotError::Render`]).
-#[derive(Debug, thiserror::Error)]
-pub enum RenderError {
-    /// plotters failed to draw.
-    #[error("{0}")]
-    Draw(DrawError),
-    /// The PNG encoder failed.
-    #[error("encoding the PNG: {0}")]
-    EncodePng(png::EncodingError),
-}
-
-impl From<DrawError> for RenderError {
-    fn from(err: DrawError) -> RenderError {
-        RenderError::Draw(err)
-    }
-}
 
 /// The picture as an SVG document.
 pub(super) fn render_svg(

@@ -5,8 +5,8 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::chart::{draw_legend, draw_notice, linear_axis_labels};
+use super::error::DrawResult;
 use super::events::{Arrival, Events, Fault};
-use super::DrawResult;
 use super::{colour, FAULT_RING_PX, FONT, MIB, MIN_MARK_PX};
 use crate::trace::Resolution as How;
 
