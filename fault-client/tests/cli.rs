@@ -109,6 +109,12 @@ fn probe_json_reports_features() {
     ] {
         assert!(probe.get(key).is_some(), "probe lacks {key}");
     }
+    // `open` is `{"Ok": how}` or `{"Err": why}`, with a string inside.
+    let open = probe["open"].as_object().expect("open is an object");
+    assert_eq!(open.len(), 1, "{open:?}");
+    let (tag, value) = open.iter().next().expect("one entry");
+    assert!(tag == "Ok" || tag == "Err", "{open:?}");
+    assert!(value.is_string(), "{open:?}");
     let out = Command::new(BIN).arg("probe").output().expect("run");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("userfaultfd"), "{text}");
