@@ -28,7 +28,7 @@ fn main() -> Result<()> {
     }
     println!("CAP_SYS_PTRACE: {}", p.cap_sys_ptrace);
     let how = match &p.open {
-        Ok(how) => how.clone(),
+        Ok(how) => *how,
         Err(why) => {
             // The error names every fix: root, access to the device, the capability, the sysctl.
             bail!("no userfaultfd for this process: {why}");

@@ -34,7 +34,6 @@ fn main() -> Result<()> {
     let policy = Policy {
         chunk: CHUNK,
         preempt: true,
-        drop_every: None,
     };
     let session = Session::new(1, image, UNIT, policy);
     let mut claimed = Vec::new();

@@ -24,7 +24,7 @@ fn connections_cut_every_few_hundred_frames() {
         return;
     }
     let server = TestServer::start_with(synthetic(64 << 20, 21, 0.1), |c| {
-        c.policy.drop_every = Some(150);
+        c.fault_injection.drop_every = Some(150);
     });
     for (workload, background) in [
         (Workload::Random, true),

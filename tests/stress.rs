@@ -25,7 +25,7 @@ struct Outcome {
 
 fn stress(image_bytes: u64, threads: usize, run_for: Duration, drop_every: u64) -> Outcome {
     let server = TestServer::start_with(synthetic(image_bytes, 77, 0.05), |c| {
-        c.policy.drop_every = Some(drop_every);
+        c.fault_injection.drop_every = Some(drop_every);
     });
     let pages = image_bytes / PAGE;
     // A deadlock or a lost wake-up must fail the test, not hang CI.

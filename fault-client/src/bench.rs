@@ -68,20 +68,21 @@
 //! # Layout
 //! `args` (the flags and the `Plan` they give), `cases` (the rows and how each runs),
 //! `local` (the in-process measurements), `children` (the page-server children and each remote
-//! run supervised with a timeout), `results` (rows, medians, ratios), `notes` and `table`.
+//! run supervised with a timeout), `results` (rows, medians, ratios), `notes` and `table`;
+//! `error` (why a bench failed, by step).
 
 mod args;
 mod cases;
 mod children;
+mod error;
 mod local;
 mod notes;
 mod results;
 mod table;
 
 pub use args::BenchArgs;
+pub use error::{BenchError, LocalError};
 pub use results::{Bench, Ratios, Row};
-
-use anyhow::{bail, Context, Result};
 
 use args::Plan;
 use cases::Case;
@@ -90,13 +91,13 @@ use local::{local_cpus, run_local};
 use notes::{below_floor_note, hung_notes, notes_for};
 
 /// Runs `fault-client bench` and prints the table or the JSON.
-pub fn run(args: &BenchArgs) -> Result<()> {
+pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     let plan = Plan::from_args(args);
     let bench = measure(&plan)?;
     if args.json {
         println!(
             "{}",
-            serde_json::to_string(&bench).context("serialising the bench")?
+            serde_json::to_string(&bench).map_err(BenchError::Json)?
         );
     } else {
         print!("{}", bench.to_table());
@@ -108,16 +109,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .map(|r| format!("{} ({} of {} runs)", r.case, r.hung, r.hung + r.runs))
         .collect();
     if !hung.is_empty() {
-        bail!(
-            "runs that never finished (a fault was never resolved): {}",
-            hung.join(", ")
-        );
+        return Err(BenchError::Hung {
+            runs: hung.join(", "),
+        });
     }
     Ok(())
 }
 
 /// Runs every case: the local ones first, then `plan.runs` rounds of the remote ones.
-fn measure(plan: &Plan) -> Result<Bench> {
+fn measure(plan: &Plan) -> Result<Bench, BenchError> {
     let cpus = local_cpus()?;
     let cases = Case::all();
     let mut rows = Vec::with_capacity(cases.len());

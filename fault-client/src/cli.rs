@@ -3,10 +3,49 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use uffd_core::units::{self, ParseError, Prefixes};
 use uffd_core::Endpoint;
 
-use crate::client::RunConfig;
+use crate::bench::BenchError;
+use crate::client::{ClientError, RunConfig};
+use crate::demo::DemoError;
+use crate::plot::PlotError;
+use crate::trace::ReadTraceError;
 use crate::workload::Workload;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// `--token-file` cannot be read.
+    #[error("cannot read token file {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The run failed.
+    #[error(transparent)]
+    Run(#[from] ClientError),
+    /// `--verify` (or the demo) found a page that differs from the server's image.
+    #[error("verification failed: the region differs from the server's image")]
+    Verification,
+    /// The probe's JSON could not be written.
+    #[error("writing the probe as JSON: {0}")]
+    ProbeJson(serde_json::Error),
+    /// `fault-client plot` failed.
+    #[error(transparent)]
+    Plot(#[from] PlotError),
+    /// `fault-client stages` could not read its trace.
+    #[error(transparent)]
+    Stages(#[from] ReadTraceError),
+    /// `fault-client demo` failed.
+    #[error(transparent)]
+    Demo(#[from] DemoError),
+    /// `fault-client bench` failed.
+    #[error(transparent)]
+    Bench(#[from] BenchError),
+}
 
 /// Fill a userfaultfd-registered region on demand from a page-server, and measure it.
 #[derive(Debug, Parser)]
@@ -83,7 +122,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub threads: u64,
     /// Touches, as a fraction of the image's pages (0..=1).
-    #[arg(long, default_value_t = 0.25, value_name = "FRACTION", value_parser = parse_fraction)]
+    #[arg(long, default_value_t = 0.25, value_name = "FRACTION", value_parser = units::parse_fraction)]
     pub touch: f64,
     /// How the region is backed: anon (4 KiB pages), thp (transparent huge pages, placed
     /// whole with UFFDIO_MOVE), hugetlb-2m or hugetlb-1g (hugetlbfs pool pages).
@@ -155,23 +194,15 @@ pub struct RunArgs {
     pub urgent_rt_priority: Option<i32>,
 }
 
-fn parse_window(s: &str) -> Result<u32, String> {
-    match parse_size::parse_size(s) {
-        Ok(n) if (4096..=1 << 30).contains(&n) => Ok(n as u32),
-        Ok(_) => Err(format!("`{s}`: the window must be between 4KiB and 1GiB")),
-        Err(e) => Err(format!("`{s}` is not a size (e.g. 256KiB): {e}")),
-    }
-}
-
-fn parse_fraction(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
-        _ => Err(format!("`{s}` is not a fraction between 0 and 1")),
-    }
+/// A receive window: 4 KiB to 1 GiB.
+fn parse_window(s: &str) -> Result<u32, ParseError> {
+    let bytes = units::parse_bytes_between(s, Prefixes::Si, 4096, 1 << 30)?;
+    // At most 1 GiB: always fits.
+    Ok(u32::try_from(bytes).unwrap_or(u32::MAX))
 }
 
 /// Runs a parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+pub fn run(cli: Cli) -> Result<(), CommandError> {
     match cli.command {
         Command::Run(args) => {
             let mut config = RunConfig::new(args.server);
@@ -192,22 +223,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config.reconnect_timeout = std::time::Duration::from_secs(args.reconnect_timeout);
             config.stall_timeout = std::time::Duration::from_secs(args.stall_timeout);
             if let Some(path) = args.token_file {
-                let token = std::fs::read(&path).map_err(|e| {
-                    anyhow::anyhow!("cannot read token file {}: {e}", path.display())
-                })?;
+                let token = match std::fs::read(&path) {
+                    Ok(token) => token,
+                    Err(source) => return Err(CommandError::TokenFile { path, source }),
+                };
                 config.token = token.trim_ascii().to_vec();
             }
             let report = crate::progress::run(&config)?;
             print_report(&report, args.json);
             if report.verified == Some(false) {
-                anyhow::bail!("verification failed: the region differs from the server's image");
+                return Err(CommandError::Verification);
             }
             Ok(())
         }
         Command::Probe { json } => {
             let probe = uffd_core::probe();
             if json {
-                println!("{}", serde_json::to_string(&probe)?);
+                let json = serde_json::to_string(&probe).map_err(CommandError::ProbeJson)?;
+                println!("{json}");
             } else {
                 print!("{}", crate::probe_table(&probe));
             }
@@ -236,11 +269,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let report = crate::demo::demo(&size, threads, touch)?;
             print_report(&report, json);
             if report.verified != Some(true) {
-                anyhow::bail!("verification failed");
+                return Err(CommandError::Verification);
             }
             Ok(())
         }
-        Command::Bench(args) => crate::bench::run(&args),
+        Command::Bench(args) => Ok(crate::bench::run(&args)?),
     }
 }
 

@@ -13,6 +13,7 @@ use hugepage::{Backing, HugetlbPlacement, Memory};
 use crate::connect::{connect, HelloParams, Reference};
 use crate::link::LinkConfig;
 use crate::pager::{self, Pager};
+use crate::pages::usize_of;
 use crate::report::{LatencyUs, Report};
 use crate::verify::{dump, verify};
 use crate::workload::{self, Workload};
@@ -284,7 +285,7 @@ impl Client {
         self.pager
             .run
             .wait_until(|| self.pager.complete())
-            .map_err(ClientError::Transfer)
+            .map_err(|failed| ClientError::Transfer(failed.why))
     }
 
     /// Stops the threads and closes the connections. Call it only when no thread can be
@@ -336,6 +337,8 @@ pub fn run_watched(
     let image_size = client.image_size();
 
     // The workload.
+    // A whole number between 0 and the page count: the rounding is the intended conversion.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let touches = (config.touch.clamp(0.0, 1.0) * pager.pages as f64).round() as u64;
     let threads = config.threads.max(1);
     let mut workers = Vec::new();
@@ -393,11 +396,11 @@ pub fn run_watched(
             (latency, touched, present)
         })
     };
-    let all_done = || finished.load(Ordering::Acquire) == threads as usize;
+    let all_done = || finished.load(Ordering::Acquire) as u64 == threads;
     pager
         .run
         .wait_until(all_done)
-        .map_err(ClientError::Transfer)?;
+        .map_err(|failed| ClientError::Transfer(failed.why))?;
     let (latency, touched, touches_present) = watcher
         .join()
         .map_err(|_| ClientError::Transfer("a workload thread panicked".into()))?;
@@ -478,7 +481,7 @@ fn report(
         image_bytes,
         pages: pager.pages,
         pages_present: (0..pager.pages)
-            .filter(|&p| pager.page_state.received.get(p as usize))
+            .filter(|&p| pager.page_state.received.get(usize_of(p)))
             .count() as u64,
         workload: config.workload.to_string(),
         threads: config.threads,

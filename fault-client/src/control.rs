@@ -5,6 +5,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
+/// The run failed: [`RunControl::wait_until`] gave up waiting with the first fatal error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{why}")]
+pub struct RunFailed {
+    /// The first fatal error, as the thread that met it told it ([`RunControl::fail`]).
+    pub why: String,
+}
+
 /// Shared by every thread of a run: the stop flag, the first fatal error, and a condition
 /// the main thread waits on.
 #[derive(Debug, Default)]
@@ -53,11 +61,11 @@ impl RunControl {
     }
 
     /// Waits until `done()` or a fatal error, checking at least every 50 ms.
-    pub fn wait_until(&self, done: impl Fn() -> bool) -> Result<(), String> {
+    pub fn wait_until(&self, done: impl Fn() -> bool) -> Result<(), RunFailed> {
         let mut guard = self.progress_lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(why) = self.fatal() {
-                return Err(why);
+                return Err(RunFailed { why });
             }
             if done() {
                 return Ok(());

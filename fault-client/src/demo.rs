@@ -6,12 +6,60 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use anyhow::{bail, Context};
+use uffd_core::wire::EndpointParseError;
 use uffd_core::Endpoint;
 
-use crate::client::RunConfig;
+use crate::client::{ClientError, RunConfig};
 use crate::report::Report;
 use crate::workload::Workload;
+
+/// Why a page-server child could not be started ([`ServerChild::start`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ServerChildError {
+    /// The path of the running program is unknown.
+    #[error("cannot tell where this program is: {0}")]
+    CurrentExe(std::io::Error),
+    /// No `page-server` binary next to this one or on PATH.
+    #[error(
+        "cannot find the `{name}` binary: build the workspace first (cargo build --release \
+         --workspace)"
+    )]
+    FindBinary {
+        /// The binary looked for.
+        name: String,
+    },
+    /// The process could not be started.
+    #[error("cannot start {binary}: {source}")]
+    Spawn {
+        /// The binary.
+        binary: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Its first line could not be read.
+    #[error("reading the first line of page-server: {0}")]
+    ReadAddress(std::io::Error),
+    /// Its first line is not `listening on ADDR`.
+    #[error("page-server did not start (it printed {printed:?})")]
+    NotListening {
+        /// What it printed instead.
+        printed: String,
+    },
+    /// The address it printed is not an endpoint.
+    #[error("page-server printed an address that is not one: {0}")]
+    Address(EndpointParseError),
+}
+
+/// Why the demo failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The page-server child could not be started.
+    #[error("starting the demo's page-server: {0}")]
+    StartServer(ServerChildError),
+    /// The run failed.
+    #[error(transparent)]
+    Run(ClientError),
+}
 
 /// A page-server child process, killed and reaped on drop.
 #[derive(Debug)]
@@ -29,7 +77,7 @@ impl ServerChild {
 
     /// Starts `page-server` with `args` (plus `--listen 127.0.0.1:0`) and waits for its
     /// `listening on ADDR` line.
-    pub fn start(args: &[&str]) -> anyhow::Result<ServerChild> {
+    pub fn start(args: &[&str]) -> Result<ServerChild, ServerChildError> {
         let binary = sibling_binary("page-server")?;
         let mut command = Command::new(&binary);
         command
@@ -53,18 +101,32 @@ impl ServerChild {
         }
         let mut child = command
             .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        let stdout = child.stdout.take().context("no stdout from page-server")?;
+            .map_err(|source| ServerChildError::Spawn { binary, source })?;
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
+        if let Some(stdout) = child.stdout.take() {
+            if let Err(err) = BufReader::new(stdout).read_line(&mut line) {
+                stop(&mut child);
+                return Err(ServerChildError::ReadAddress(err));
+            }
+        }
         let Some(addr) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("page-server did not start (it printed {line:?})");
+            stop(&mut child);
+            return Err(ServerChildError::NotListening { printed: line });
         };
-        let endpoint = addr.parse().map_err(anyhow::Error::msg)?;
-        Ok(ServerChild { child, endpoint })
+        match addr.parse() {
+            Ok(endpoint) => Ok(ServerChild { child, endpoint }),
+            Err(err) => {
+                stop(&mut child);
+                Err(ServerChildError::Address(err))
+            }
+        }
     }
+}
+
+/// Kills and reaps a child that did not start as expected.
+fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for ServerChild {
@@ -76,8 +138,8 @@ impl Drop for ServerChild {
 }
 
 /// Finds a binary of this workspace next to the running one (`target/<profile>/`), else on PATH.
-pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe()?;
+pub fn sibling_binary(name: &str) -> Result<PathBuf, ServerChildError> {
+    let me = std::env::current_exe().map_err(ServerChildError::CurrentExe)?;
     let mut dirs: Vec<PathBuf> = me.parent().map(|d| d.to_path_buf()).into_iter().collect();
     // Test binaries live in target/<profile>/deps.
     if let Some(parent) = dirs
@@ -93,11 +155,13 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     dirs.into_iter()
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-        .with_context(|| format!("cannot find the `{name}` binary: build the workspace first (cargo build --release --workspace)"))
+        .ok_or_else(|| ServerChildError::FindBinary {
+            name: name.to_string(),
+        })
 }
 
 /// Runs the demo and returns its report.
-pub fn demo(size: &str, threads: u64, touch: f64) -> anyhow::Result<Report> {
+pub fn demo(size: &str, threads: u64, touch: f64) -> Result<Report, DemoError> {
     let server = ServerChild::start(&[
         "--synthetic",
         size,
@@ -105,7 +169,8 @@ pub fn demo(size: &str, threads: u64, touch: f64) -> anyhow::Result<Report> {
         "42",
         "--zero-fraction",
         "0.1",
-    ])?;
+    ])
+    .map_err(DemoError::StartServer)?;
     eprintln!(
         "page-server started on {} with a synthetic {size} image",
         server.endpoint
@@ -116,7 +181,7 @@ pub fn demo(size: &str, threads: u64, touch: f64) -> anyhow::Result<Report> {
     config.touch = touch;
     config.background = true;
     config.verify = true;
-    let report = crate::progress::run(&config)?;
+    let report = crate::progress::run(&config).map_err(DemoError::Run)?;
     drop(server);
     Ok(report)
 }

@@ -13,6 +13,7 @@ use uffd_core::{Event, Userfaultfd};
 
 use crate::events;
 use crate::pager::{Channel, Pager};
+use crate::pages::usize_of;
 use crate::placer::{Placer, PlacerError};
 use crate::trace::Resolution;
 use crate::workload::Waits;
@@ -115,7 +116,7 @@ fn handle_fault(
         return zero_outside_image(pager, addr);
     };
     let unit_pages = (pager.memory.request_unit() / pager.page).max(1);
-    if pager.page_state.received.get(page as usize) {
+    if pager.page_state.received.get(usize_of(page)) {
         if let Some(trace) = &pager.trace {
             trace.already_present(page * pager.page, pager.page);
         }
@@ -125,7 +126,7 @@ fn handle_fault(
         return Ok(Handled::Done);
     }
     let padding = page >= pager.pages && unit_pages == 1;
-    if padding || pager.page_state.discarded.get(page as usize) {
+    if padding || pager.page_state.discarded.get(usize_of(page)) {
         // Discarded by the application (or padding past the image): reads as zero, locally.
         if local.is_none() {
             *local = Some(Placer::new(pager, Channel::Urgent)?);
@@ -164,7 +165,7 @@ fn zero_outside_image(pager: &Pager, addr: u64) -> Result<Handled, PlacerError> 
     let at = addr / size * size;
     let zeros;
     let source = if huge {
-        zeros = vec![0u8; size as usize];
+        zeros = vec![0u8; usize_of(size)];
         uffd_core::Source::Bytes(&zeros)
     } else {
         uffd_core::Source::Zero(size)

@@ -1,5 +1,7 @@
 //! `fault-client`: parses the command line and calls [`fault_client::run`].
 
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
@@ -7,7 +9,7 @@ fn main() -> std::process::ExitCode {
     match fault_client::run(fault_client::Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("fault-client: {err:#}");
+            eprintln!("fault-client: {}", uffd_core::logging::error_chain(&err));
             // Exit at once: a workload thread may still be blocked on a fault that will never
             // be resolved; exiting kills it before its userfaultfd is closed.
             std::process::exit(1)

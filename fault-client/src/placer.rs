@@ -10,6 +10,7 @@ use hugepage::{AssembleError, Assembler, Backing, Mapped, MemoryError, Progress}
 use uffd_core::place::Stop;
 
 use crate::pager::{Channel, Pager};
+use crate::pages::usize_of;
 use crate::trace::Resolution;
 
 /// Errors of placing pages.
@@ -129,9 +130,9 @@ impl Placer {
             return self.place_run(pager, offset, bytes, len);
         }
         let class = |p: u64| {
-            if pager.page_state.gone.get(p as usize) {
+            if pager.page_state.gone.get(usize_of(p)) {
                 PageClass::Gone
-            } else if pager.page_state.discarded.get(p as usize) {
+            } else if pager.page_state.discarded.get(usize_of(p)) {
                 PageClass::Discarded
             } else {
                 PageClass::Wanted
@@ -154,7 +155,7 @@ impl Placer {
                 PageClass::Wanted => self.place_run(
                     pager,
                     o,
-                    bytes.map(|b| &b[(i * ps) as usize..(j * ps) as usize]),
+                    bytes.map(|b| &b[usize_of(i * ps)..usize_of(j * ps)]),
                     l,
                 )?,
                 PageClass::Discarded => self.place_run(pager, o, None, l)?,
@@ -192,8 +193,12 @@ impl Placer {
                 let mut at = offset;
                 while at < offset + len {
                     // place_run, not place: the events lock is held by our caller already.
-                    let step =
-                        self.place_run(pager, at, Some(&ZEROS[..pager.page as usize]), pager.page)?;
+                    let step = self.place_run(
+                        pager,
+                        at,
+                        Some(&ZEROS[..usize_of(pager.page)]),
+                        pager.page,
+                    )?;
                     total.merge(&step);
                     if step.stopped.is_some() {
                         break;
@@ -226,7 +231,7 @@ impl Placer {
                 pager
                     .page_state
                     .received
-                    .set_range(first as usize, (first + done) as usize);
+                    .set_range(usize_of(first), usize_of(first + done));
                 if pager.memory.unit() > page {
                     pager.recheck.store(true, Ordering::Release);
                 }

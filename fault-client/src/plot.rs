@@ -45,6 +45,7 @@
 
 mod cdf;
 mod chart;
+mod error;
 mod events;
 mod histogram;
 mod render;
@@ -53,10 +54,10 @@ mod timeline;
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use plotters::style::RGBColor;
 
 use crate::trace::Resolution as How;
+pub use error::{DrawError, PlotError, RenderError};
 use events::{read_trace, Latency};
 use render::{register_font, render_png, render_svg, Format};
 use text::summary;
@@ -91,7 +92,7 @@ fn colour(how: How) -> RGBColor {
 }
 
 /// Draws `trace` into `out`; returns a one-line summary of what was drawn.
-pub fn plot(trace: &Path, out: &Path) -> Result<String> {
+pub fn plot(trace: &Path, out: &Path) -> Result<String, PlotError> {
     let format = Format::of(out)?;
     let events = read_trace(trace)?;
     let latency = Latency::new(&events.resolved);
@@ -100,7 +101,13 @@ pub fn plot(trace: &Path, out: &Path) -> Result<String> {
         Format::Svg => render_svg(&events, latency.as_ref()),
         Format::Png => render_png(&events, latency.as_ref()),
     }
-    .with_context(|| format!("drawing {}", out.display()))?;
-    std::fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))?;
+    .map_err(|source| PlotError::Render {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    std::fs::write(out, bytes).map_err(|source| PlotError::Write {
+        path: out.to_path_buf(),
+        source,
+    })?;
     Ok(summary(out, &events, latency.as_ref()))
 }

@@ -36,10 +36,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use anyhow::Result;
 use uffd_core::stats::percentile;
 
-use crate::trace::{self, EventKind};
+use crate::trace::{self, EventKind, ReadTraceError};
 
 /// The stages of the urgent faults of one trace, in microseconds.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -65,7 +64,7 @@ pub struct Stages {
 }
 
 /// Reads the trace at `path` ([`crate::trace::read`]) and matches its requests.
-pub fn stages(path: &Path) -> Result<Stages> {
+pub fn stages(path: &Path) -> Result<Stages, ReadTraceError> {
     // Page offset → (time, thread) of its faults; offset → times answers / urgent arrivals came.
     let mut faults: BTreeMap<u64, Vec<(f64, Option<u32>)>> = BTreeMap::new();
     let mut answers: HashMap<u64, Vec<f64>> = HashMap::new();

@@ -56,7 +56,7 @@ use hugepage::Mapped;
 #[cfg(feature = "lab")]
 pub mod parse;
 #[cfg(feature = "lab")]
-pub use parse::{parse_line, read, Line, ReadTraceError};
+pub use parse::{parse_line, read, Line, ParseLineError, ReadTraceError};
 
 /// The header line of a trace.
 pub const HEADER: &str = "t_us,event,offset,len,latency_us,resolution,channel,tid";

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::pages::usize_of;
 use crate::trace::Trace;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -141,8 +142,10 @@ pub fn plan(
             };
             (0..share)
                 .map(|_| {
+                    // Zipf samples are whole numbers in 1..=pages.
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
                     let rank = zipf.sample(&mut rng) as u64;
-                    order[(rank.max(1) - 1).min(pages - 1) as usize]
+                    order[usize_of((rank.max(1) - 1).min(pages - 1))]
                 })
                 .collect()
         }
@@ -177,7 +180,7 @@ pub fn touch(
     let mut faults = waits.faults_of(tid);
     for &page in plan {
         // A page marked received is mapped: its access cannot fault.
-        let was_present = received.get(page as usize);
+        let was_present = received.get(usize_of(page));
         let addr = (base + page * page_size) as *const u8;
         let start = Instant::now();
         // SAFETY: `addr` lies inside the registered region, which outlives the workload; a

@@ -1,5 +1,7 @@
 //! The fault-client binary's argument handling and probe, as a user runs them.
 
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fault-client");
@@ -107,6 +109,12 @@ fn probe_json_reports_features() {
     ] {
         assert!(probe.get(key).is_some(), "probe lacks {key}");
     }
+    // `open` is `{"Ok": how}` or `{"Err": why}`, with a string inside.
+    let open = probe["open"].as_object().expect("open is an object");
+    assert_eq!(open.len(), 1, "{open:?}");
+    let (tag, value) = open.iter().next().expect("one entry");
+    assert!(tag == "Ok" || tag == "Err", "{open:?}");
+    assert!(value.is_string(), "{open:?}");
     let out = Command::new(BIN).arg("probe").output().expect("run");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("userfaultfd"), "{text}");

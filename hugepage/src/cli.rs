@@ -1,14 +1,44 @@
 //! The command line of the `hugepage` binary: clap definitions and [`run`], which only calls
 //! the library.
 
-use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use uffd_core::units::{self, ParseError, Prefixes};
 
 use crate::backing::{Backing, HugetlbPlacement};
-use crate::bench::{self, BenchConfig};
+use crate::bench::{self, BenchConfig, BenchError};
 use crate::chunks::Order;
-use crate::pool;
+use crate::pool::{self, PoolError};
 use crate::status;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// `setup` needs root.
+    #[error("setting the pool needs root; run: {hint}")]
+    NotRoot {
+        /// The command that sets the pool as root.
+        hint: String,
+    },
+    /// `setup` failed.
+    #[error("setting the {size} pool: {source}")]
+    Setup {
+        /// The pool, e.g. `2M`.
+        size: String,
+        /// Why.
+        source: PoolError,
+    },
+    /// `bench` failed.
+    #[error("bench of {backing}: {source}")]
+    Bench {
+        /// The backing benchmarked.
+        backing: Backing,
+        /// Why.
+        source: BenchError,
+    },
+    /// The JSON could not be written.
+    #[error("writing JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
 
 /// The huge-page assembler: status of the machine, pool setup, and a server-less bench.
 #[derive(Debug, Parser)]
@@ -75,30 +105,24 @@ pub enum Command {
     },
 }
 
-fn parse_size(text: &str) -> Result<u64, String> {
-    parse_size::Config::new()
-        .with_binary()
-        .parse_size(text)
-        .map_err(|e| format!("`{text}`: {e}"))
+/// A chunk: a non-zero multiple of 4 KiB (`64KiB`, `64K` and `1M` are powers of 1024 here).
+fn parse_chunk(text: &str) -> Result<u64, ParseError> {
+    units::parse_multiple(text, Prefixes::Binary, 4096, None)
 }
 
-fn parse_chunk(text: &str) -> Result<u64, String> {
-    let size = parse_size(text)?;
-    if size == 0 || size % 4096 != 0 {
-        return Err(format!("`{text}` is not a non-zero multiple of 4 KiB"));
-    }
-    Ok(size)
-}
-
-fn parse_huge_size(text: &str) -> Result<u64, String> {
-    match parse_size(text)? {
+/// A huge page size: 2M or 1G.
+fn parse_huge_size(text: &str) -> Result<u64, ParseError> {
+    match units::parse_bytes(text, Prefixes::Binary)? {
         size @ (0x20_0000 | 0x4000_0000) => Ok(size),
-        _ => Err(format!("`{text}`: huge pages are 2M or 1G")),
+        _ => Err(ParseError::NotOneOf {
+            input: text.to_owned(),
+            allowed: "a huge page size: 2M or 1G",
+        }),
     }
 }
 
 /// Runs one command, printing to stdout.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+pub fn run(cli: Cli) -> Result<(), CommandError> {
     match cli.command {
         Command::Status { json } => {
             let s = status::status();
@@ -110,13 +134,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Setup { pages, size } => {
             if !pool::is_root() {
-                bail!(
-                    "setting the pool needs root; run: {}",
-                    pool::fix_hint(size, pages)
-                );
+                return Err(CommandError::NotRoot {
+                    hint: pool::fix_hint(size, pages),
+                });
             }
-            let p = status::setup(size, pages)
-                .with_context(|| format!("setting the {} pool", pool::size_name(size)))?;
+            let p = status::setup(size, pages).map_err(|source| CommandError::Setup {
+                size: pool::size_name(size),
+                source,
+            })?;
             println!(
                 "{} pool: total {} free {} reserved {} ({})",
                 p.size, p.total, p.free, p.reserved, p.sysctl
@@ -148,7 +173,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 rounds,
             };
             let report = bench::run(&config, &mut |note| eprintln!("note: {note}"))
-                .with_context(|| format!("bench of {backing}"))?;
+                .map_err(|source| CommandError::Bench { backing, source })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -2,7 +2,13 @@
 
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     uffd_core::logging::init("warn");
-    hugepage::cli::run(hugepage::cli::Cli::parse())
+    match hugepage::cli::run(hugepage::cli::Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("hugepage: {}", uffd_core::logging::error_chain(&err));
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

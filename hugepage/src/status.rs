@@ -152,7 +152,7 @@ pub fn status() -> Status {
         _ => {}
     }
     if let Err(err) = &p.open {
-        advice.push(err.clone());
+        advice.push(err.to_string());
     }
     Status {
         kernel: p.kernel.clone(),
@@ -160,8 +160,8 @@ pub fn status() -> Status {
         pools,
         thp_enabled: p.thp_enabled.clone(),
         thp_defrag: p.thp_defrag.clone(),
-        userfaultfd: p.open.as_ref().ok().cloned(),
-        userfaultfd_error: p.open.as_ref().err().cloned(),
+        userfaultfd: p.open.as_ref().ok().map(ToString::to_string),
+        userfaultfd_error: p.open.as_ref().err().map(ToString::to_string),
         features: p.feature_names.clone(),
         backings,
         advice,

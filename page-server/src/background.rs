@@ -23,13 +23,12 @@ pub fn stream<W: Write>(session: &Session, writer: &mut FrameWriter<W>) -> Resul
             break;
         };
         from = claim.last().map_or(from, |r| r.1);
-        let policy = session.policy;
         let result = send_claim(
             writer,
             &session.image,
             &claim,
-            policy.chunk,
-            &policy,
+            session.policy.chunk,
+            &session.fault_injection,
             &mut buf,
             || session.yield_to_urgent(),
         );

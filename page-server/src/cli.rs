@@ -6,13 +6,51 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{ArgGroup, Parser};
+use uffd_core::units::{self, ParseError, Prefixes};
 use uffd_core::Endpoint;
 
 use crate::config::Config;
-use crate::image::Image;
+use crate::image::{Image, ImageError};
 use crate::server::Server;
+use crate::ServeError;
+
+/// Why the server did not start, or stopped, by step.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// SIGINT or SIGTERM cannot be caught.
+    #[error("cannot handle SIGINT and SIGTERM: {0}")]
+    Signals(std::io::Error),
+    /// Neither `--image` nor `--synthetic` (clap asks for one; a caller of [`run`] may not).
+    #[error("give --image FILE or --synthetic SIZE")]
+    NoImage,
+    /// The image cannot be opened or generated.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// `--urgent-rt-priority` is not allowed here.
+    #[error("--urgent-rt-priority: cannot run threads SCHED_FIFO: {0}")]
+    RealTime(uffd_core::cpu::CpuError),
+    /// `--token-file` cannot be read.
+    #[error("cannot read token file {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `--token-file` holds nothing but white space.
+    #[error("token file {path} is empty")]
+    EmptyToken {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The `listening on ADDR` line cannot be written.
+    #[error("writing the listening address to stdout: {0}")]
+    PrintAddress(std::io::Error),
+    /// Binding, or serving, failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
 
 /// Serve a memory image to fault-clients: urgent page requests on one connection, a
 /// background stream of everything else on another.
@@ -37,7 +75,7 @@ pub struct Args {
     /// Serve a deterministic synthetic image of this size (e.g. 256MiB, 1GiB, 1TiB): each page
     /// is generated from the seed when it is sent, so any size starts at once and costs no
     /// memory.
-    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_image_size)]
     pub synthetic: Option<u64>,
 
     /// Seed of the synthetic image.
@@ -45,7 +83,13 @@ pub struct Args {
     pub seed: u64,
 
     /// Fraction of zero pages in the synthetic image (0..=1).
-    #[arg(long, default_value_t = 0.1, requires = "synthetic", value_name = "F")]
+    #[arg(
+        long,
+        default_value_t = 0.1,
+        requires = "synthetic",
+        value_name = "F",
+        value_parser = units::parse_fraction
+    )]
     pub zero_fraction: f64,
 
     /// Largest data frame of the background stream; huge pages travel in chunks of this size
@@ -58,9 +102,14 @@ pub struct Args {
     #[arg(long)]
     pub no_preempt: bool,
 
-    /// Fault injection: close each connection after it has sent N frames (the client
-    /// reconnects and resumes; for tests and demos of recovery).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    /// Close each connection after it has sent N frames (the client reconnects and resumes;
+    /// for tests and demos of recovery).
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..),
+        help_heading = "Fault injection (tests and demos)"
+    )]
     pub drop_every: Option<u64>,
 
     /// Sessions served at once.
@@ -93,14 +142,14 @@ pub struct Args {
 
     /// Time a new connection has to send its whole hello (and, resuming, its have frames)
     /// before it is closed.
-    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = units::parse_duration)]
     pub hello_timeout: Duration,
 
     /// Drop a client whose TCP stops answering for this long: data not acknowledged, or
     /// keepalive probes unanswered (its host or link vanished without a word), or a receive
     /// window kept shut (TCP keepalive + TCP_USER_TIMEOUT). Its threads and session go with
     /// it; a live client reconnects and resumes.
-    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = units::parse_duration)]
     pub peer_timeout: Duration,
 
     /// Close a connection that makes no progress for this long, and end its session: a
@@ -108,7 +157,7 @@ pub struct Args {
     /// silent this long once every page of its session has been sent. A silent client whose
     /// session still has pages to send is never cut (it may fault at any moment); a live
     /// client that is cut reconnects and resumes. Seconds, or e.g. 500ms, 30s, 5m, 1h.
-    #[arg(long, default_value = "300s", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, default_value = "300s", value_name = "DURATION", value_parser = units::parse_duration)]
     pub idle_timeout: Duration,
 
     /// Require clients to present the contents of this file as a token.
@@ -120,7 +169,7 @@ pub struct Args {
     /// one FIFO queue, a rate a little below the link's (e.g. 900mbit on 1 Gbit/s) keeps the
     /// background from queueing there in front of urgent answers. Bits per second as tc
     /// writes them (900mbit, 1gbit, 500kbit) or bytes per second (100MiB/s).
-    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    #[arg(long, value_name = "RATE", value_parser = units::parse_rate)]
     pub max_bandwidth: Option<u64>,
 
     /// Serve each urgent connection from a SCHED_FIFO thread at this real-time priority
@@ -131,87 +180,39 @@ pub struct Args {
     pub urgent_rt_priority: Option<i32>,
 }
 
-/// Parses a size such as `4096`, `64KiB`, `256MiB` or `1GiB`.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    parse_size::parse_size(s).map_err(|e| format!("`{s}` is not a size (e.g. 64KiB, 1GiB): {e}"))
+/// A synthetic image's size (`256MiB`, `1GiB`, `1TiB`).
+fn parse_image_size(s: &str) -> Result<u64, ParseError> {
+    units::parse_bytes(s, Prefixes::Si)
 }
 
-/// Parses a duration: seconds (`300`), or a number with a unit: `500ms`, `30s`, `5m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("`{s}` is not a duration (e.g. 300, 500ms, 30s, 5m, 1h)");
-    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(digits);
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let millis = match unit {
-        "ms" => Some(n),
-        "" | "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        _ => None,
-    }
-    .ok_or_else(bad)?;
-    if millis == 0 {
-        return Err(format!("`{s}`: the duration must be positive"));
-    }
-    Ok(Duration::from_millis(millis))
-}
-
-/// Parses a rate into bytes per second: bits per second with tc's decimal units (`bit`,
-/// `kbit`, `mbit`, `gbit`: `900mbit` is 112 500 000 bytes/s), or a size per second
-/// (`100MiB/s`, `12MB/s`).
-pub fn parse_rate(s: &str) -> Result<u64, String> {
-    let bad = |why: &str| format!("`{s}` is not a rate (e.g. 900mbit, 1gbit, 100MiB/s): {why}");
-    let lower = s.to_ascii_lowercase();
-    let bytes = if let Some(size) = s.strip_suffix("/s") {
-        parse_size::parse_size(size).map_err(|e| bad(&e.to_string()))?
-    } else {
-        let (number, scale) = [
-            ("gbit", 1_000_000_000),
-            ("mbit", 1_000_000),
-            ("kbit", 1_000),
-            ("bit", 1),
-        ]
-        .iter()
-        .find_map(|&(unit, scale)| lower.strip_suffix(unit).map(|n| (n, scale)))
-        .ok_or_else(|| bad("give a unit: bit, kbit, mbit, gbit, or a size per second"))?;
-        let n: u64 = number.parse().map_err(|_| bad("not a whole number"))?;
-        n.checked_mul(scale).ok_or_else(|| bad("too large"))? / 8
-    };
-    if bytes == 0 {
-        return Err(bad("the rate must be at least one byte per second"));
-    }
-    Ok(bytes)
-}
-
-fn parse_chunk(s: &str) -> Result<u64, String> {
-    let size = parse_bytes(s)?;
+/// A chunk: a multiple of the page size, at most the protocol's largest frame.
+fn parse_chunk(s: &str) -> Result<u64, ParseError> {
     let page = uffd_core::page_size() as u64;
-    if size == 0 || size % page != 0 || size > uffd_core::proto::MAX_CHUNK as u64 {
-        return Err(format!(
-            "chunk must be a multiple of {page} bytes, at most {} bytes",
-            uffd_core::proto::MAX_CHUNK
-        ));
-    }
-    Ok(size)
+    units::parse_multiple(
+        s,
+        Prefixes::Si,
+        page,
+        Some(uffd_core::proto::MAX_CHUNK as u64),
+    )
 }
 
 /// Runs the server until SIGINT or SIGTERM.
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args) -> Result<(), RunError> {
     // Before anything is printed: a script may signal as soon as it sees the address.
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&shutdown))?;
+        signal_hook::flag::register(signal, Arc::clone(&shutdown)).map_err(RunError::Signals)?;
     }
     let page = uffd_core::page_size() as u64;
     let image = match (&args.image, args.synthetic) {
         (Some(path), _) => Image::from_file(path, page)?,
         (None, Some(size)) => Image::synthetic(size, args.seed, args.zero_fraction, page)?,
-        (None, None) => anyhow::bail!("give --image FILE or --synthetic SIZE"),
+        (None, None) => return Err(RunError::NoImage),
     };
     let mut config = Config::new(args.listen.clone());
     config.policy.chunk = args.chunk;
     config.policy.preempt = !args.no_preempt;
-    config.policy.drop_every = args.drop_every;
+    config.fault_injection.drop_every = args.drop_every;
     config.max_sessions = args.max_sessions;
     config.max_pending = args.max_pending;
     config.max_pending_per_source = args.max_pending_per_source;
@@ -220,15 +221,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.idle_timeout = args.idle_timeout;
     config.max_bandwidth = args.max_bandwidth;
     if let Some(priority) = args.urgent_rt_priority {
-        uffd_core::cpu::check_realtime(priority)
-            .context("--urgent-rt-priority: cannot run threads SCHED_FIFO")?;
+        uffd_core::cpu::check_realtime(priority).map_err(RunError::RealTime)?;
         config.urgent_priority = Some(priority);
     }
     if let Some(path) = &args.token_file {
-        let token = std::fs::read(path)
-            .with_context(|| format!("cannot read token file {}", path.display()))?;
+        let token = std::fs::read(path).map_err(|source| RunError::TokenFile {
+            path: path.clone(),
+            source,
+        })?;
         let token = token.trim_ascii().to_vec();
-        anyhow::ensure!(!token.is_empty(), "token file {} is empty", path.display());
+        if token.is_empty() {
+            return Err(RunError::EmptyToken { path: path.clone() });
+        }
         config.token = Some(token);
     }
     tracing::info!(
@@ -245,61 +249,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let server = Server::bind(config, Arc::new(image))?;
     let endpoint = server.local_endpoint()?;
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "listening on {endpoint}")?;
-    stdout.flush()?;
+    writeln!(stdout, "listening on {endpoint}")
+        .and_then(|()| stdout.flush())
+        .map_err(RunError::PrintAddress)?;
     server.serve(&shutdown)?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rates_parse() {
-        assert_eq!(parse_rate("900mbit"), Ok(112_500_000));
-        assert_eq!(parse_rate("1gbit"), Ok(125_000_000));
-        assert_eq!(parse_rate("1Gbit"), Ok(125_000_000));
-        assert_eq!(parse_rate("500kbit"), Ok(62_500));
-        assert_eq!(parse_rate("8bit"), Ok(1));
-        assert_eq!(parse_rate("100MiB/s"), Ok(100 << 20));
-        assert_eq!(parse_rate("12MB/s"), Ok(12_000_000));
-        for bad in [
-            "",
-            "900",
-            "mbit",
-            "1.5gbit",
-            "0mbit",
-            "7bit",
-            "0/s",
-            "fast",
-            "-1gbit",
-            "99999999999999999999gbit",
-        ] {
-            assert!(parse_rate(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("300"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        for bad in [
-            "",
-            "s",
-            "0",
-            "0s",
-            "5x",
-            "1.5s",
-            "-3",
-            " 5s",
-            "5 s",
-            "99999999999999999h",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
 }

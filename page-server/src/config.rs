@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use uffd_core::Endpoint;
 
+use crate::inject::FaultInjection;
 use crate::session::Policy;
 
 /// Server settings.
@@ -29,6 +30,8 @@ pub struct Config {
     pub listen: Endpoint,
     /// Background chunking and preemption.
     pub policy: Policy,
+    /// Test hook: connections broken on purpose ([`crate::inject`]; none by default).
+    pub fault_injection: FaultInjection,
     /// Sessions served at once; more are refused with an error frame.
     pub max_sessions: usize,
     /// How long a new connection may take to send its hello (all of it, and a resuming
@@ -69,15 +72,15 @@ pub struct Config {
 impl Config {
     /// Defaults: 64 KiB chunks, preemption on, 64 sessions, 5 s handshake, 128 pending
     /// connections (no per-source limit), 30 s peer timeout, 300 s idle timeout, no token,
-    /// background not paced.
+    /// background not paced, no fault injection.
     pub fn new(listen: Endpoint) -> Config {
         Config {
             listen,
             policy: Policy {
                 chunk: 64 << 10,
                 preempt: true,
-                drop_every: None,
             },
+            fault_injection: FaultInjection::default(),
             max_sessions: 64,
             handshake_timeout: Duration::from_secs(5),
             max_pending: 128,

@@ -25,6 +25,8 @@
 //!   (preemption at chunk boundaries, no page on two connections).
 //! - [`urgent`]: answering requests. [`background`]: the stream. [`send`]: pages to frames.
 //! - [`error`]: why a connection stopped, and the error frame the client is told.
+//! - [`inject`]: fault injection, the test hook that breaks connections on purpose
+//!   (`--drop-every`), called from `send`.
 //! - [`cli`]: the command line, and [`run`] which the binary calls.
 //!
 //! Modules depend one way: `cli` → `server` → (`admission`, the step modules, `urgent`,
@@ -37,6 +39,7 @@ pub mod config;
 pub mod error;
 mod handshake;
 pub mod image;
+pub mod inject;
 mod registry;
 pub mod send;
 pub mod server;
@@ -45,9 +48,10 @@ mod sockopt;
 mod timeout;
 pub mod urgent;
 
-pub use cli::{run, Args};
+pub use cli::{run, Args, RunError};
 pub use config::Config;
 pub use error::ServeError;
 pub use image::Image;
+pub use inject::FaultInjection;
 pub use server::Server;
 pub use session::Policy;

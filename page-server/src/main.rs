@@ -7,7 +7,7 @@ fn main() -> std::process::ExitCode {
     match page_server::run(page_server::Args::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("page-server: {err:#}");
+            eprintln!("page-server: {}", uffd_core::logging::error_chain(&err));
             std::process::ExitCode::FAILURE
         }
     }

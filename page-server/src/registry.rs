@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use uffd_core::repeat::Repeats;
 
 use crate::image::Image;
+use crate::inject::FaultInjection;
 use crate::session::{Policy, Session};
 use crate::ServeError;
 
@@ -17,6 +18,7 @@ use crate::ServeError;
 pub(crate) struct Registry {
     image: Arc<Image>,
     policy: Policy,
+    fault_injection: FaultInjection,
     max_sessions: usize,
     sessions: Mutex<HashMap<u64, Arc<Session>>>,
     /// Sessions resumed, for the log (a client that keeps reconnecting must not write a line
@@ -25,11 +27,18 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    /// An empty registry of sessions of `image`, each sending with `policy`.
-    pub(crate) fn new(image: Arc<Image>, policy: Policy, max_sessions: usize) -> Registry {
+    /// An empty registry of sessions of `image`, each sending with `policy` (and the test hook
+    /// `fault_injection`).
+    pub(crate) fn new(
+        image: Arc<Image>,
+        policy: Policy,
+        fault_injection: FaultInjection,
+        max_sessions: usize,
+    ) -> Registry {
         Registry {
             image,
             policy,
+            fault_injection,
             max_sessions,
             sessions: Mutex::new(HashMap::new()),
             resumes: Repeats::default(),
@@ -69,7 +78,9 @@ impl Registry {
                 }
             }
         };
-        let session = Arc::new(Session::new(id, Arc::clone(&self.image), unit, self.policy));
+        let session = Session::new(id, Arc::clone(&self.image), unit, self.policy)
+            .with_fault_injection(self.fault_injection);
+        let session = Arc::new(session);
         session.mark_present(0, have);
         let old = sessions.insert(id, Arc::clone(&session));
         drop(sessions);

@@ -3,36 +3,27 @@
 //! image into the sender's own buffer first (a file is read with `pread`, a synthetic image
 //! generated), so a source that fails is an error of this send, never a signal.
 
-use std::io::{self, Write};
+use std::io::Write;
 
 use uffd_core::{Frame, FrameWriter};
 
 use crate::image::Image;
-use crate::session::{Claim, Policy};
+use crate::inject::FaultInjection;
+use crate::session::Claim;
 use crate::ServeError;
-
-/// Fault injection (`--drop-every N`): fails the connection once it has sent N frames.
-pub fn check_drop<W: Write>(writer: &FrameWriter<W>, policy: &Policy) -> io::Result<()> {
-    match policy.drop_every {
-        Some(n) if writer.frames_written() >= n => Err(io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            format!("fault injection: connection dropped after {n} frames"),
-        )),
-        _ => Ok(()),
-    }
-}
 
 /// Writes `claim` (page index runs) as frames of at most `chunk` data bytes, read from the
 /// image into `buf` (the calling sender's own buffer, grown to the largest frame it sends).
 /// Before every data frame but the first, `between_chunks` is asked whether to go on (it may
 /// block, e.g. to let urgent answers through); a false answer stops the send with `Ok(false)`.
-/// A page the image cannot produce is [`ServeError::Source`].
+/// A page the image cannot produce is [`ServeError::Source`]. After each frame the test hook
+/// `inject` may fail the connection ([`FaultInjection`], `--drop-every`).
 pub fn send_claim<W: Write>(
     writer: &mut FrameWriter<W>,
     image: &Image,
     claim: &Claim,
     chunk: u64,
-    policy: &Policy,
+    inject: &FaultInjection,
     buf: &mut Vec<u8>,
     mut between_chunks: impl FnMut() -> bool,
 ) -> Result<bool, ServeError> {
@@ -58,7 +49,7 @@ pub fn send_claim<W: Write>(
                 image.read_into(offset, bytes)?;
                 writer.send(&Frame::Data { offset, bytes })?;
             }
-            check_drop(writer, policy)?;
+            inject.after_frame(writer)?;
             p = q;
         }
     }

@@ -59,7 +59,12 @@ impl Server {
             source,
         })?;
         let limits = Limits::new(image.len(), image.page_size());
-        let registry = Registry::new(Arc::clone(&image), config.policy, config.max_sessions);
+        let registry = Registry::new(
+            Arc::clone(&image),
+            config.policy,
+            config.fault_injection,
+            config.max_sessions,
+        );
         Ok(Server {
             listener,
             shared: Arc::new(Shared {

@@ -16,6 +16,7 @@ use std::time::Duration;
 use uffd_core::{Conn, PageBitmap};
 
 use crate::image::{page_bit, Image};
+use crate::inject::FaultInjection;
 
 /// How the background stream treats urgent work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +27,6 @@ pub struct Policy {
     /// answered. Without it, urgent answers wait until the unit on the wire is complete (the
     /// single-channel behaviour of postcopy without a preempt channel).
     pub preempt: bool,
-    /// Fault injection: close a connection after it has sent this many frames.
-    pub drop_every: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +56,9 @@ pub struct Session {
     pub unit_pages: u64,
     /// Stream policy.
     pub policy: Policy,
+    /// The test hook that breaks connections on purpose (none unless set with
+    /// [`Session::with_fault_injection`]).
+    pub fault_injection: FaultInjection,
     sent: PageBitmap,
     state: Mutex<State>,
     changed: Condvar,
@@ -75,11 +77,18 @@ impl Session {
             unit_pages: (unit / image.page_size()).max(1),
             image,
             policy,
+            fault_injection: FaultInjection::default(),
             sent: PageBitmap::new(usize::try_from(pages).unwrap_or(usize::MAX)),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             closed: AtomicBool::new(false),
         }
+    }
+
+    /// The session with the test hook `inject` ([`crate::inject`]).
+    pub fn with_fault_injection(mut self, inject: FaultInjection) -> Session {
+        self.fault_injection = inject;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -267,7 +276,6 @@ mod tests {
             Policy {
                 chunk: 16 * 4096,
                 preempt,
-                drop_every: None,
             },
         )
     }

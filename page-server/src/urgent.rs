@@ -32,7 +32,7 @@ pub fn serve<R: Read, W: Write>(
                     &session.image,
                     &claim,
                     uffd_core::proto::MAX_CHUNK as u64,
-                    &session.policy,
+                    &session.fault_injection,
                     &mut buf,
                     || true,
                 );

@@ -31,6 +31,19 @@ fn help_names_the_options() {
 }
 
 #[test]
+fn drop_every_is_listed_as_fault_injection() {
+    let out = Command::new(BIN).arg("--help").output().expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let heading = text
+        .find("Fault injection (tests and demos):")
+        .expect("--help has a fault injection heading");
+    assert!(
+        text[heading..].contains("--drop-every <N>"),
+        "--drop-every is not under the fault injection heading:\n{text}"
+    );
+}
+
+#[test]
 fn bad_arguments_exit_2_with_a_message() {
     for args in [
         vec![],

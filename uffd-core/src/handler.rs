@@ -223,7 +223,7 @@ fn serve(shared: &Shared, mut resolve: Resolve) {
             };
             let start = addr & !(shared.page - 1);
             if let Err(err) = resolve_one(shared, &mut resolve, start) {
-                shared.fail(err);
+                shared.fail(err.to_string());
                 // Release the faulting thread: without registration its access is an
                 // ordinary fault.
                 if let Err(err) = uffd.unregister(start, shared.page) {
@@ -235,26 +235,48 @@ fn serve(shared: &Shared, mut resolve: Resolve) {
     }
 }
 
+/// Why one fault could not be resolved ([`resolve_one`]).
+#[derive(Debug, thiserror::Error)]
+enum ResolveFaultError {
+    /// The resolve function failed.
+    #[error("{0}")]
+    Resolve(ResolveError),
+    /// The page was there already, and waking its waiters failed.
+    #[error("UFFDIO_WAKE: {0}")]
+    Wake(crate::uffd::UffdError),
+    /// The region's owner is gone.
+    #[error("the process owning the region exited")]
+    Gone,
+    /// The kernel kept answering EAGAIN (the mappings keep changing).
+    #[error("placement at {start:#x} answered EAGAIN {RETRIES} times")]
+    Retries {
+        /// The page.
+        start: u64,
+    },
+}
+
 /// Resolves the fault on the page at `start`; a page that is there already only needs the
 /// wake-up.
-fn resolve_one(shared: &Shared, resolve: &mut Resolve, start: u64) -> Result<(), String> {
+fn resolve_one(
+    shared: &Shared,
+    resolve: &mut Resolve,
+    start: u64,
+) -> Result<(), ResolveFaultError> {
     let uffd = &*shared.uffd;
     for _ in 0..RETRIES {
-        let outcome = resolve(uffd, start).map_err(|e| e.to_string())?;
+        let outcome = resolve(uffd, start).map_err(ResolveFaultError::Resolve)?;
         match outcome.stop() {
             None if outcome == Outcome::AlreadyPresent => {
                 return uffd
                     .wake(start, shared.page)
-                    .map_err(|e| format!("UFFDIO_WAKE: {e}"))
+                    .map_err(ResolveFaultError::Wake)
             }
             None => return Ok(()),
             Some(Stop::Retry) => std::thread::yield_now(),
-            Some(Stop::Gone) => return Err("the process owning the region exited".into()),
+            Some(Stop::Gone) => return Err(ResolveFaultError::Gone),
         }
     }
-    Err(format!(
-        "placement at {start:#x} answered EAGAIN {RETRIES} times"
-    ))
+    Err(ResolveFaultError::Retries { start })
 }
 
 #[cfg(test)]

@@ -30,10 +30,11 @@
 //! - [`synthetic`]: synthetic images, generated page by page from `(seed, index)`.
 //! - [`probe`](mod@probe): what the kernel and the process allow.
 //! - [`cpu`]: CPU affinity (for measurements) and real-time scheduling for the urgent path.
+//! - [`units`]: sizes, durations, rates and fractions as the command lines write them.
 //!
 //! Modules depend one way; each uses only modules on the lines above its own:
-//! 1. `convert`
-//! 2. `sys`, `region`, `bitmap`, `stats`, `repeat`, `cpu`, `proto`
+//! 1. `convert`, `logging`
+//! 2. `sys`, `region`, `bitmap`, `stats`, `repeat`, `cpu`, `proto`, `units`
 //! 3. `uffd`, `pagemap`, `synthetic`, `wire`
 //! 4. `place`, `probe`
 //! 5. `handler`
@@ -53,6 +54,7 @@ pub mod stats;
 pub mod synthetic;
 pub mod sys;
 pub mod uffd;
+pub mod units;
 pub mod wire;
 
 pub use bitmap::PageBitmap;

@@ -4,13 +4,47 @@
 //! UFFDIO_API can be called only once per descriptor, so features are probed on a throw-away
 //! descriptor opened with no features: the kernel answers with every feature it supports.
 
+use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::sys;
 pub use crate::uffd::available_features;
-use crate::uffd::{Origin, Userfaultfd};
+use crate::uffd::{Origin, UffdError, Userfaultfd};
+
+/// How the probe obtained a userfaultfd ([`Probe::open`]); shown and serialized as
+/// `/dev/userfaultfd`, `userfaultfd(2) syscall` or `a descriptor handed over`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened(pub Origin);
+
+impl fmt::Display for Opened {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            Origin::Device => "/dev/userfaultfd",
+            Origin::Syscall => "userfaultfd(2) syscall",
+            Origin::Received => "a descriptor handed over",
+        })
+    }
+}
+
+impl Serialize for Opened {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Why the probe could not open a userfaultfd ([`Probe::open`]); serialized as its message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct OpenError(pub Arc<UffdError>);
+
+impl Serialize for OpenError {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
 
 /// One huge page pool (`/sys/kernel/mm/hugepages/hugepages-<size>kB`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -48,8 +82,9 @@ pub struct Probe {
     /// CAP_SYS_PTRACE is in the effective set (needed by the syscall when unprivileged use is
     /// off, and by EVENT_FORK).
     pub cap_sys_ptrace: bool,
-    /// How a userfaultfd was obtained, or why it could not be.
-    pub open: std::result::Result<String, String>,
+    /// How a userfaultfd was obtained, or why it could not be (in JSON `{"Ok": how}` or
+    /// `{"Err": why}`).
+    pub open: Result<Opened, OpenError>,
     /// Feature bits the kernel supports (0 if no descriptor could be opened).
     pub features: u64,
     /// Names of the supported features.
@@ -90,19 +125,12 @@ pub fn names(bits: u64, table: &[(&'static str, u64)]) -> Vec<&'static str> {
 /// Probes the kernel and the process.
 pub fn probe() -> Probe {
     let (open, features, ioctls) = match Userfaultfd::open(0) {
-        Ok(uffd) => {
-            let how = match uffd.origin() {
-                Origin::Device => "/dev/userfaultfd",
-                Origin::Syscall => "userfaultfd(2) syscall",
-                Origin::Received => "a descriptor handed over",
-            };
-            (
-                Ok(how.to_string()),
-                uffd.available_features(),
-                uffd.api_ioctls(),
-            )
-        }
-        Err(err) => (Err(err.to_string()), 0, 0),
+        Ok(uffd) => (
+            Ok(Opened(uffd.origin())),
+            uffd.available_features(),
+            uffd.api_ioctls(),
+        ),
+        Err(err) => (Err(OpenError(Arc::new(err))), 0, 0),
     };
     Probe {
         kernel: procfs::sys::kernel::Version::current()

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use uffd_core::units::{self, ParseError, Prefixes};
+
 /// Default image size of a full run.
 pub(super) const DEFAULT_SIZE: u64 = 256 << 20;
 
@@ -32,10 +34,10 @@ pub(super) const RUN_TIMEOUT_BYTES_PER_S: u64 = 32 << 20;
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Synthetic image size (default 256MiB; 16MiB with --quick).
-    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_image_size)]
     pub size: Option<u64>,
     /// Fraction of the pages each remote-fault run touches (default 0.02; 0.05 with --quick).
-    #[arg(long, value_name = "FRACTION", value_parser = parse_fraction)]
+    #[arg(long, value_name = "FRACTION", value_parser = units::parse_positive_fraction)]
     pub touch: Option<f64>,
     /// Runs of each remote case; each column of a remote row is the median over them
     /// (default 5; 1 with --quick).
@@ -52,19 +54,9 @@ pub struct BenchArgs {
     pub skip_hugetlb: bool,
 }
 
-pub(super) fn parse_bytes(s: &str) -> Result<u64, String> {
-    match parse_size::parse_size(s) {
-        Ok(0) => Err("the image cannot be empty".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(format!("`{s}` is not a size (e.g. 64MiB, 1GiB): {e}")),
-    }
-}
-
-pub(super) fn parse_fraction(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
-        _ => Err(format!("`{s}` is not a fraction in (0, 1]")),
-    }
+/// The image size: not zero.
+fn parse_image_size(s: &str) -> Result<u64, ParseError> {
+    units::parse_nonzero_bytes(s, Prefixes::Si)
 }
 
 /// The settings of one bench, after defaults.

@@ -5,10 +5,9 @@
 use std::fmt::Write as _;
 use std::sync::mpsc::RecvTimeoutError;
 
-use anyhow::{anyhow, bail, Context, Result};
-
 use super::args::Plan;
 use super::cases::{remote_config, skip_reason, Case};
+use super::error::BenchError;
 use super::results::Row;
 use crate::client::{self, ClientError};
 use crate::demo::ServerChild;
@@ -22,7 +21,7 @@ pub(super) struct Servers {
 }
 
 impl Servers {
-    pub(super) fn start(plan: &Plan) -> Result<Servers> {
+    pub(super) fn start(plan: &Plan) -> Result<Servers, BenchError> {
         Ok(Servers {
             preempt: start_server(plan, true)?,
             no_preempt: start_server(plan, false)?,
@@ -39,7 +38,7 @@ impl Servers {
 
 /// Runs the remote `cases` round after round (so that a burst of other load on the machine
 /// spreads over every case instead of spoiling one) and makes a row of each.
-pub(super) fn run_rounds(cases: &[Case], plan: &Plan) -> Result<Vec<Row>> {
+pub(super) fn run_rounds(cases: &[Case], plan: &Plan) -> Result<Vec<Row>, BenchError> {
     let servers = Servers::start(plan)?;
     let mut reports: Vec<Vec<Report>> = vec![Vec::new(); cases.len()];
     let mut hung = vec![0u64; cases.len()];
@@ -84,17 +83,15 @@ pub(super) fn run_rounds(cases: &[Case], plan: &Plan) -> Result<Vec<Row>> {
         .collect())
 }
 
-pub(super) fn start_server(plan: &Plan, preempt: bool) -> Result<ServerChild> {
+pub(super) fn start_server(plan: &Plan, preempt: bool) -> Result<ServerChild, BenchError> {
     let size = plan.image_bytes.to_string();
     let mut args = vec!["--synthetic", &size, "--zero-fraction", "0"];
     if !preempt {
         args.push("--no-preempt");
     }
-    ServerChild::start(&args).with_context(|| {
-        format!(
-            "starting a page-server ({})",
-            if preempt { "preempt" } else { "--no-preempt" }
-        )
+    ServerChild::start(&args).map_err(|source| BenchError::StartServer {
+        which: if preempt { "preempt" } else { "--no-preempt" },
+        source,
     })
 }
 
@@ -113,7 +110,11 @@ pub(super) enum RunEnd {
 }
 
 /// One run of a remote case, on a thread of its own so that a hang is reported, not waited on.
-pub(super) fn run_remote(case: Case, plan: &Plan, server: &ServerChild) -> Result<RunEnd> {
+pub(super) fn run_remote(
+    case: Case,
+    plan: &Plan,
+    server: &ServerChild,
+) -> Result<RunEnd, BenchError> {
     let config = remote_config(case, plan, server);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -122,17 +123,18 @@ pub(super) fn run_remote(case: Case, plan: &Plan, server: &ServerChild) -> Resul
             // The receiver is gone only after a timeout: nobody wants the result any more.
             let _ = tx.send(client::run(&config));
         })
-        .context("starting a bench run thread")?;
+        .map_err(BenchError::SpawnRun)?;
     match rx.recv_timeout(plan.run_timeout()) {
         Ok(Ok(report)) => Ok(RunEnd::Done(Box::new(report))),
         Ok(Err(ClientError::Memory(hugepage::MemoryError::Pool(err)))) => {
             Ok(RunEnd::Skipped(err.to_string()))
         }
-        Ok(Err(err)) => Err(anyhow!(err)).with_context(|| format!("bench case {}", case.id())),
+        Ok(Err(source)) => Err(BenchError::Remote {
+            case: case.id(),
+            source,
+        }),
         Err(RecvTimeoutError::Timeout) => Ok(RunEnd::Hung),
-        Err(RecvTimeoutError::Disconnected) => {
-            bail!("bench case {}: the run thread panicked", case.id())
-        }
+        Err(RecvTimeoutError::Disconnected) => Err(BenchError::RunPanicked { case: case.id() }),
     }
 }
 

@@ -4,28 +4,35 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, ensure, Context, Result};
-use uffd_core::cpu::{allowed_cpus, pin_current_thread};
+use uffd_core::cpu::{allowed_cpus, pin_current_thread, CpuError};
 use uffd_core::handler::{Handler, CHECK_OFFSET, FILL, GATE_TIMEOUT};
 use uffd_core::{page_size, Latency, Modes, Region, Userfaultfd};
 
 use super::args::Plan;
 use super::cases::Case;
+use super::error::{BenchError, LocalError};
 use super::results::{Measured, Row};
 
-pub(super) fn run_local(case: Case, plan: &Plan, cpus: Option<(usize, usize)>) -> Result<Row> {
+pub(super) fn run_local(
+    case: Case,
+    plan: &Plan,
+    cpus: Option<(usize, usize)>,
+) -> Result<Row, BenchError> {
     eprintln!("bench: {}", case.id());
     let n = plan.local_samples;
     let measured = match case {
         Case::LocalRoundTrip => local_round_trips(n, cpus),
         _ => first_touches(n, cpus.map(|(faulting, _)| faulting)),
     }
-    .with_context(|| format!("bench case {}", case.id()))?;
+    .map_err(|source| BenchError::Local {
+        case: case.id(),
+        source,
+    })?;
     Ok(Row::local(case, &measured))
 }
 
 /// `(faulting CPU, handler CPU)`: the first two allowed CPUs, or None with only one.
-pub(super) fn local_cpus() -> Result<Option<(usize, usize)>> {
+pub(super) fn local_cpus() -> Result<Option<(usize, usize)>, CpuError> {
     Ok(match allowed_cpus()?.as_slice() {
         [first, second, ..] => Some((*first, *second)),
         _ => None,
@@ -34,9 +41,12 @@ pub(super) fn local_cpus() -> Result<Option<(usize, usize)>> {
 
 /// `n` plain first-touch faults: timed writes to unregistered anonymous pages, on a thread
 /// pinned to `cpu` if given.
-pub(super) fn first_touches(n: usize, cpu: Option<usize>) -> Result<Measured> {
+pub(super) fn first_touches(n: usize, cpu: Option<usize>) -> Result<Measured, LocalError> {
     let page = page_size();
-    let region = Region::anonymous(n * page).context("mapping the first-touch region")?;
+    let region = Region::anonymous(n * page).map_err(|source| LocalError::Map {
+        what: "first-touch",
+        source,
+    })?;
     let region = &region;
     std::thread::scope(|s| {
         s.spawn(move || {
@@ -52,7 +62,7 @@ pub(super) fn first_touches(n: usize, cpu: Option<usize>) -> Result<Measured> {
             })
         })
         .join()
-        .map_err(|_| anyhow!("the first-touch thread panicked"))?
+        .map_err(|_| LocalError::Panicked("first-touch"))?
     })
 }
 
@@ -71,14 +81,20 @@ pub(super) fn write_page(region: &Region, offset: usize) -> Duration {
 /// `n` in-process 4 KiB COPY round trips: a registered region, the minimal handler
 /// ([`uffd_core::handler`]) on `cpus.1` and the faulting thread on `cpus.0` (unpinned when
 /// None).
-pub(super) fn local_round_trips(n: usize, cpus: Option<(usize, usize)>) -> Result<Measured> {
+pub(super) fn local_round_trips(
+    n: usize,
+    cpus: Option<(usize, usize)>,
+) -> Result<Measured, LocalError> {
     let page = page_size();
-    let uffd = Arc::new(Userfaultfd::open(0).context("opening a userfaultfd")?);
+    let uffd = Arc::new(Userfaultfd::open(0).map_err(LocalError::Open)?);
     // Declared before the handler: it is stopped (dropped) before the region is unmapped, and
     // no thread is blocked on it when the descriptor closes.
-    let region = Region::anonymous(n * page).context("mapping the round-trip region")?;
+    let region = Region::anonymous(n * page).map_err(|source| LocalError::Map {
+        what: "round-trip",
+        source,
+    })?;
     uffd.register(region.addr(), region.len() as u64, Modes::MISSING)
-        .context("registering the round-trip region")?;
+        .map_err(LocalError::Register)?;
     let handler = Handler::spawn(
         Arc::clone(&uffd),
         page as u64,
@@ -87,18 +103,22 @@ pub(super) fn local_round_trips(n: usize, cpus: Option<(usize, usize)>) -> Resul
     )?;
     let (handler, region) = (&handler, &region);
     std::thread::scope(|s| {
-        s.spawn(move || -> Result<Measured> {
+        s.spawn(move || -> Result<Measured, LocalError> {
             cpus.map_or(Ok(()), |(faulting, _)| pin_current_thread(faulting))?;
             fault_gated(region, handler, n)
         })
         .join()
-        .map_err(|_| anyhow!("the faulting thread panicked"))?
+        .map_err(|_| LocalError::Panicked("faulting"))?
     })
 }
 
 /// The faulting side: touches the `n` pages in order, each once the handler is back in its
 /// wait (untimed), and checks that each page holds the COPY source afterwards.
-pub(super) fn fault_gated(region: &Region, handler: &Handler, n: usize) -> Result<Measured> {
+pub(super) fn fault_gated(
+    region: &Region,
+    handler: &Handler,
+    n: usize,
+) -> Result<Measured, LocalError> {
     let page = page_size();
     let mut latency = Latency::new();
     let start = Instant::now();
@@ -110,10 +130,9 @@ pub(super) fn fault_gated(region: &Region, handler: &Handler, n: usize) -> Resul
         // SAFETY: in bounds (n pages were mapped); the page is present now (the write above
         // returned), so the read does not fault.
         let got = unsafe { region.as_ptr().add(offset).read_volatile() };
-        ensure!(
-            got == FILL,
-            "page {i} holds {got:#04x} after its fault, not the COPY source's {FILL:#04x}"
-        );
+        if got != FILL {
+            return Err(LocalError::WrongContent { page: i, got });
+        }
         latency.record(took);
     }
     Ok(Measured {
@@ -127,7 +146,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn local_paths_measure() -> Result<()> {
+    fn local_paths_measure() -> Result<(), LocalError> {
         if let Err(err) = Userfaultfd::open(0) {
             uffd_testkit::skip(&err.to_string());
             return Ok(());

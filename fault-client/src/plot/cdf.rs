@@ -1,6 +1,5 @@
 //! Panel 2: the latency CDF, per resolution and of all faults.
 
-use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -8,10 +7,11 @@ use super::chart::{
     draw_legend, draw_percentile_marks, latency_chart, latency_panel, linear_axis_labels,
 };
 use super::colour;
+use super::error::DrawResult;
 use super::events::Latency;
 
 /// Panel 2: the CDF per resolution and of all faults, with p50/p99 lines.
-pub(super) fn draw_cdf<DB>(area: &DrawingArea<DB, Shift>, lat: &Latency) -> Result<()>
+pub(super) fn draw_cdf<DB>(area: &DrawingArea<DB, Shift>, lat: &Latency) -> DrawResult<()>
 where
     DB: DrawingBackend,
     DB::ErrorType: 'static,

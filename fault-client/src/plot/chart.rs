@@ -1,13 +1,13 @@
 //! What the panels share: log and linear axes, the frame of a latency chart, the p50/p99
 //! marks, legends and the notice of an empty panel.
 
-use anyhow::Result;
 use plotters::coord::combinators::{LogCoord, WithKeyPoints};
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use super::error::DrawResult;
 use super::events::Latency;
 use super::text::format_latency;
 use super::{FONT, LABEL_BAND_PX};
@@ -15,6 +15,8 @@ use super::{FONT, LABEL_BAND_PX};
 /// The grid of a log axis from `lo` to `hi` (both powers of ten): `m` × 10^k for every
 /// decade and every mantissa `m` in `mantissas`.
 fn log_grid(lo: f64, hi: f64, mantissas: &[f64]) -> Vec<f64> {
+    // Both are powers of ten with hi >= lo: a small whole number of decades.
+    #[allow(clippy::cast_possible_truncation)]
     let decades = (hi / lo).log10().round() as i32;
     let mut points: Vec<f64> = (0..decades)
         .flat_map(|k| {
@@ -40,6 +42,8 @@ fn log_latency_axis(lo: f64, hi: f64) -> WithKeyPoints<LogCoord<f64>> {
 /// them) need, so that a 1 ms timeline reads 0.2, 0.4, … and a 500 ms one 100, 200, ….
 pub(super) fn linear_axis_labels(max: f64) -> impl Fn(&f64) -> String {
     let step = max / 10.0;
+    // A whole number clamped to 0..=6.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let decimals = (-step.log10().floor()).clamp(0.0, 6.0) as usize;
     move |x: &f64| format!("{x:.decimals$}")
 }
@@ -53,7 +57,7 @@ pub(super) type LatencyChart<'a, DB> =
 pub(super) fn latency_panel<DB>(
     area: &DrawingArea<DB, Shift>,
     caption: &str,
-) -> Result<(DrawingArea<DB, Shift>, DrawingArea<DB, Shift>)>
+) -> DrawResult<(DrawingArea<DB, Shift>, DrawingArea<DB, Shift>)>
 where
     DB: DrawingBackend,
     DB::ErrorType: 'static,
@@ -69,7 +73,7 @@ pub(super) fn latency_chart<'a, DB>(
     y_max: f64,
     y_desc: &str,
     y_format: &dyn Fn(&f64) -> String,
-) -> Result<LatencyChart<'a, DB>>
+) -> DrawResult<LatencyChart<'a, DB>>
 where
     DB: DrawingBackend,
     DB::ErrorType: 'static,
@@ -106,7 +110,7 @@ pub(super) fn draw_percentile_marks<DB>(
     chart: &mut LatencyChart<'_, DB>,
     lat: &Latency,
     y_top: f64,
-) -> Result<()>
+) -> DrawResult<()>
 where
     DB: DrawingBackend,
     DB::ErrorType: 'static,
@@ -132,7 +136,7 @@ fn label_position<DB>(
     side: HPos,
     text: &str,
     style: &TextStyle,
-) -> Result<(i32, i32)>
+) -> DrawResult<(i32, i32)>
 where
     DB: DrawingBackend,
     DB::ErrorType: 'static,
@@ -151,7 +155,7 @@ where
 pub(super) fn draw_legend<'a, DB, X, Y>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
     position: SeriesLabelPosition,
-) -> Result<()>
+) -> DrawResult<()>
 where
     DB: DrawingBackend + 'a,
     DB::ErrorType: 'static,
@@ -170,7 +174,7 @@ where
 }
 
 /// A panel with only a sentence in the middle.
-pub(super) fn draw_notice<DB>(area: &DrawingArea<DB, Shift>, text: &str) -> Result<()>
+pub(super) fn draw_notice<DB>(area: &DrawingArea<DB, Shift>, text: &str) -> DrawResult<()>
 where
     DB: DrawingBackend,
     DB::ErrorType: 'static,

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
 use uffd_core::stats::percentile_sorted;
 
+use super::error::PlotError;
 use super::{MIB, MIN_LATENCY_US};
 use crate::trace::{self, EventKind, Resolution as How};
 
@@ -65,14 +65,16 @@ impl Events {
 }
 
 /// Reads the trace at `path` ([`crate::trace::read`]; an error names the line that is wrong).
-pub(super) fn read_trace(path: &Path) -> Result<Events> {
+pub(super) fn read_trace(path: &Path) -> Result<Events, PlotError> {
     let mut events = Events::default();
     for line in trace::read(path)? {
         let t_ms = line.t_us / 1000.0;
         let (offset, len) = (line.offset, line.len);
         let how = |line: &trace::Line| {
-            line.resolution
-                .ok_or_else(|| anyhow!("{} event without a resolution", line.event.name()))
+            line.resolution.ok_or_else(|| PlotError::NoResolution {
+                path: path.to_path_buf(),
+                event: line.event.name(),
+            })
         };
         match line.event {
             EventKind::Fault => events.faults.push(Fault { t_ms, offset, len }),

@@ -1,12 +1,12 @@
 //! Panel 1: the latency histogram, log-binned and stacked by resolution.
 
-use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::chart::{
     draw_legend, draw_percentile_marks, latency_chart, latency_panel, linear_axis_labels,
 };
+use super::error::DrawResult;
 use super::events::Latency;
 use super::{colour, BINS_PER_DECADE};
 
@@ -22,12 +22,17 @@ struct Histogram {
 impl Histogram {
     fn new(lat: &Latency) -> Histogram {
         let (lo, hi) = lat.axis_range();
+        // Both are powers of ten with hi > lo: a small positive whole number of bins.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let bins = ((hi / lo).log10() * BINS_PER_DECADE).round() as usize;
         let edge = |i: usize| lo * 10f64.powf(i as f64 / BINS_PER_DECADE);
         let edges: Vec<f64> = (0..=bins).map(edge).collect();
         let bin_of = |us: f64| {
             let i = ((us / lo).log10() * BINS_PER_DECADE).floor();
-            (i.max(0.0) as usize).min(bins - 1)
+            // Flooring a non-negative bin position is the point; above the last bin saturates.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let bin = i.max(0.0) as usize;
+            bin.min(bins - 1)
         };
         let counts = lat
             .by_how
@@ -50,7 +55,7 @@ impl Histogram {
 }
 
 /// Panel 1: the stacked log-binned histogram, with p50/p99 lines.
-pub(super) fn draw_histogram<DB>(area: &DrawingArea<DB, Shift>, lat: &Latency) -> Result<()>
+pub(super) fn draw_histogram<DB>(area: &DrawingArea<DB, Shift>, lat: &Latency) -> DrawResult<()>
 where
     DB: DrawingBackend,
     DB::ErrorType: 'static,

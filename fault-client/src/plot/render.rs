@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
 use plotters::prelude::*;
 
 use super::cdf::draw_cdf;
 use super::chart::draw_notice;
+use super::error::{DrawError, PlotError, RenderError};
 use super::events::{Events, Latency};
 use super::histogram::draw_histogram;
 use super::text::title;
@@ -18,14 +18,20 @@ use super::{FONT, SIZE};
 static FONT_BYTES: &[u8] = include_bytes!("../../assets/DejaVuSans-subset.ttf");
 
 /// The picture as an SVG document.
-pub(super) fn render_svg(events: &Events, latency: Option<&Latency>) -> Result<Vec<u8>> {
+pub(super) fn render_svg(
+    events: &Events,
+    latency: Option<&Latency>,
+) -> Result<Vec<u8>, RenderError> {
     let mut svg = String::new();
     draw(SVGBackend::with_string(&mut svg, SIZE), events, latency)?;
     Ok(svg.into_bytes())
 }
 
 /// The picture as a PNG file: drawn into an RGB buffer, then compressed.
-pub(super) fn render_png(events: &Events, latency: Option<&Latency>) -> Result<Vec<u8>> {
+pub(super) fn render_png(
+    events: &Events,
+    latency: Option<&Latency>,
+) -> Result<Vec<u8>, RenderError> {
     let (width, height) = SIZE;
     let mut rgb = vec![0u8; width as usize * height as usize * 3];
     draw(BitMapBackend::with_buffer(&mut rgb, SIZE), events, latency)?;
@@ -35,9 +41,11 @@ pub(super) fn render_png(events: &Events, latency: Option<&Latency>) -> Result<V
     encoder.set_depth(png::BitDepth::Eight);
     encoder.set_compression(png::Compression::Best);
     encoder.set_adaptive_filter(png::AdaptiveFilterType::Adaptive);
-    let mut writer = encoder.write_header().context("encoding the PNG")?;
-    writer.write_image_data(&rgb).context("encoding the PNG")?;
-    writer.finish().context("encoding the PNG")?;
+    let mut writer = encoder.write_header().map_err(RenderError::EncodePng)?;
+    writer
+        .write_image_data(&rgb)
+        .map_err(RenderError::EncodePng)?;
+    writer.finish().map_err(RenderError::EncodePng)?;
     Ok(png)
 }
 
@@ -49,27 +57,25 @@ pub(super) enum Format {
 }
 
 impl Format {
-    pub(super) fn of(out: &Path) -> Result<Format> {
+    pub(super) fn of(out: &Path) -> Result<Format, PlotError> {
         let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("");
         match ext.to_ascii_lowercase().as_str() {
             "svg" => Ok(Format::Svg),
             "png" => Ok(Format::Png),
-            _ => bail!(
-                "cannot tell the picture format of {}: the file name must end in .svg or .png",
-                out.display()
-            ),
+            _ => Err(PlotError::Format {
+                path: out.to_path_buf(),
+            }),
         }
     }
 }
 
 /// Registers the embedded DejaVu Sans as the family [`FONT`] (ab_glyph has no system fonts).
-pub(super) fn register_font() -> Result<()> {
-    plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES)
-        .map_err(|_| anyhow!("the embedded DejaVu Sans font could not be loaded"))
+pub(super) fn register_font() -> Result<(), PlotError> {
+    plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES).map_err(|_| PlotError::Font)
 }
 
 /// Draws the whole picture with `backend`.
-fn draw<DB>(backend: DB, events: &Events, latency: Option<&Latency>) -> Result<()>
+fn draw<DB>(backend: DB, events: &Events, latency: Option<&Latency>) -> Result<(), DrawError>
 where
     DB: DrawingBackend,
     DB::ErrorType: 'static,

@@ -1,17 +1,17 @@
 //! Panel 3: the timeline of page arrivals over the image, with the faults as rings.
 
-use anyhow::Result;
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::chart::{draw_legend, draw_notice, linear_axis_labels};
+use super::error::DrawResult;
 use super::events::{Arrival, Events, Fault};
 use super::{colour, FAULT_RING_PX, FONT, MIB, MIN_MARK_PX};
 use crate::trace::Resolution as How;
 
 /// Panel 3: arrivals as marks over time and offset, faults as crosses on top.
-pub(super) fn draw_timeline<DB>(area: &DrawingArea<DB, Shift>, events: &Events) -> Result<()>
+pub(super) fn draw_timeline<DB>(area: &DrawingArea<DB, Shift>, events: &Events) -> DrawResult<()>
 where
     DB: DrawingBackend,
     DB::ErrorType: 'static,
@@ -100,7 +100,7 @@ fn arrival_mark(a: &Arrival, min_w: f64, min_h: f64) -> Rectangle<(f64, f64)> {
 fn draw_fault_markers<DB>(
     chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
     faults: &[Fault],
-) -> Result<()>
+) -> DrawResult<()>
 where
     DB: DrawingBackend,
     DB::ErrorType: 'static,

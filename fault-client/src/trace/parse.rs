@@ -75,7 +75,7 @@ pub enum ReadTraceError {
         /// Line number, from 1.
         line: usize,
         /// What is wrong.
-        what: String,
+        what: ParseLineError,
         /// The line.
         text: String,
     },
@@ -107,37 +107,73 @@ pub fn read(path: &Path) -> Result<Vec<Line>, ReadTraceError> {
     Ok(lines)
 }
 
+/// Why a line is not a trace line ([`parse_line`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseLineError {
+    /// Not 7 or 8 columns.
+    #[error("expected 8 comma-separated fields ({HEADER}), found {0}")]
+    Fields(usize),
+    /// The `event` column names no event.
+    #[error(
+        "unknown event {0:?} (expected fault, request, answer, gathered, arrival, resolved or \
+         touch)"
+    )]
+    Event(String),
+    /// A time column is not a finite, non-negative number.
+    #[error("{column} {text:?} is not a number of microseconds")]
+    Micros {
+        /// `t_us` or `latency_us`.
+        column: &'static str,
+        /// The column's text.
+        text: String,
+    },
+    /// An `offset` or `len` column is not a whole number.
+    #[error("{column} {text:?} is not a number of bytes")]
+    Bytes {
+        /// `offset` or `len`.
+        column: &'static str,
+        /// The column's text.
+        text: String,
+    },
+    /// The `resolution` column names no resolution.
+    #[error("unknown resolution {0:?}")]
+    Resolution(String),
+    /// The `tid` column is not a thread id.
+    #[error("tid {0:?} is not a thread id")]
+    Tid(String),
+}
+
 /// Parses one line of 7 or 8 columns.
-pub fn parse_line(text: &str) -> Result<Line, String> {
+pub fn parse_line(text: &str) -> Result<Line, ParseLineError> {
     let fields: Vec<&str> = text.split(',').collect();
-    let tid = match fields.len() {
-        7 => "",
-        8 => fields[7],
-        n => {
-            return Err(format!(
-                "expected 8 comma-separated fields ({HEADER}), found {n}"
-            ))
-        }
+    let (columns, tid) = match fields[..] {
+        [t_us, event, offset, len, latency_us, resolution, channel] => (
+            [t_us, event, offset, len, latency_us, resolution, channel],
+            "",
+        ),
+        [t_us, event, offset, len, latency_us, resolution, channel, tid] => (
+            [t_us, event, offset, len, latency_us, resolution, channel],
+            tid,
+        ),
+        _ => return Err(ParseLineError::Fields(fields.len())),
     };
-    let [t_us, event, offset, len, latency_us, resolution, channel] = fields[..7] else {
-        return Err("expected 8 comma-separated fields".into());
-    };
+    let [t_us, event, offset, len, latency_us, resolution, channel] = columns;
     let event = EventKind::ALL
         .into_iter()
         .find(|e| e.name() == event)
-        .ok_or_else(|| {
-            format!(
-                "unknown event {event:?} (expected fault, request, answer, gathered, arrival, \
-                 resolved or touch)"
-            )
-        })?;
-    let micros = |name: &str, text: &str| match text.parse::<f64>() {
+        .ok_or_else(|| ParseLineError::Event(event.to_string()))?;
+    let micros = |column: &'static str, text: &str| match text.parse::<f64>() {
         Ok(us) if us.is_finite() && us >= 0.0 => Ok(us),
-        _ => Err(format!("{name} {text:?} is not a number of microseconds")),
+        _ => Err(ParseLineError::Micros {
+            column,
+            text: text.to_string(),
+        }),
     };
-    let bytes = |name: &str, text: &str| {
-        text.parse::<u64>()
-            .map_err(|_| format!("{name} {text:?} is not a number of bytes"))
+    let bytes = |column: &'static str, text: &str| {
+        text.parse::<u64>().map_err(|_| ParseLineError::Bytes {
+            column,
+            text: text.to_string(),
+        })
     };
     fn optional(text: &str) -> Option<&str> {
         (!text.is_empty()).then_some(text)
@@ -151,14 +187,11 @@ pub fn parse_line(text: &str) -> Result<Line, String> {
             .map(|l| micros("latency_us", l))
             .transpose()?,
         resolution: optional(resolution)
-            .map(|r| Resolution::parse(r).ok_or_else(|| format!("unknown resolution {r:?}")))
+            .map(|r| Resolution::parse(r).ok_or_else(|| ParseLineError::Resolution(r.to_string())))
             .transpose()?,
         channel: optional(channel).map(str::to_string),
         tid: optional(tid)
-            .map(|t| {
-                t.parse()
-                    .map_err(|_| format!("tid {t:?} is not a thread id"))
-            })
+            .map(|t| t.parse().map_err(|_| ParseLineError::Tid(t.to_string())))
             .transpose()?,
     })
 }
@@ -194,6 +227,7 @@ mod tests {
         }
         assert!(parse_line("1.0,fault,x,4096,,,,")
             .expect_err("bad offset")
+            .to_string()
             .contains("offset"));
     }
 

@@ -18,13 +18,24 @@ pub enum Endpoint {
     Unix(PathBuf),
 }
 
-impl std::str::FromStr for Endpoint {
-    type Err = String;
+/// Why a text is not an [`Endpoint`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointParseError {
+    /// `unix:` with nothing after it.
+    #[error("unix: needs a path, e.g. unix:/tmp/pages.sock")]
+    UnixWithoutPath,
+    /// Neither `unix:PATH` nor `HOST:PORT` with a port number.
+    #[error("`{0}` is not HOST:PORT (e.g. 127.0.0.1:7070) or unix:PATH")]
+    NotHostPort(String),
+}
 
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+impl std::str::FromStr for Endpoint {
+    type Err = EndpointParseError;
+
+    fn from_str(s: &str) -> std::result::Result<Self, EndpointParseError> {
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err("unix: needs a path, e.g. unix:/tmp/pages.sock".into());
+                return Err(EndpointParseError::UnixWithoutPath);
             }
             return Ok(Endpoint::Unix(PathBuf::from(path)));
         }
@@ -32,9 +43,7 @@ impl std::str::FromStr for Endpoint {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
                 Ok(Endpoint::Tcp(s.to_string()))
             }
-            _ => Err(format!(
-                "`{s}` is not HOST:PORT (e.g. 127.0.0.1:7070) or unix:PATH"
-            )),
+            _ => Err(EndpointParseError::NotHostPort(s.to_string())),
         }
     }
 }

@@ -16,5 +16,5 @@ mod endpoint;
 mod framed;
 
 pub use conn::Conn;
-pub use endpoint::{raise_open_files_limit, Endpoint, Listener};
+pub use endpoint::{raise_open_files_limit, Endpoint, EndpointParseError, Listener};
 pub use framed::{BatchReader, FrameBatch, FrameReader, FrameWriter, Result, WireError};
