@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{have_uffd, pool_has, synthetic, usize_from, TestServer, PAGE};
+use common::{have_uffd, pool_has, synthetic, TestServer, PAGE};
 use fault_client::client::{Client, ClientOptions};
 use hugepage::{Backing, HugetlbPlacement};
 use page_server::Image;
+use uffd_core::convert::usize_from;
 
 const MIB: u64 = 1 << 20;
 
@@ -183,7 +184,13 @@ fn unmap(addr: u64, len: u64) {
 fn unmapped(addr: u64) -> bool {
     let mut vec = [0u8; 1];
     // SAFETY: mincore only writes one byte per page into `vec`, which has room for one page.
-    let rc = unsafe { libc::mincore(addr as *mut libc::c_void, usize_from(PAGE), vec.as_mut_ptr()) };
+    let rc = unsafe {
+        libc::mincore(
+            addr as *mut libc::c_void,
+            usize_from(PAGE),
+            vec.as_mut_ptr(),
+        )
+    };
     rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOMEM)
 }
 

@@ -10,8 +10,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use common::{eventually, hello, synthetic, usize_from, Observed, TestServer, PAGE};
+use common::{eventually, hello, synthetic, Observed, TestServer, PAGE};
 use page_server::Image;
+use uffd_core::convert::usize_from;
 use uffd_core::proto::{self, ErrorCode, Frame, Hello, Limits, Role};
 use uffd_core::{Conn, Endpoint, FrameReader, FrameWriter};
 

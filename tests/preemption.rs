@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{synthetic, usize_from, TestServer, PAGE};
+use common::{synthetic, TestServer, PAGE};
+use uffd_core::convert::usize_from;
 use uffd_core::proto::{self, Hello, Role};
 use uffd_core::{Conn, Frame, FrameReader, FrameWriter, Limits};
 

@@ -9,9 +9,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{have_uffd, usize_from, ServerProcess, TestServer, PAGE};
+use common::{have_uffd, ServerProcess, TestServer, PAGE};
 use fault_client::client::{Client, ClientOptions};
 use fault_client::{RunConfig, Workload};
+use uffd_core::convert::usize_from;
 use uffd_core::Synthetic;
 
 /// Waits for the run of `client` to fail, at most `limit` after `since`; returns the error

@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{have_uffd, synthetic, usize_from, TestServer, PAGE};
+use common::{have_uffd, synthetic, TestServer, PAGE};
 use fault_client::client::{Client, ClientOptions};
 use rand::{Rng, SeedableRng};
+use uffd_core::convert::usize_from;
 
 struct Outcome {
     faults: u64,

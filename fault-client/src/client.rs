@@ -13,10 +13,10 @@ use hugepage::{Backing, HugetlbPlacement, Memory};
 use crate::connect::{connect, HelloParams, Reference};
 use crate::link::LinkConfig;
 use crate::pager::{self, Pager};
-use crate::pages::usize_of;
 use crate::report::{LatencyUs, Report};
 use crate::verify::{dump, verify};
 use crate::workload::{self, Workload};
+use uffd_core::convert::usize_from;
 
 pub use crate::error::ClientError;
 
@@ -481,7 +481,7 @@ fn report(
         image_bytes,
         pages: pager.pages,
         pages_present: (0..pager.pages)
-            .filter(|&p| pager.page_state.received.get(usize_of(p)))
+            .filter(|&p| pager.page_state.received.get(usize_from(p)))
             .count() as u64,
         workload: config.workload.to_string(),
         threads: config.threads,

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use uffd_core::{Event, Userfaultfd};
 
 use crate::pager::Pager;
-use crate::pages::usize_of;
+use uffd_core::convert::usize_from;
 
 /// A moved range: `len` bytes that were at `from` are now at `to`.
 pub use hugepage::Move;
@@ -63,8 +63,8 @@ pub fn apply(pager: &Arc<Pager>, event: Event) -> Result<(), EventError> {
                 .events_remove
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             for page in pager.pages_in(start, end) {
-                pager.page_state.received.clear(usize_of(page));
-                pager.page_state.discarded.set(usize_of(page));
+                pager.page_state.received.clear(usize_from(page));
+                pager.page_state.discarded.set(usize_from(page));
             }
             Ok(())
         }
@@ -74,7 +74,7 @@ pub fn apply(pager: &Arc<Pager>, event: Event) -> Result<(), EventError> {
                 .events_unmap
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             for page in pager.pages_in(start, end) {
-                pager.page_state.gone.set(usize_of(page));
+                pager.page_state.gone.set(usize_from(page));
             }
             pager.run.notify();
             Ok(())
@@ -146,7 +146,7 @@ fn serve_child(pager: &Pager, child: Userfaultfd) {
             let ready = pager.run.wait_until(|| {
                 wanted
                     .clone()
-                    .all(|p| pager.page_state.received.get(usize_of(p)))
+                    .all(|p| pager.page_state.received.get(usize_from(p)))
             });
             if ready.is_err() {
                 return;
@@ -154,7 +154,7 @@ fn serve_child(pager: &Pager, child: Userfaultfd) {
             // SAFETY: the parent's pages are present (checked above) and the pager never
             // unmaps them while it runs; nothing writes them during the copy.
             let bytes = unsafe {
-                std::slice::from_raw_parts(pager.page_addr(first) as *const u8, usize_of(unit))
+                std::slice::from_raw_parts(pager.page_addr(first) as *const u8, usize_from(unit))
             };
             match uffd_core::place::copy(&child, start, bytes, true) {
                 Ok(uffd_core::Outcome::Gone) => return, // the child exited

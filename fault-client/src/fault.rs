@@ -13,10 +13,10 @@ use uffd_core::{Event, Userfaultfd};
 
 use crate::events;
 use crate::pager::{Channel, Pager};
-use crate::pages::usize_of;
 use crate::placer::{Placer, PlacerError};
 use crate::trace::Resolution;
 use crate::workload::Waits;
+use uffd_core::convert::usize_from;
 
 /// The fault handler thread: faults become requests; events are applied.
 pub fn handle_faults(pager: &Arc<Pager>) {
@@ -116,7 +116,7 @@ fn handle_fault(
         return zero_outside_image(pager, addr);
     };
     let unit_pages = (pager.memory.request_unit() / pager.page).max(1);
-    if pager.page_state.received.get(usize_of(page)) {
+    if pager.page_state.received.get(usize_from(page)) {
         if let Some(trace) = &pager.trace {
             trace.already_present(page * pager.page, pager.page);
         }
@@ -126,7 +126,7 @@ fn handle_fault(
         return Ok(Handled::Done);
     }
     let padding = page >= pager.pages && unit_pages == 1;
-    if padding || pager.page_state.discarded.get(usize_of(page)) {
+    if padding || pager.page_state.discarded.get(usize_from(page)) {
         // Discarded by the application (or padding past the image): reads as zero, locally.
         if local.is_none() {
             *local = Some(Placer::new(pager, Channel::Urgent)?);
@@ -165,7 +165,7 @@ fn zero_outside_image(pager: &Pager, addr: u64) -> Result<Handled, PlacerError> 
     let at = addr / size * size;
     let zeros;
     let source = if huge {
-        zeros = vec![0u8; usize_of(size)];
+        zeros = vec![0u8; usize_from(size)];
         uffd_core::Source::Bytes(&zeros)
     } else {
         uffd_core::Source::Zero(size)

@@ -35,10 +35,6 @@
 //! - `demo`: the one-command demo (a page-server child process).
 //! - `bench`: `fault-client bench`, the standard comparison set as one table.
 
-// Firecracker's cast lints, as in page-server: a cast that can cut or flip a value is
-// converted with a check, or says why it cannot (`pages::usize_of` for page indices).
-#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-
 pub mod client;
 pub mod connect;
 pub mod control;

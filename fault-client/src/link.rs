@@ -31,7 +31,7 @@ use uffd_core::{Conn, Frame, WireError};
 
 use crate::connect::{self, ConnectError, Connected, HelloParams};
 use crate::pager::{self, Channel, Pager};
-use crate::pages::usize_of;
+use uffd_core::convert::usize_from;
 
 /// How to reach the server and how hard to try.
 #[derive(Debug, Clone)]
@@ -160,7 +160,7 @@ fn install(
         let unit_pages = (pager.memory.request_unit() / pager.page).max(1);
         let mut page = 0;
         while page < pager.pages {
-            if pager.page_state.requested.get(usize_of(page))
+            if pager.page_state.requested.get(usize_from(page))
                 && !pager.unit_present(page, unit_pages)
             {
                 let len = unit_pages.min(pager.pages - page) * pager.page;

@@ -22,8 +22,9 @@ use uffd_core::{Frame, Limits, Userfaultfd};
 
 use crate::control::RunControl;
 use crate::link_state::LinkState;
-use crate::pages::{usize_of, PageState};
+use crate::pages::PageState;
 use crate::workload::Waits;
+use uffd_core::convert::usize_from;
 
 /// Counters of a run (all monotonic).
 #[derive(Debug, Default)]
@@ -153,7 +154,7 @@ impl Pager {
     /// True if every page of the request unit starting at `first` is present.
     pub fn unit_present(&self, first: u64, unit_pages: u64) -> bool {
         (first..(first + unit_pages).min(self.pages))
-            .all(|p| self.page_state.received.get(usize_of(p)))
+            .all(|p| self.page_state.received.get(usize_from(p)))
     }
 
     /// The received bitmap as words, for resuming a session.
@@ -213,7 +214,7 @@ impl Pager {
     pub fn request(&self, page: u64) -> bool {
         let unit_pages = (self.memory.request_unit() / self.page).max(1);
         let first = page / unit_pages * unit_pages;
-        if first >= self.pages || !self.page_state.requested.set(usize_of(first)) {
+        if first >= self.pages || !self.page_state.requested.set(usize_from(first)) {
             return false;
         }
         // The last unit of a huge-page backing may reach past the image: ask for the image's

@@ -36,13 +36,3 @@ impl PageState {
         }
     }
 }
-
-/// `n` as a `usize`, for a page index of the region (a bitmap slot) or a byte count or offset
-/// within memory this process has mapped (the region, a unit of it, a frame's buffer).
-/// Lossless: such a number is below the size of the address space, so it fits a `usize`.
-pub fn usize_of(n: u64) -> usize {
-    // Lossless by the argument above; the one place the engine narrows a u64.
-    #[allow(clippy::cast_possible_truncation)]
-    let n = n as usize;
-    n
-}

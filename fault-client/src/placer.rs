@@ -10,8 +10,8 @@ use hugepage::{AssembleError, Assembler, Backing, Mapped, MemoryError, Progress}
 use uffd_core::place::Stop;
 
 use crate::pager::{Channel, Pager};
-use crate::pages::usize_of;
 use crate::trace::Resolution;
+use uffd_core::convert::usize_from;
 
 /// Errors of placing pages.
 #[derive(Debug, thiserror::Error)]
@@ -130,9 +130,9 @@ impl Placer {
             return self.place_run(pager, offset, bytes, len);
         }
         let class = |p: u64| {
-            if pager.page_state.gone.get(usize_of(p)) {
+            if pager.page_state.gone.get(usize_from(p)) {
                 PageClass::Gone
-            } else if pager.page_state.discarded.get(usize_of(p)) {
+            } else if pager.page_state.discarded.get(usize_from(p)) {
                 PageClass::Discarded
             } else {
                 PageClass::Wanted
@@ -155,7 +155,7 @@ impl Placer {
                 PageClass::Wanted => self.place_run(
                     pager,
                     o,
-                    bytes.map(|b| &b[usize_of(i * ps)..usize_of(j * ps)]),
+                    bytes.map(|b| &b[usize_from(i * ps)..usize_from(j * ps)]),
                     l,
                 )?,
                 PageClass::Discarded => self.place_run(pager, o, None, l)?,
@@ -196,7 +196,7 @@ impl Placer {
                     let step = self.place_run(
                         pager,
                         at,
-                        Some(&ZEROS[..usize_of(pager.page)]),
+                        Some(&ZEROS[..usize_from(pager.page)]),
                         pager.page,
                     )?;
                     total.merge(&step);
@@ -231,7 +231,7 @@ impl Placer {
                 pager
                     .page_state
                     .received
-                    .set_range(usize_of(first), usize_of(first + done));
+                    .set_range(usize_from(first), usize_from(first + done));
                 if pager.memory.unit() > page {
                     pager.recheck.store(true, Ordering::Release);
                 }

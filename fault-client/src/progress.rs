@@ -14,8 +14,8 @@ use uffd_core::Latency;
 
 use crate::client::{self, ClientError, RunConfig};
 use crate::pager::Pager;
-use crate::pages::usize_of;
 use crate::report::Report;
+use uffd_core::convert::usize_from;
 
 /// A running progress line.
 #[derive(Debug)]
@@ -53,7 +53,11 @@ impl Progress {
                     let faults = c.faults.load(Ordering::Relaxed) as f64;
                     let p99 = live.lock().unwrap_or_else(|e| e.into_inner()).summary().p99;
                     bar.set_position(
-                        pager.page_state.received.count().min(usize_of(pager.pages)) as u64
+                        pager
+                            .page_state
+                            .received
+                            .count()
+                            .min(usize_from(pager.pages)) as u64,
                     );
                     bar.set_message(format!(
                         "{:.0} MiB/s  {:.0} faults/s  p99 {:.0} us",

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::connect::Reference;
 use crate::error::ClientError;
 use crate::pager::Pager;
-use crate::pages::usize_of;
+use uffd_core::convert::usize_from;
 
 /// Touches every page still mapped, so the whole image arrives. The touching is done by a
 /// helper thread: a touch blocks until its page is placed, and if the server is lost for good
@@ -20,7 +20,7 @@ fn fetch_all(pager: &Arc<Pager>) -> Result<(), ClientError> {
     std::thread::Builder::new()
         .name("fetch-all".into())
         .spawn(move || {
-            for index in (0..p.pages).filter(|&i| !p.page_state.gone.get(usize_of(i))) {
+            for index in (0..p.pages).filter(|&i| !p.page_state.gone.get(usize_from(i))) {
                 // SAFETY: the address is inside the registered region; a missing page is
                 // fetched on demand and this thread blocks until it is placed.
                 unsafe { std::ptr::read_volatile(p.page_addr(index) as *const u8) };
@@ -43,21 +43,21 @@ pub(crate) fn verify(pager: &Arc<Pager>, reference: &Reference) -> Result<bool, 
     let mut expected = vec![0u8; page];
     let mut bad = 0u64;
     for index in 0..pager.pages {
-        if pager.page_state.gone.get(usize_of(index)) {
+        if pager.page_state.gone.get(usize_from(index)) {
             continue; // unmapped by the application
         }
         let addr = pager.page_addr(index) as *const u8;
         // SAFETY: every page is present (fetched above) and nothing writes the region now.
         let bytes = unsafe { std::slice::from_raw_parts(addr, page) };
         // A page the application discarded reads as zeros (see crate::events).
-        let discarded = pager.page_state.discarded.get(usize_of(index));
+        let discarded = pager.page_state.discarded.get(usize_from(index));
         let same = match reference {
             Reference::Checksums(sums) => {
                 let sum = if discarded {
                     expected.fill(0);
                     uffd_core::checksum(&expected)
                 } else {
-                    sums.get(usize_of(index)).copied().unwrap_or_default()
+                    sums.get(usize_from(index)).copied().unwrap_or_default()
                 };
                 uffd_core::checksum(bytes) == sum
             }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::liveness::stall_message;
 use crate::pager::Pager;
-use crate::pages::usize_of;
+use uffd_core::convert::usize_from;
 
 /// The watchdog thread: reports a stall of the current generation through [`LinkState::lost`](crate::link_state::LinkState::lost).
 /// Returns when the pager stops or the run has failed.
@@ -60,7 +60,7 @@ fn waiting(pager: &Pager, background: bool) -> bool {
 fn unanswered(pager: &Pager) -> bool {
     let unit_pages = (pager.memory.request_unit() / pager.page).max(1);
     let settled = |p: u64| {
-        let p = usize_of(p);
+        let p = usize_from(p);
         pager.page_state.received.get(p)
             || pager.page_state.discarded.get(p)
             || pager.page_state.gone.get(p)

@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::pages::usize_of;
 use crate::trace::Trace;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
+use uffd_core::convert::usize_from;
 use uffd_core::{Latency, PageBitmap};
 
 /// Fault messages read per thread, for telling which accesses waited on a userfault.
@@ -145,7 +145,7 @@ pub fn plan(
                     // Zipf samples are whole numbers in 1..=pages.
                     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
                     let rank = zipf.sample(&mut rng) as u64;
-                    order[usize_of((rank.max(1) - 1).min(pages - 1))]
+                    order[usize_from((rank.max(1) - 1).min(pages - 1))]
                 })
                 .collect()
         }
@@ -180,7 +180,7 @@ pub fn touch(
     let mut faults = waits.faults_of(tid);
     for &page in plan {
         // A page marked received is mapped: its access cannot fault.
-        let was_present = received.get(usize_of(page));
+        let was_present = received.get(usize_from(page));
         let addr = (base + page * page_size) as *const u8;
         let start = Instant::now();
         // SAFETY: `addr` lies inside the registered region, which outlives the workload; a

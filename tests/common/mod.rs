@@ -10,10 +10,6 @@ use std::thread::JoinHandle;
 use page_server::{Config, Image, Server};
 use uffd_core::Endpoint;
 
-/// A page index or a length in `u64` (as the pager and the protocol count them) as a `usize`
-/// to index a bitmap or slice memory with.
-pub use uffd_core::convert::usize_from;
-
 pub const PAGE: u64 = 4096;
 
 /// A page server running on a thread of the test process, shut down on drop.
