@@ -1,7 +1,5 @@
 //! `fault-client`: parses the command line and calls [`fault_client::run`].
 
-#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {

@@ -4,8 +4,6 @@
 //! The bench starts `page-server` children: the binary must be next to `fault-client`
 //! (target/<profile>/page-server), which `cargo test --workspace` builds.
 
-#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

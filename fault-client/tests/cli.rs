@@ -1,7 +1,5 @@
 //! The fault-client binary's argument handling and probe, as a user runs them.
 
-#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fault-client");

@@ -1,8 +1,6 @@
 //! `fault-client plot` as a user runs it: on a synthetic trace with every kind of event, to
 //! SVG and PNG, and on the inputs it must refuse.
 
-#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
