@@ -346,7 +346,7 @@ fn batch(bin: &Path, server: &ServerProc, n: usize, image_mib: f64) -> Result<Ba
 fn sessions(bin: &Path, args: &Args) -> Result<()> {
     let image = &args.session_image;
     let server = ServerProc::start(bin, &["--synthetic", image, "--max-sessions", "1024"])?;
-    let image_mib = parse_size(image)? as f64 / f64::from(1 << 20);
+    let image_mib = uffd_core::units::parse_bytes(image)? as f64 / f64::from(1 << 20);
     println!();
     println!(
         "## throughput against concurrent sessions ({image} synthetic image each, verified; \
@@ -384,19 +384,4 @@ fn sessions(bin: &Path, args: &Args) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn parse_size(s: &str) -> Result<u64> {
-    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = number
-        .parse()
-        .with_context(|| format!("`{s}` is not a size"))?;
-    let scale = match unit {
-        "" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        _ => bail!("`{s}`: give the size in KiB, MiB or GiB"),
-    };
-    Ok(n * scale)
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use uffd_core::units::{self, ParseError, Prefixes};
+use uffd_core::units::{self, ParseError};
 use uffd_core::Endpoint;
 
 use crate::bench::BenchError;
@@ -196,7 +196,7 @@ pub struct RunArgs {
 
 /// A receive window: 4 KiB to 1 GiB.
 fn parse_window(s: &str) -> Result<u32, ParseError> {
-    let bytes = units::parse_bytes_between(s, Prefixes::Si, 4096, 1 << 30)?;
+    let bytes = units::parse_bytes_between(s, 4096, 1 << 30)?;
     // At most 1 GiB: always fits.
     Ok(u32::try_from(bytes).unwrap_or(u32::MAX))
 }

@@ -2,7 +2,7 @@
 //! the library.
 
 use clap::{Parser, Subcommand};
-use uffd_core::units::{self, ParseError, Prefixes};
+use uffd_core::units::{self, ParseError};
 
 use crate::backing::{Backing, HugetlbPlacement};
 use crate::bench::{self, BenchConfig, BenchError};
@@ -107,12 +107,12 @@ pub enum Command {
 
 /// A chunk: a non-zero multiple of 4 KiB (`64KiB`, `64K` and `1M` are powers of 1024 here).
 fn parse_chunk(text: &str) -> Result<u64, ParseError> {
-    units::parse_multiple(text, Prefixes::Binary, 4096, None)
+    units::parse_multiple(text, 4096, None)
 }
 
 /// A huge page size: 2M or 1G.
 fn parse_huge_size(text: &str) -> Result<u64, ParseError> {
-    match units::parse_bytes(text, Prefixes::Binary)? {
+    match units::parse_bytes(text)? {
         size @ (0x20_0000 | 0x4000_0000) => Ok(size),
         _ => Err(ParseError::NotOneOf {
             input: text.to_owned(),

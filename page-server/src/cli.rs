@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
-use uffd_core::units::{self, ParseError, Prefixes};
+use uffd_core::units::{self, ParseError};
 use uffd_core::Endpoint;
 
 use crate::config::Config;
@@ -182,18 +182,13 @@ pub struct Args {
 
 /// A synthetic image's size (`256MiB`, `1GiB`, `1TiB`).
 fn parse_image_size(s: &str) -> Result<u64, ParseError> {
-    units::parse_bytes(s, Prefixes::Si)
+    units::parse_bytes(s)
 }
 
 /// A chunk: a multiple of the page size, at most the protocol's largest frame.
 fn parse_chunk(s: &str) -> Result<u64, ParseError> {
     let page = uffd_core::page_size() as u64;
-    units::parse_multiple(
-        s,
-        Prefixes::Si,
-        page,
-        Some(uffd_core::proto::MAX_CHUNK as u64),
-    )
+    units::parse_multiple(s, page, Some(uffd_core::proto::MAX_CHUNK as u64))
 }
 
 /// Runs the server until SIGINT or SIGTERM.

@@ -3,9 +3,9 @@
 //! The three binaries' value parsers call these, so a flag that takes a size accepts the same
 //! forms in every tool, and a bad value is refused with the same clear message.
 //!
-//! - Sizes: a number of bytes with an optional unit (`4096`, `64KiB`, `2M`, `1.5GiB`). `KiB`,
-//!   `MiB`, `GiB`, `TiB` are powers of 1024; `K`, `M`, `G` (and `KB`, `MB`, `GB`) are powers of
-//!   1000 with [`Prefixes::Si`] or of 1024 with [`Prefixes::Binary`] (for page sizes: `2M`).
+//! - Sizes: a number of bytes with an optional unit (`4096`, `64KiB`, `2M`, `1.5GiB`), read as
+//!   `dd` reads them: `K`, `M`, `G`, `T` and `KiB`, `MiB`, `GiB`, `TiB` are powers of 1024
+//!   (`2M` is a 2 MiB huge page, `1G` a 1 GiB image); `KB`, `MB`, `GB`, `TB` are powers of 1000.
 //! - Durations: whole seconds (`300`) or a whole number with a unit: `500ms`, `30s`, `5m`, `1h`.
 //! - Rates, in bytes per second: bits per second as tc writes them (`900mbit`, `1gbit`,
 //!   `500kbit`, decimal units) or a size per second (`100MiB/s`, `12MB/s`).
@@ -113,30 +113,33 @@ pub enum RateProblem {
     Size(parse_size::Error),
 }
 
-/// What `K`, `M`, `G` and `T` without an `i` mean in a size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Prefixes {
-    /// Powers of 1000 (`2M` is 2 000 000 bytes); `KiB`, `MiB`… are powers of 1024.
-    Si,
-    /// Powers of 1024 (`2M` is 2 MiB), as page sizes are written.
-    Binary,
-}
-
-/// Parses a size in bytes (`4096`, `64KiB`, `256MiB`, `1GiB`, `2M`).
-pub fn parse_bytes(s: &str, prefixes: Prefixes) -> Result<u64, ParseError> {
-    let config = match prefixes {
-        Prefixes::Si => parse_size::Config::new(),
-        Prefixes::Binary => parse_size::Config::new().with_binary(),
-    };
-    config.parse_size(s).map_err(|source| ParseError::Size {
+/// Parses a size in bytes (`4096`, `64KiB`, `256MiB`, `1GiB`, `2M`, `12MB`).
+pub fn parse_bytes(s: &str) -> Result<u64, ParseError> {
+    parse_size_text(s).map_err(|source| ParseError::Size {
         input: s.to_owned(),
         source,
     })
 }
 
+/// `parse_size` reads a bare `K`, `M`, `G` as powers of 1000; a size of memory means powers of
+/// 1024 (as `dd`, QEMU's `-m` and the kernel's `hugepagesz=` do), so a bare letter is read as
+/// its `iB` form. `KB`, `MB`, `GB` stay decimal, and say so.
+fn parse_size_text(s: &str) -> Result<u64, parse_size::Error> {
+    let bare = s
+        .trim_end()
+        .chars()
+        .last()
+        .is_some_and(|c| "kKmMgGtTpPeE".contains(c));
+    if bare {
+        parse_size::parse_size(format!("{}iB", s.trim_end()))
+    } else {
+        parse_size::parse_size(s)
+    }
+}
+
 /// Parses a size that must not be zero.
-pub fn parse_nonzero_bytes(s: &str, prefixes: Prefixes) -> Result<u64, ParseError> {
-    match parse_bytes(s, prefixes)? {
+pub fn parse_nonzero_bytes(s: &str) -> Result<u64, ParseError> {
+    match parse_bytes(s)? {
         0 => Err(ParseError::ZeroSize {
             input: s.to_owned(),
         }),
@@ -145,13 +148,8 @@ pub fn parse_nonzero_bytes(s: &str, prefixes: Prefixes) -> Result<u64, ParseErro
 }
 
 /// Parses a size between `min` and `max` bytes (inclusive).
-pub fn parse_bytes_between(
-    s: &str,
-    prefixes: Prefixes,
-    min: u64,
-    max: u64,
-) -> Result<u64, ParseError> {
-    let n = parse_bytes(s, prefixes)?;
+pub fn parse_bytes_between(s: &str, min: u64, max: u64) -> Result<u64, ParseError> {
+    let n = parse_bytes(s)?;
     if (min..=max).contains(&n) {
         Ok(n)
     } else {
@@ -164,13 +162,8 @@ pub fn parse_bytes_between(
 }
 
 /// Parses a non-zero size that is a multiple of `unit` bytes, and at most `max` if given.
-pub fn parse_multiple(
-    s: &str,
-    prefixes: Prefixes,
-    unit: u64,
-    max: Option<u64>,
-) -> Result<u64, ParseError> {
-    let n = parse_bytes(s, prefixes)?;
+pub fn parse_multiple(s: &str, unit: u64, max: Option<u64>) -> Result<u64, ParseError> {
+    let n = parse_bytes(s)?;
     if n == 0 || !n.is_multiple_of(unit) || max.is_some_and(|max| n > max) {
         return Err(ParseError::NotMultiple {
             input: s.to_owned(),
@@ -208,14 +201,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, ParseError> {
 
 /// Parses a rate into bytes per second: bits per second with tc's decimal units (`bit`,
 /// `kbit`, `mbit`, `gbit`, any case: `900mbit` is 112 500 000 bytes/s), or a size per second
-/// (`100MiB/s`, `12MB/s`, [`Prefixes::Si`]). At least one byte per second.
+/// (`100MiB/s`, `12MB/s`, read as [`parse_bytes`] reads a size). At least one byte per second.
 pub fn parse_rate(s: &str) -> Result<u64, ParseError> {
     let bad = |problem| ParseError::Rate {
         input: s.to_owned(),
         problem,
     };
     let bytes = if let Some(size) = s.strip_suffix("/s") {
-        parse_size::parse_size(size).map_err(|e| bad(RateProblem::Size(e)))?
+        parse_size_text(size).map_err(|e| bad(RateProblem::Size(e)))?
     } else {
         let lower = s.to_ascii_lowercase();
         let (number, scale) = [
@@ -283,49 +276,45 @@ mod tests {
 
     #[test]
     fn sizes_parse() {
-        for (text, si, binary) in [
-            ("4096", 4096, 4096),
-            ("64KiB", 65536, 65536),
-            ("256MiB", 256 << 20, 256 << 20),
-            ("1GiB", 1 << 30, 1 << 30),
-            ("1TiB", 1 << 40, 1 << 40),
-            ("1.5GiB", 3 << 29, 3 << 29),
-            ("64K", 64_000, 65536),
-            ("2M", 2_000_000, 2 << 20),
-            ("1G", 1_000_000_000, 1 << 30),
-            ("12MB", 12_000_000, 12 << 20),
+        for (text, bytes) in [
+            ("4096", 4096),
+            ("64KiB", 65536),
+            ("256MiB", 256 << 20),
+            ("1GiB", 1 << 30),
+            ("1TiB", 1 << 40),
+            ("1.5GiB", 3 << 29),
+            ("64K", 65536),
+            ("64k", 65536),
+            ("2M", 2 << 20),
+            ("1G", 1 << 30),
+            ("1.5G", 3 << 29),
+            ("12MB", 12_000_000),
+            ("1GB", 1_000_000_000),
         ] {
-            assert_eq!(parse_bytes(text, Prefixes::Si), Ok(si), "{text}");
-            assert_eq!(parse_bytes(text, Prefixes::Binary), Ok(binary), "{text}");
+            assert_eq!(parse_bytes(text), Ok(bytes), "{text}");
         }
-        for bad in ["", "KiB", "1x", "-1", "99999999999999999999"] {
-            let err = parse_bytes(bad, Prefixes::Si).expect_err(bad);
+        for bad in ["", "KiB", "K", "1x", "-1", "99999999999999999999"] {
+            let err = parse_bytes(bad).expect_err(bad);
             assert!(err.to_string().contains("is not a size"), "{err}");
         }
     }
 
     #[test]
     fn sizes_are_checked() {
-        assert_eq!(parse_nonzero_bytes("1", Prefixes::Si), Ok(1));
+        assert_eq!(parse_nonzero_bytes("1"), Ok(1));
         assert!(matches!(
-            parse_nonzero_bytes("0", Prefixes::Si),
+            parse_nonzero_bytes("0"),
             Err(ParseError::ZeroSize { .. })
         ));
-        assert_eq!(
-            parse_bytes_between("256KiB", Prefixes::Si, 4096, 1 << 30),
-            Ok(256 << 10)
-        );
-        let err = parse_bytes_between("2GiB", Prefixes::Si, 4096, 1 << 30).expect_err("big");
+        assert_eq!(parse_bytes_between("256KiB", 4096, 1 << 30), Ok(256 << 10));
+        let err = parse_bytes_between("2GiB", 4096, 1 << 30).expect_err("big");
         assert_eq!(
             err.to_string(),
             "`2GiB`: the size must be between 4 KiB and 1 GiB"
         );
-        assert_eq!(
-            parse_multiple("64KiB", Prefixes::Si, 4096, Some(1 << 20)),
-            Ok(65536)
-        );
+        assert_eq!(parse_multiple("64KiB", 4096, Some(1 << 20)), Ok(65536));
         for bad in ["0", "1000", "2MiB"] {
-            let err = parse_multiple(bad, Prefixes::Si, 4096, Some(1 << 20)).expect_err(bad);
+            let err = parse_multiple(bad, 4096, Some(1 << 20)).expect_err(bad);
             assert_eq!(
                 err.to_string(),
                 format!("`{bad}`: the size must be a non-zero multiple of 4 KiB, at most 1 MiB")

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use uffd_core::units::{self, ParseError, Prefixes};
+use uffd_core::units::{self, ParseError};
 
 /// Default image size of a full run.
 pub(super) const DEFAULT_SIZE: u64 = 256 << 20;
@@ -56,7 +56,7 @@ pub struct BenchArgs {
 
 /// The image size: not zero.
 fn parse_image_size(s: &str) -> Result<u64, ParseError> {
-    units::parse_nonzero_bytes(s, Prefixes::Si)
+    units::parse_nonzero_bytes(s)
 }
 
 /// The settings of one bench, after defaults.
