@@ -1,11 +1,14 @@
 //! The errors of a run ([`crate::client`]), apart so that the end-of-run checks
-//! ([`crate::verify`]) use them without using the client.
+//! ([`crate::verify`]) use them without using the client. A run that failed while running
+//! is [`ClientError::Run`]: why is typed ([`crate::fatal::Fatal`], [`ClientError::fatal`]).
 
 use std::path::PathBuf;
 
 use hugepage::MemoryError;
 
 use crate::connect::ConnectError;
+use crate::control::RunFailed;
+use crate::fatal::Fatal;
 
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]
@@ -19,9 +22,13 @@ pub enum ClientError {
     /// No userfaultfd.
     #[error(transparent)]
     Uffd(#[from] uffd_core::uffd::UffdError),
-    /// The transfer failed (server gone, protocol error, placement error).
-    #[error("{0}")]
-    Transfer(String),
+    /// The run failed (server gone, protocol error, placement error): why is
+    /// [`RunFailed::fatal`] (also [`ClientError::fatal`]).
+    #[error(transparent)]
+    Run(#[from] RunFailed),
+    /// A workload thread panicked.
+    #[error("a workload thread panicked")]
+    WorkloadPanicked,
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Spawn(std::io::Error),
@@ -36,4 +43,14 @@ pub enum ClientError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+impl ClientError {
+    /// Why the run stopped, if it failed while running ([`ClientError::Run`]).
+    pub fn fatal(&self) -> Option<&Fatal> {
+        match self {
+            ClientError::Run(failed) => Some(failed.fatal()),
+            _ => None,
+        }
+    }
 }
