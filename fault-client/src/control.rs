@@ -9,11 +9,9 @@ use crate::fatal::Fatal;
 
 /// The run failed: [`RunControl::wait_until`] gave up waiting with the first fatal error,
 /// which is also its [`source`](std::error::Error::source).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{fatal}")]
+#[derive(Debug, Clone)]
 pub struct RunFailed {
     /// The first fatal error, as the thread that met it reported it ([`RunControl::fail`]).
-    #[source]
     fatal: Arc<Fatal>,
 }
 
@@ -21,6 +19,20 @@ impl RunFailed {
     /// Why the run stopped.
     pub fn fatal(&self) -> &Fatal {
         &self.fatal
+    }
+}
+
+impl std::fmt::Display for RunFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.fatal.fmt(f)
+    }
+}
+
+impl std::error::Error for RunFailed {
+    /// The [`Fatal`] itself (not its `Arc`), so that a caller walking the chain can
+    /// downcast to it.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.fatal)
     }
 }
 

@@ -54,3 +54,37 @@ impl ClientError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+    use crate::control::RunControl;
+
+    #[test]
+    fn a_failed_run_tells_what_failed_typed_and_once() {
+        let run = RunControl::default();
+        run.fail(Fatal::RecoveryImpossible(ConnectError::Closed));
+        // Only the first fatal error counts.
+        run.fail(Fatal::StartWatchdog(std::io::Error::other("later")));
+        let err = ClientError::from(run.check().expect_err("the run failed"));
+        assert!(
+            matches!(
+                err.fatal(),
+                Some(Fatal::RecoveryImpossible(ConnectError::Closed))
+            ),
+            "{err:?}"
+        );
+        // The source chain reaches the typed errors: RunFailed → Fatal → ConnectError.
+        let fatal = err.source().expect("the run's fatal error");
+        assert!(fatal.downcast_ref::<Fatal>().is_some(), "{fatal:?}");
+        let cause = fatal.source().expect("the failed reconnection");
+        assert!(cause.downcast_ref::<ConnectError>().is_some(), "{cause:?}");
+        // What the binary prints: each cause once.
+        assert_eq!(
+            uffd_core::logging::error_chain(&err),
+            "recovery impossible: the page server closed the connection during the handshake"
+        );
+    }
+}

@@ -35,10 +35,10 @@ pub enum Fatal {
     Receive(#[from] ReceiveError),
     /// Sending a request on the urgent connection failed.
     #[error("urgent connection lost: {0}")]
-    Request(std::io::Error),
+    Request(#[source] std::io::Error),
     /// The stall watchdog thread could not be started.
     #[error("cannot start the stall watchdog: {0}")]
-    StartWatchdog(std::io::Error),
+    StartWatchdog(#[source] std::io::Error),
     /// A connection was lost and reconnecting is off (`--reconnect-timeout 0`).
     #[error(transparent)]
     Lost(Arc<Loss>),
@@ -72,7 +72,7 @@ pub enum Fatal {
     /// Reconnecting was refused for a reason retrying cannot fix (another image, a refused
     /// token, a server that cannot read its image, another page size).
     #[error("recovery impossible: {0}")]
-    RecoveryImpossible(ConnectError),
+    RecoveryImpossible(#[source] ConnectError),
 }
 
 /// The end of [`Fatal::NoProgress`]'s message: the failed reconnection, if any.
@@ -102,7 +102,7 @@ pub enum Loss {
     },
     /// Sending a request on the urgent connection failed.
     #[error("urgent connection lost: {0}")]
-    Request(std::io::Error),
+    Request(#[source] std::io::Error),
     /// The stall watchdog ([`crate::watchdog`]): no answer for the stall timeout while one
     /// was awaited.
     #[error(
@@ -179,7 +179,7 @@ pub enum ReceiveError {
 pub enum EventError {
     /// A FORK event's child handler thread could not be started.
     #[error("cannot start a handler for the forked child: {0}")]
-    SpawnChildHandler(std::io::Error),
+    SpawnChildHandler(#[source] std::io::Error),
 }
 
 #[cfg(test)]
