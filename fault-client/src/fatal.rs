@@ -33,9 +33,6 @@ pub enum Fatal {
     /// A receiver could not handle a frame (placing its pages included).
     #[error(transparent)]
     Receive(#[from] ReceiveError),
-    /// Sending a request on the urgent connection failed.
-    #[error("urgent connection lost: {0}")]
-    Request(#[source] std::io::Error),
     /// The stall watchdog thread could not be started.
     #[error("cannot start the stall watchdog: {0}")]
     StartWatchdog(#[source] std::io::Error),
@@ -83,7 +80,8 @@ fn and_reconnecting_failed(reconnect: &Option<ConnectError>) -> String {
 }
 
 /// Why a connection to the page server was lost: the link supervisor reconnects, or ends the
-/// run with it ([`Fatal::Lost`], and the `last` loss of the other link errors).
+/// run with it ([`Fatal::Lost`]; the `last` loss of [`Fatal::NoProgress`] and
+/// [`Fatal::Reconnect`]).
 #[derive(Debug, thiserror::Error)]
 pub enum Loss {
     /// The server closed the connection.
@@ -215,6 +213,23 @@ mod tests {
         assert_eq!(
             text,
             format!("{lost}, and reconnecting failed: {}", ConnectError::Closed)
+        );
+    }
+
+    #[test]
+    fn a_lost_link_that_did_not_come_back_tells_both() {
+        let fatal = Fatal::Reconnect {
+            last: Arc::new(Loss::Stall {
+                timeout: Duration::from_secs(10),
+            }),
+            timeout: Duration::from_secs(5),
+            source: ConnectError::Closed,
+        };
+        assert_eq!(
+            fatal.to_string(),
+            "lost the page server (no answer from the page server for 10 s; the link may be \
+             down) and could not reconnect within 5s: the page server closed the connection \
+             during the handshake"
         );
     }
 }
