@@ -267,7 +267,8 @@ fn remap_case(backing: Backing, image_len: u64, first: u64, end: u64) {
     let wrong = wrong_pages(&client, &server.image);
     assert!(wrong.is_empty(), "{backing}: pages differ: {wrong:?}");
     eventually("every page recorded", || pager.complete());
-    assert_eq!(pager.fatal(), None);
+    let fatal = pager.fatal();
+    assert!(fatal.is_none(), "{fatal:?}");
 
     // Unmapping the moved range (UNMAP at the new address) marks exactly those pages gone.
     unmap(to, len);
@@ -408,7 +409,8 @@ fn move_while_streaming(
     client.wait_complete().expect("the whole image arrives");
     fault.join().expect("the fault at the new address");
     assert!(is_image_page(&client, &server.image, late), "page {late}");
-    assert_eq!(pager.fatal(), None);
+    let fatal = pager.fatal();
+    assert!(fatal.is_none(), "{fatal:?}");
     // What the end of `fault-client run` does for THP (units with urgent pages).
     let huge = pager.memory.collapse_remaining().expect("collapse");
     let wrong = wrong_pages(&client, &server.image);

@@ -442,7 +442,8 @@ fn fault_client_across_idle_timeouts() {
     eventually("a reconnection", || {
         client.pager().counters.reconnects.load(Ordering::Relaxed) > 0
     });
-    assert_eq!(client.pager().fatal(), None);
+    let fatal = client.pager().fatal();
+    assert!(fatal.is_none(), "{fatal:?}");
     assert!((0..client.pager().pages).all(|p| page(&client, p)));
     client.close().expect("close");
     server.wait_idle();

@@ -173,7 +173,8 @@ fn server_gone_mid_transfer_is_an_error_not_a_hang() {
     server.stop();
     let result = run.join().expect("client thread");
     match result {
-        Err(ClientError::Transfer(why)) => {
+        Err(ClientError::Run(failed)) => {
+            let why = failed.to_string();
             assert!(why.contains("page server"), "{why}");
         }
         Ok(report) => panic!("the run should fail, it reported {report:?}"),

@@ -6,7 +6,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{have_uffd, synthetic, TestServer};
+use fault_client::connect::ConnectError;
+use fault_client::fatal::Fatal;
 use fault_client::{ClientError, RunConfig, Workload};
+use uffd_core::proto::ErrorCode;
 
 fn config(server: &TestServer) -> RunConfig {
     let mut c = RunConfig::new(server.endpoint.clone());
@@ -107,9 +110,21 @@ fn server_restart_with_another_image_is_refused_clearly() {
     let (port, run) = run_then_stop_server(44);
     let _other = server_on(port, 45); // same size, different content
     match run.join().expect("client") {
-        Err(ClientError::Transfer(why)) => {
+        Err(ClientError::Run(failed)) => {
+            let why = failed.to_string();
             assert!(why.contains("recovery impossible"), "{why}");
             assert!(why.contains("image"), "{why}");
+            // The same, typed: a caller can tell a refused recovery from a lost link.
+            assert!(
+                matches!(
+                    failed.fatal(),
+                    Fatal::RecoveryImpossible(ConnectError::Refused {
+                        code: ErrorCode::ImageMismatch,
+                        ..
+                    })
+                ),
+                "{failed:?}"
+            );
         }
         Ok(r) => panic!("a different image must not be accepted: {r:?}"),
         Err(other) => panic!("unexpected error: {other}"),

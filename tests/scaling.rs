@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 
 use common::{have_uffd, ServerProcess, TestServer, PAGE};
 use fault_client::client::{Client, ClientOptions};
-use fault_client::{RunConfig, Workload};
+use fault_client::fatal::Fatal;
+use fault_client::{ClientError, RunConfig, Workload};
 use uffd_core::convert::usize_from;
 use uffd_core::Synthetic;
 
 /// Waits for the run of `client` to fail, at most `limit` after `since`; returns the error
 /// and the reconnections made.
-fn failure_within(client: Client, since: Instant, limit: Duration) -> (String, u64) {
+fn failure_within(client: Client, since: Instant, limit: Duration) -> (ClientError, u64) {
     let pager = Arc::clone(client.pager());
     let reconnects = || pager.counters.reconnects.load(Ordering::Relaxed);
     let waiter = std::thread::spawn(move || client.wait_complete());
@@ -33,7 +34,7 @@ fn failure_within(client: Client, since: Instant, limit: Duration) -> (String, u
         .join()
         .expect("waiter")
         .expect_err("the run must fail");
-    (err.to_string(), reconnects())
+    (err, reconnects())
 }
 
 fn page_of(client: &Client, p: u64) -> Vec<u8> {
@@ -65,7 +66,8 @@ fn truncated_image_file_ends_the_session_with_the_reason_and_the_server_serves_o
         .open(&path)
         .and_then(|f| f.set_len(new_len))
         .expect("truncate");
-    let (message, reconnects) = failure_within(client, Instant::now(), Duration::from_secs(15));
+    let (err, reconnects) = failure_within(client, Instant::now(), Duration::from_secs(15));
+    let message = err.to_string();
     assert!(
         message.contains("SourceFailed") && message.contains("shrank"),
         "the error must say the image file shrank: {message}"
@@ -198,10 +200,20 @@ fn a_link_that_brings_no_page_backs_off_and_gives_up_after_the_reconnect_timeout
     options.reconnect_timeout = Duration::from_secs(2);
     let started = Instant::now();
     let client = Client::open(&options).expect("client");
-    let (message, reconnects) = failure_within(client, started, Duration::from_secs(15));
+    let (err, reconnects) = failure_within(client, started, Duration::from_secs(15));
+    let message = err.to_string();
     assert!(
         message.contains("no new page for 2s"),
         "the error must say no page came: {message}"
+    );
+    // The same, typed: the link given up after losses without a new page.
+    assert!(
+        matches!(
+            err.fatal(),
+            Some(Fatal::NoProgress { timeout, losses, .. })
+                if *timeout == Duration::from_secs(2) && *losses > 1
+        ),
+        "{err:?}"
     );
     // Back-off: 20 ms doubling to 1 s, so a handful of reconnections in 2 s, not thousands.
     assert!(

@@ -285,7 +285,7 @@ impl Client {
         self.pager
             .run
             .wait_until(|| self.pager.complete())
-            .map_err(|failed| ClientError::Transfer(failed.why))
+            .map_err(ClientError::from)
     }
 
     /// Stops the threads and closes the connections. Call it only when no thread can be
@@ -296,10 +296,7 @@ impl Client {
         for helper in self.helpers {
             let _ = helper.join();
         }
-        match self.pager.run.fatal() {
-            Some(why) => Err(ClientError::Transfer(why)),
-            None => Ok(()),
-        }
+        Ok(self.pager.run.check()?)
     }
 }
 
@@ -397,13 +394,9 @@ pub fn run_watched(
         })
     };
     let all_done = || finished.load(Ordering::Acquire) as u64 == threads;
-    pager
-        .run
-        .wait_until(all_done)
-        .map_err(|failed| ClientError::Transfer(failed.why))?;
-    let (latency, touched, touches_present) = watcher
-        .join()
-        .map_err(|_| ClientError::Transfer("a workload thread panicked".into()))?;
+    pager.run.wait_until(all_done)?;
+    let (latency, touched, touches_present) =
+        watcher.join().map_err(|_| ClientError::WorkloadPanicked)?;
     if config.background {
         client.wait_complete()?;
     }

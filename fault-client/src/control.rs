@@ -2,15 +2,38 @@
 //! waits for the run to finish or fail.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-/// The run failed: [`RunControl::wait_until`] gave up waiting with the first fatal error.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{why}")]
+use crate::fatal::Fatal;
+
+/// The run failed: [`RunControl::wait_until`] gave up waiting with the first fatal error,
+/// which is also its [`source`](std::error::Error::source).
+#[derive(Debug, Clone)]
 pub struct RunFailed {
-    /// The first fatal error, as the thread that met it told it ([`RunControl::fail`]).
-    pub why: String,
+    /// The first fatal error, as the thread that met it reported it ([`RunControl::fail`]).
+    fatal: Arc<Fatal>,
+}
+
+impl RunFailed {
+    /// Why the run stopped.
+    pub fn fatal(&self) -> &Fatal {
+        &self.fatal
+    }
+}
+
+impl std::fmt::Display for RunFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.fatal.fmt(f)
+    }
+}
+
+impl std::error::Error for RunFailed {
+    /// The [`Fatal`] itself (not its `Arc`), so that a caller walking the chain can
+    /// downcast to it.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.fatal)
+    }
 }
 
 /// Shared by every thread of a run: the stop flag, the first fatal error, and a condition
@@ -20,7 +43,7 @@ pub struct RunControl {
     /// Set once the run is over: every thread returns.
     stop: AtomicBool,
     /// The first fatal error: the run fails with it.
-    fatal: Mutex<Option<String>>,
+    fatal: Mutex<Option<Arc<Fatal>>>,
     /// Wakes [`RunControl::wait_until`] to re-check its condition.
     progress: Condvar,
     progress_lock: Mutex<()>,
@@ -28,19 +51,28 @@ pub struct RunControl {
 
 impl RunControl {
     /// Records the first fatal error and wakes the main thread.
-    pub fn fail(&self, why: String) {
+    pub fn fail(&self, why: impl Into<Fatal>) {
+        let why = why.into();
         let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
         if fatal.is_none() && !self.stop.load(Ordering::Acquire) {
             tracing::debug!("fatal: {why}");
-            *fatal = Some(why);
+            *fatal = Some(Arc::new(why));
         }
         drop(fatal);
         self.notify();
     }
 
     /// The fatal error, if any.
-    pub fn fatal(&self) -> Option<String> {
+    pub fn fatal(&self) -> Option<Arc<Fatal>> {
         self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The run so far: failed with its fatal error, or not (yet).
+    pub fn check(&self) -> Result<(), RunFailed> {
+        match self.fatal() {
+            Some(fatal) => Err(RunFailed { fatal }),
+            None => Ok(()),
+        }
     }
 
     /// Tells every thread to stop (the run is over).
@@ -64,9 +96,7 @@ impl RunControl {
     pub fn wait_until(&self, done: impl Fn() -> bool) -> Result<(), RunFailed> {
         let mut guard = self.progress_lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(why) = self.fatal() {
-                return Err(RunFailed { why });
-            }
+            self.check()?;
             if done() {
                 return Ok(());
             }

@@ -38,19 +38,12 @@ use std::sync::Arc;
 
 use uffd_core::{Event, Userfaultfd};
 
+use crate::fatal::EventError;
 use crate::pager::Pager;
 use uffd_core::convert::usize_from;
 
 /// A moved range: `len` bytes that were at `from` are now at `to`.
 pub use hugepage::Move;
-
-/// Errors of applying an event.
-#[derive(Debug, thiserror::Error)]
-pub enum EventError {
-    /// A FORK event's child handler thread could not be started.
-    #[error("cannot start a handler for the forked child: {0}")]
-    SpawnChildHandler(std::io::Error),
-}
 
 /// Applies one non-fault event. Called by the fault handler with the events lock held for
 /// writing. Returns an error for what the pager cannot honour.

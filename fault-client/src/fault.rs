@@ -12,8 +12,9 @@ use uffd_core::place::Stop;
 use uffd_core::{Event, Userfaultfd};
 
 use crate::events;
+use crate::fatal::{Fatal, PlacerError};
 use crate::pager::{Channel, Pager};
-use crate::placer::{Placer, PlacerError};
+use crate::placer::Placer;
 use crate::trace::Resolution;
 use crate::workload::Waits;
 use uffd_core::convert::usize_from;
@@ -39,7 +40,7 @@ pub fn handle_faults(pager: &Arc<Pager>) {
             Ok(true) => {}
             Ok(false) if deferred.is_empty() => continue,
             Ok(false) => {}
-            Err(err) => return pager.run.fail(err.to_string()),
+            Err(err) => return pager.run.fail(Fatal::ReadFaults(err)),
         }
         events.clear();
         faults.clear();
@@ -62,7 +63,7 @@ pub fn handle_faults(pager: &Arc<Pager>) {
             }
             pager.waits.end_read();
             if let Err(err) = read {
-                return pager.run.fail(err.to_string());
+                return pager.run.fail(Fatal::ReadFaults(err));
             }
             for event in events.drain(..) {
                 match event {
@@ -77,7 +78,7 @@ pub fn handle_faults(pager: &Arc<Pager>) {
                     }
                     other => {
                         if let Err(why) = events::apply(pager, other) {
-                            return pager.run.fail(why.to_string());
+                            return pager.run.fail(why);
                         }
                     }
                 }
@@ -91,7 +92,7 @@ pub fn handle_faults(pager: &Arc<Pager>) {
             match handle_fault(pager, addr, &mut local) {
                 Ok(Handled::Done) => {}
                 Ok(Handled::Deferred) => deferred.push(addr),
-                Err(why) => return pager.run.fail(why.to_string()),
+                Err(why) => return pager.run.fail(why),
             }
         }
     }

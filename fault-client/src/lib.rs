@@ -10,8 +10,11 @@
 //! each module uses only modules listed before it.
 //! - [`trace`]: `--trace`, a CSV line per fault, per urgent request and answer, and per
 //!   arriving page; [`report`]: what a run measured, as data; [`connect`]: the handshake of
-//!   the urgent and background connections; [`error`]: the errors of a run.
+//!   the urgent and background connections; [`fatal`]: why a run stops ([`fatal::Fatal`],
+//!   one variant per operation that failed), why a connection was lost, and the errors of
+//!   placing, handling a frame and applying an event.
 //! - [`control`]: run control (stop, the first fatal error, the main thread's wake-up);
+//!   [`error`]: the errors of a run ([`ClientError`]);
 //!   [`liveness`]: when the server was last heard from; [`pages`]: what each page is
 //!   (present, requested, discarded, unmapped) and the events lock; [`workload`]: the
 //!   application threads (seq, random, zipf) and their fault latency.
@@ -40,6 +43,7 @@ pub mod connect;
 pub mod control;
 pub mod error;
 pub mod events;
+pub mod fatal;
 pub mod fault;
 pub mod link;
 pub mod link_state;

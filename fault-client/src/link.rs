@@ -30,6 +30,7 @@ use uffd_core::repeat::{Repeats, Tell};
 use uffd_core::{Conn, Frame, WireError};
 
 use crate::connect::{self, ConnectError, Connected, HelloParams};
+use crate::fatal::Fatal;
 use crate::pager::{self, Channel, Pager};
 use uffd_core::convert::usize_from;
 
@@ -92,8 +93,7 @@ pub fn start(
                         crate::watchdog::watch(&p, config.stall_timeout, config.background)
                     });
                 if let Err(err) = watchdog {
-                    p.run
-                        .fail(format!("cannot start the stall watchdog: {err}"));
+                    p.run.fail(Fatal::StartWatchdog(err));
                 }
                 supervise(&p, &config, first);
             })
@@ -194,17 +194,18 @@ fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
         // reports (its server may drop it at once) must stay reported, not be cleared after.
         pager.link.clear_lost();
         if config.reconnect_timeout.is_zero() {
-            return pager.run.fail(why);
+            return pager.run.fail(Fatal::Lost(why));
         }
         // A link that is lost again and again without a new page is not progress: back off,
         // and give up once that has lasted the reconnect timeout.
         let pause = streak.lost(pager, config.reconnect_timeout);
         if streak.hopeless(config.reconnect_timeout) {
-            return pager.run.fail(format!(
-                "no new page for {:?} (--reconnect-timeout): the connection to the page \
-                 server was lost {} times (last: {why})",
-                config.reconnect_timeout, streak.losses
-            ));
+            return pager.run.fail(Fatal::NoProgress {
+                timeout: config.reconnect_timeout,
+                losses: streak.losses,
+                last: why,
+                reconnect: None,
+            });
         }
         match reconnects.event() {
             Tell::Nothing => {}
@@ -231,24 +232,25 @@ fn supervise(pager: &Arc<Pager>, config: &LinkConfig, mut current: Generation) {
             match reconnect(pager, config, generation, left) {
                 Ok(next) => break next,
                 Err(err) if permanent(&err) => {
-                    return pager.run.fail(format!("recovery impossible: {err}"));
+                    return pager.run.fail(Fatal::RecoveryImpossible(err));
                 }
                 Err(err) if streak.hopeless(config.reconnect_timeout) => {
                     // After reconnections that brought nothing, that is the news; else the
                     // loss and the failed reconnection are.
+                    let timeout = config.reconnect_timeout;
                     return pager.run.fail(if streak.losses > 1 {
-                        format!(
-                            "no new page for {:?} (--reconnect-timeout): the connection to the \
-                             page server was lost {} times (last: {why}), and reconnecting \
-                             failed: {err}",
-                            config.reconnect_timeout, streak.losses
-                        )
+                        Fatal::NoProgress {
+                            timeout,
+                            losses: streak.losses,
+                            last: why,
+                            reconnect: Some(err),
+                        }
                     } else {
-                        format!(
-                            "lost the page server ({why}) and could not reconnect within {:?}: \
-                             {err}",
-                            config.reconnect_timeout
-                        )
+                        Fatal::Reconnect {
+                            last: why,
+                            timeout,
+                            source: err,
+                        }
                     });
                 }
                 Err(err) => {

@@ -3,12 +3,13 @@
 //! supervisor ([`crate::link`]) owns the changes; receivers and the fault handler report here.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use uffd_core::{Conn, FrameWriter};
 
 use crate::control::RunControl;
+use crate::fatal::Loss;
 
 /// The state of the connections.
 #[derive(Debug, Default)]
@@ -18,7 +19,7 @@ pub struct LinkState {
     /// Where requests go; None while the link is being re-established.
     urgent_tx: Mutex<Option<FrameWriter<Conn>>>,
     /// Why the current generation's connections were lost, until the link is back.
-    lost: Mutex<Option<String>>,
+    lost: Mutex<Option<Arc<Loss>>>,
     /// Wakes the supervisor waiting in [`LinkState::wait_lost`].
     changed: Condvar,
     /// The current background connection sent its end frame.
@@ -28,19 +29,19 @@ pub struct LinkState {
 impl LinkState {
     /// A connection of `generation` failed: the link supervisor reconnects (older
     /// generations' failures are the supervisor's own doing and are ignored).
-    pub fn lost(&self, run: &RunControl, generation: u64, why: String) {
+    pub fn lost(&self, run: &RunControl, generation: u64, why: Loss) {
         if run.stopping() || generation != self.generation.load(Ordering::Acquire) {
             return;
         }
         let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
         if lost.is_none() {
-            *lost = Some(why);
+            *lost = Some(Arc::new(why));
         }
         self.changed.notify_all();
     }
 
     /// Blocks until a connection is lost (returns why) or the run stops (None).
-    pub fn wait_lost(&self, run: &RunControl) -> Option<String> {
+    pub fn wait_lost(&self, run: &RunControl) -> Option<Arc<Loss>> {
         let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if run.stopping() {

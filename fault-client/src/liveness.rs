@@ -81,17 +81,6 @@ impl<R: Read> Read for Heard<'_, R> {
     }
 }
 
-/// The stall message: the reason a run ends with when the server stays silent.
-pub fn stall_message(stall_timeout: Duration) -> String {
-    let secs = stall_timeout.as_secs_f64();
-    let secs = if secs.fract() == 0.0 {
-        format!("{secs:.0}")
-    } else {
-        format!("{secs:.1}")
-    };
-    format!("no answer from the page server for {secs} s; the link may be down")
-}
-
 /// The connections' `TCP_USER_TIMEOUT` for a given stall timeout: half as long again, so that
 /// when both could fire the watchdog speaks first, with the clearer reason.
 pub fn tcp_timeout(stall_timeout: Duration) -> Duration {
@@ -122,14 +111,5 @@ mod tests {
         let mut buf = [0u8; 2];
         assert_eq!(r.read(&mut buf).expect("read"), 2);
         assert!(l.silence() < Duration::from_millis(30));
-    }
-
-    #[test]
-    fn stall_message_names_the_timeout() {
-        assert_eq!(
-            stall_message(Duration::from_secs(10)),
-            "no answer from the page server for 10 s; the link may be down"
-        );
-        assert!(stall_message(Duration::from_millis(1500)).contains("1.5 s"));
     }
 }

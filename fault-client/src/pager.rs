@@ -141,7 +141,7 @@ impl Pager {
     }
 
     /// The fatal error, if any ([`RunControl::fatal`]).
-    pub fn fatal(&self) -> Option<String> {
+    pub fn fatal(&self) -> Option<Arc<crate::fatal::Fatal>> {
         self.run.fatal()
     }
 
@@ -241,11 +241,8 @@ impl Pager {
                 Err(err) => {
                     *tx = None;
                     drop(tx);
-                    self.link.lost(
-                        &self.run,
-                        generation,
-                        format!("urgent connection lost: {err}"),
-                    );
+                    let why = crate::fatal::Loss::Request(err);
+                    self.link.lost(&self.run, generation, why);
                 }
             }
         }

@@ -6,29 +6,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hugepage::{AssembleError, Assembler, Backing, Mapped, MemoryError, Progress};
+use hugepage::{Assembler, Backing, Mapped, Progress};
 use uffd_core::place::Stop;
 
+use crate::fatal::PlacerError;
 use crate::pager::{Channel, Pager};
 use crate::trace::Resolution;
 use uffd_core::convert::usize_from;
-
-/// Errors of placing pages.
-#[derive(Debug, thiserror::Error)]
-pub enum PlacerError {
-    /// Starting the huge-page assembler of a receiver failed.
-    #[error(transparent)]
-    NewAssembler(MemoryError),
-    /// Gathering or placing a huge page failed.
-    #[error(transparent)]
-    Assemble(#[from] AssembleError),
-    /// A direct placement ioctl failed.
-    #[error(transparent)]
-    Fill(#[from] uffd_core::PlaceError),
-    /// The process owning the region exited.
-    #[error("the process owning the region exited")]
-    OwnerExited,
-}
 
 /// What the application made of a page since the run began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

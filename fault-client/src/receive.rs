@@ -4,37 +4,13 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use uffd_core::proto::{ErrorCode, Kind};
 use uffd_core::{BatchReader, Conn, Frame, FrameBatch, FrameReader};
 
+use crate::fatal::{Loss, PlacerError, ReceiveError};
 use crate::liveness::Heard;
 use crate::pager::{Channel, Pager};
-use crate::placer::{account, place_frame, Placer, PlacerError};
+use crate::placer::{account, place_frame, Placer};
 use crate::trace::Resolution;
-
-/// Errors of handling a frame.
-#[derive(Debug, thiserror::Error)]
-pub enum ReceiveError {
-    /// Placing the frame's pages failed.
-    #[error(transparent)]
-    Place(#[from] PlacerError),
-    /// The server sent an error frame.
-    #[error("page server error ({code:?}): {message}")]
-    Server {
-        /// The error code.
-        code: ErrorCode,
-        /// The server's message.
-        message: String,
-    },
-    /// A frame this connection never carries.
-    #[error("unexpected {kind:?} frame on the {connection} connection")]
-    Unexpected {
-        /// Its kind.
-        kind: Kind,
-        /// `urgent` or `background`.
-        connection: &'static str,
-    },
-}
 
 /// Batches in flight between the background reader and its placer.
 const PIPELINE_DEPTH: usize = 4;
@@ -60,14 +36,14 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
         s.spawn(move || {
             let mut placer = match Placer::new(pager, Channel::Background) {
                 Ok(a) => a,
-                Err(err) => return pager.run.fail(err.to_string()),
+                Err(err) => return pager.run.fail(err),
             };
             loop {
                 let batch = match full_rx.recv_timeout(Duration::from_millis(20)) {
                     Ok(batch) => batch,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         if let Err(why) = complete_ready(pager, &mut placer) {
-                            return pager.run.fail(why.to_string());
+                            return pager.run.fail(why);
                         }
                         continue;
                     }
@@ -79,7 +55,7 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
                             && pager.link.generation.load(Ordering::Acquire) == generation
                         {
                             if let Err(why) = complete_ready(pager, &mut placer) {
-                                return pager.run.fail(why.to_string());
+                                return pager.run.fail(why);
                             }
                             std::thread::sleep(Duration::from_millis(5));
                         }
@@ -89,22 +65,23 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
                 for (header, payload) in batch.frames() {
                     let frame = match uffd_core::Frame::parse(header, payload, &pager.limits) {
                         Ok(frame) => frame,
-                        Err(err) => {
-                            return pager.run.fail(format!(
-                                "background connection to the page server failed: {err}"
-                            ))
+                        Err(source) => {
+                            return pager.run.fail(ReceiveError::Parse {
+                                connection: Channel::Background.name(),
+                                source,
+                            })
                         }
                     };
                     if let Err(why) = handle_frame(pager, &mut placer, Channel::Background, frame) {
-                        return pager.run.fail(why.to_string());
+                        return pager.run.fail(why);
                     }
                     // Outside the events lock: the fault handler never waits for this.
                     if let Err(why) = placer.prepare_ahead() {
-                        return pager.run.fail(why.to_string());
+                        return pager.run.fail(why);
                     }
                 }
                 if let Err(why) = complete_ready(pager, &mut placer) {
-                    return pager.run.fail(why.to_string());
+                    return pager.run.fail(why);
                 }
                 // Placing is progress too: the reader may be waiting for this batch.
                 pager.liveness.heard();
@@ -130,12 +107,17 @@ pub fn receive_pipelined(pager: &Pager, reader: FrameReader<Conn>, generation: u
                 Ok(true) => break,
                 Ok(false) if saw_end => break,
                 Ok(false) => {
-                    let why = "the page server closed the background connection";
-                    pager.link.lost(&pager.run, generation, why.into());
+                    let why = Loss::Closed {
+                        connection: Channel::Background.name(),
+                    };
+                    pager.link.lost(&pager.run, generation, why);
                     break;
                 }
-                Err(err) => {
-                    let why = format!("background connection to the page server failed: {err}");
+                Err(source) => {
+                    let why = Loss::Failed {
+                        connection: Channel::Background.name(),
+                        source,
+                    };
                     pager.link.lost(&pager.run, generation, why);
                     break;
                 }
@@ -182,10 +164,6 @@ fn handle_frame(
     channel: Channel,
     frame: Frame<'_>,
 ) -> Result<(), ReceiveError> {
-    let name = match channel {
-        Channel::Urgent => "urgent",
-        Channel::Background => "background",
-    };
     match frame {
         Frame::Data { offset, bytes } => Ok(place_frame(
             pager,
@@ -207,7 +185,7 @@ fn handle_frame(
         }),
         other => Err(ReceiveError::Unexpected {
             kind: other.kind(),
-            connection: name,
+            connection: channel.name(),
         }),
     }
 }
@@ -216,12 +194,9 @@ fn handle_frame(
 pub fn receive(pager: &Pager, channel: Channel, reader: FrameReader<Conn>, generation: u64) {
     let mut placer = match Placer::new(pager, channel) {
         Ok(a) => a,
-        Err(err) => return pager.run.fail(err.to_string()),
+        Err(err) => return pager.run.fail(err),
     };
-    let name = match channel {
-        Channel::Urgent => "urgent",
-        Channel::Background => "background",
-    };
+    let connection = channel.name();
     // The handshake's bytes count as received; from here every read is a sign of life.
     pager
         .counters
@@ -234,20 +209,16 @@ pub fn receive(pager: &Pager, channel: Channel, reader: FrameReader<Conn>, gener
             Ok(Some(frame)) => frame,
             Ok(None) => {
                 if !(channel == Channel::Background && pager.link.background_done()) {
-                    pager.link.lost(
-                        &pager.run,
-                        generation,
-                        format!("the page server closed the {name} connection"),
-                    );
+                    pager
+                        .link
+                        .lost(&pager.run, generation, Loss::Closed { connection });
                 }
                 return;
             }
-            Err(err) => {
-                pager.link.lost(
-                    &pager.run,
-                    generation,
-                    format!("{name} connection to the page server failed: {err}"),
-                );
+            Err(source) => {
+                pager
+                    .link
+                    .lost(&pager.run, generation, Loss::Failed { connection, source });
                 return;
             }
         };
@@ -261,7 +232,7 @@ pub fn receive(pager: &Pager, channel: Channel, reader: FrameReader<Conn>, gener
         let result = handle_frame(pager, &mut placer, channel, frame);
         count_received(pager, reader.bytes_read(), &mut last_bytes);
         if let Err(why) = result {
-            return pager.run.fail(why.to_string());
+            return pager.run.fail(why);
         }
     }
 }

@@ -32,7 +32,7 @@ fn fetch_all(pager: &Arc<Pager>) -> Result<(), ClientError> {
     pager
         .run
         .wait_until(|| done.load(Ordering::Acquire))
-        .map_err(|failed| ClientError::Transfer(failed.why))
+        .map_err(ClientError::from)
 }
 
 /// Fetches every page, then compares each page with the reference: the server's checksum,

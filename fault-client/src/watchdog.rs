@@ -13,7 +13,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::liveness::stall_message;
+use crate::fatal::Loss;
 use crate::pager::Pager;
 use uffd_core::convert::usize_from;
 
@@ -36,10 +36,11 @@ pub fn watch(pager: &Pager, stall_timeout: Duration, background: bool) {
         {
             continue;
         }
-        tracing::warn!("{}", stall_message(stall_timeout));
-        pager
-            .link
-            .lost(&pager.run, generation, stall_message(stall_timeout));
+        let stall = Loss::Stall {
+            timeout: stall_timeout,
+        };
+        tracing::warn!("{stall}");
+        pager.link.lost(&pager.run, generation, stall);
         reported = Some(generation);
     }
 }
