@@ -54,9 +54,15 @@ pub enum HandlerError {
     /// The thread could not be started.
     #[error("cannot start the fault handler thread: {0}")]
     Spawn(std::io::Error),
+    /// The handler thread could not be pinned to its CPU.
+    #[error("fault handler: {0}")]
+    Pin(crate::cpu::CpuError),
+    /// The handler thread ended before it started serving.
+    #[error("fault handler: exited before starting")]
+    Exited,
     /// The handler thread failed (its first error).
     #[error("fault handler: {0}")]
-    Failed(String),
+    Failed(Arc<Failure>),
     /// The handler did not become idle in time.
     #[error("the fault handler did not come back to its wait within {timeout:?} (resolved {resolved} of {wanted})")]
     Timeout {
@@ -66,6 +72,33 @@ pub enum HandlerError {
         resolved: u64,
         /// Faults the caller waited for.
         wanted: u64,
+    },
+}
+
+/// The first error the handler thread met, by the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// `poll(2)` on the descriptor failed.
+    #[error("waiting for faults: {0}")]
+    Wait(crate::uffd::UffdError),
+    /// `read(2)` of the fault messages failed.
+    #[error("reading fault messages: {0}")]
+    Read(crate::uffd::UffdError),
+    /// The fault on the page at `start` could not be resolved.
+    #[error("resolving the fault at {start:#x}: {source}")]
+    Resolve {
+        /// The faulting page.
+        start: u64,
+        /// Why.
+        source: ResolveFaultError,
+    },
+    /// Releasing the faulting thread after a failure (unregistering its page) failed too.
+    #[error("unregistering {start:#x} after a failure: {source}")]
+    Unregister {
+        /// The faulting page.
+        start: u64,
+        /// Why.
+        source: crate::uffd::UffdError,
     },
 }
 
@@ -79,13 +112,13 @@ struct Shared {
     /// `resolved` when the handler last went (back) to `poll(2)`; u64::MAX before the first.
     waiting_at: AtomicU64,
     /// The first error.
-    error: Mutex<Option<String>>,
+    error: Mutex<Option<Arc<Failure>>>,
 }
 
 impl Shared {
-    fn fail(&self, message: String) {
+    fn fail(&self, failure: Failure) {
         let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
-        slot.get_or_insert(message);
+        slot.get_or_insert(Arc::new(failure));
     }
 }
 
@@ -136,7 +169,7 @@ impl Handler {
                 let pinned = cpu.map_or(Ok(()), crate::cpu::pin_current_thread);
                 let ok = pinned.is_ok();
                 // The owner waits for this message; if it is gone, nobody needs us.
-                let _ = ready_tx.send(pinned.map_err(|e| e.to_string()));
+                let _ = ready_tx.send(pinned);
                 if ok {
                     serve(&thread_shared, resolve);
                 }
@@ -148,8 +181,8 @@ impl Handler {
         };
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(handler),
-            Ok(Err(err)) => Err(HandlerError::Failed(err)),
-            Err(_) => Err(HandlerError::Failed("exited before starting".into())),
+            Ok(Err(err)) => Err(HandlerError::Pin(err)),
+            Err(_) => Err(HandlerError::Exited),
         }
     }
 
@@ -183,7 +216,7 @@ impl Handler {
     pub fn check(&self) -> Result<(), HandlerError> {
         let slot = self.shared.error.lock().unwrap_or_else(|e| e.into_inner());
         match slot.as_ref() {
-            Some(err) => Err(HandlerError::Failed(err.clone())),
+            Some(failure) => Err(HandlerError::Failed(Arc::clone(failure))),
             None => Ok(()),
         }
     }
@@ -210,11 +243,11 @@ fn serve(shared: &Shared, mut resolve: Resolve) {
         match uffd.wait_readable(POLL_SLICE) {
             Ok(true) => {}
             Ok(false) => continue,
-            Err(err) => return shared.fail(err.to_string()),
+            Err(err) => return shared.fail(Failure::Wait(err)),
         }
         events.clear();
         if let Err(err) = uffd.read_events(&mut buf, &mut events) {
-            return shared.fail(err.to_string());
+            return shared.fail(Failure::Read(err));
         }
         for event in &events {
             // No event features are negotiated: faults are the only messages.
@@ -222,12 +255,12 @@ fn serve(shared: &Shared, mut resolve: Resolve) {
                 continue;
             };
             let start = addr & !(shared.page - 1);
-            if let Err(err) = resolve_one(shared, &mut resolve, start) {
-                shared.fail(err.to_string());
+            if let Err(source) = resolve_one(shared, &mut resolve, start) {
+                shared.fail(Failure::Resolve { start, source });
                 // Release the faulting thread: without registration its access is an
                 // ordinary fault.
-                if let Err(err) = uffd.unregister(start, shared.page) {
-                    shared.fail(format!("unregister after a failure: {err}"));
+                if let Err(source) = uffd.unregister(start, shared.page) {
+                    shared.fail(Failure::Unregister { start, source });
                 }
             }
             shared.resolved.fetch_add(1, Ordering::AcqRel);
@@ -235,9 +268,9 @@ fn serve(shared: &Shared, mut resolve: Resolve) {
     }
 }
 
-/// Why one fault could not be resolved ([`resolve_one`]).
+/// Why one fault could not be resolved.
 #[derive(Debug, thiserror::Error)]
-enum ResolveFaultError {
+pub enum ResolveFaultError {
     /// The resolve function failed.
     #[error("{0}")]
     Resolve(ResolveError),
@@ -336,5 +369,12 @@ mod tests {
         unsafe { region.as_ptr().write_volatile(1) };
         let err = handler.check().expect_err("the failure is kept");
         assert!(err.to_string().contains("no page for you"), "{err}");
+        let HandlerError::Failed(failure) = err else {
+            panic!("not a failure of the thread: {err}");
+        };
+        assert!(
+            matches!(*failure, Failure::Resolve { start, .. } if start == region.addr()),
+            "{failure:?}"
+        );
     }
 }
