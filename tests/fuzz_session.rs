@@ -297,7 +297,7 @@ fn hostile_sessions_end_well_and_the_server_keeps_serving() {
         cfg.verify = true;
         cfg.threads = 2;
         if i == 1 {
-            cfg.token = session::TOKEN.to_vec();
+            cfg.client.token = session::TOKEN.to_vec();
         }
         // On its own thread, so that a hang fails the test instead of stalling CI.
         let (done, result) = std::sync::mpsc::channel();

@@ -18,10 +18,10 @@ fn run(
     background: bool,
 ) -> fault_client::Report {
     let mut config = RunConfig::new(server.endpoint.clone());
-    config.backing = backing;
-    config.hugetlb = placement;
+    config.client.backing = backing;
+    config.client.hugetlb = placement;
     config.workload = workload;
-    config.background = background;
+    config.client.background = background;
     config.verify = true;
     config.threads = 3;
     config.touch = 0.2;

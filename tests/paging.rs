@@ -9,7 +9,7 @@ use fault_client::{ClientError, RunConfig, Workload};
 fn config(server: &TestServer, workload: Workload, background: bool) -> RunConfig {
     let mut config = RunConfig::new(server.endpoint.clone());
     config.workload = workload;
-    config.background = background;
+    config.client.background = background;
     config.verify = true;
     config.threads = 4;
     config.touch = 0.3;
@@ -164,7 +164,7 @@ fn server_gone_mid_transfer_is_an_error_not_a_hang() {
         c.touch = 1.0;
         c.threads = 2;
         c.verify = false;
-        c.reconnect_timeout = std::time::Duration::from_millis(500);
+        c.client.reconnect_timeout = std::time::Duration::from_millis(500);
         c
     };
     let run = std::thread::spawn(move || fault_client::client::run(&cfg));
@@ -231,7 +231,7 @@ fn trace_has_every_stage_of_each_urgent_fault() {
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("trace.csv");
     let mut run = config(&server, Workload::Random, false);
-    run.trace = Some(path.clone());
+    run.client.trace = Some(path.clone());
     let report = fault_client::client::run(&run).expect("traced run");
     assert_eq!(report.verified, Some(true));
 

@@ -17,7 +17,7 @@ fn config(server: &TestServer) -> RunConfig {
     c.quiet = true;
     c.threads = 4;
     c.touch = 0.5;
-    c.reconnect_timeout = Duration::from_secs(20);
+    c.client.reconnect_timeout = Duration::from_secs(20);
     c
 }
 
@@ -36,7 +36,7 @@ fn connections_cut_every_few_hundred_frames() {
     ] {
         let mut cfg = config(&server);
         cfg.workload = workload;
-        cfg.background = background;
+        cfg.client.background = background;
         let r = fault_client::client::run(&cfg).expect("the run survives the cuts");
         assert_eq!(r.verified, Some(true), "{r:?}");
         assert!(r.reconnects >= 3, "connections were cut: {r:?}");
@@ -77,7 +77,7 @@ fn run_then_stop_server(seed: u64) -> (u16, Run) {
     let mut first = server_on(port, seed);
     let mut cfg = config(&first);
     cfg.workload = Workload::Seq;
-    cfg.background = false;
+    cfg.client.background = false;
     cfg.touch = 1.0;
     cfg.threads = 2;
     let run = std::thread::spawn(move || fault_client::client::run(&cfg));

@@ -40,14 +40,14 @@ fn traced_run(
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let path: PathBuf = dir.join("trace.csv");
     let mut config = RunConfig::new(server.endpoint.clone());
-    config.backing = backing;
-    config.hugetlb = placement;
+    config.client.backing = backing;
+    config.client.hugetlb = placement;
     config.workload = Workload::Random;
     config.threads = 2;
     config.touch = 0.25;
-    config.background = true;
+    config.client.background = true;
     config.quiet = true;
-    config.trace = Some(path.clone());
+    config.client.trace = Some(path.clone());
     let report = fault_client::client::run(&config)
         .unwrap_or_else(|e| panic!("{backing} {placement:?}: {e}"));
     let lines = trace::read(&path).expect("the trace parses");

@@ -209,25 +209,26 @@ pub fn run(cli: Cli) -> Result<(), CommandError> {
             config.workload = args.workload;
             config.threads = args.threads;
             config.touch = args.touch;
-            config.background = !args.no_background;
+            config.client.background = !args.no_background;
             config.verify = args.verify;
             config.dump = args.dump;
             config.seed = args.seed;
-            config.trace = args.trace;
-            config.backing = args.backing;
+            config.client.trace = args.trace;
+            config.client.backing = args.backing;
             config.quiet = args.quiet;
-            config.fail_fast = args.fail_fast;
-            config.background_window = args.background_window;
-            config.urgent_priority = args.urgent_rt_priority;
-            config.hugetlb = args.hugetlb_placement;
-            config.reconnect_timeout = std::time::Duration::from_secs(args.reconnect_timeout);
-            config.stall_timeout = std::time::Duration::from_secs(args.stall_timeout);
+            config.client.fail_fast = args.fail_fast;
+            config.client.background_window = args.background_window;
+            config.client.urgent_priority = args.urgent_rt_priority;
+            config.client.hugetlb = args.hugetlb_placement;
+            config.client.reconnect_timeout =
+                std::time::Duration::from_secs(args.reconnect_timeout);
+            config.client.stall_timeout = std::time::Duration::from_secs(args.stall_timeout);
             if let Some(path) = args.token_file {
                 let token = match std::fs::read(&path) {
                     Ok(token) => token,
                     Err(source) => return Err(CommandError::TokenFile { path, source }),
                 };
-                config.token = token.trim_ascii().to_vec();
+                config.client.token = token.trim_ascii().to_vec();
             }
             let report = crate::progress::run(&config)?;
             print_report(&report, args.json);

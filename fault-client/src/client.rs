@@ -24,70 +24,41 @@ pub use crate::error::ClientError;
 /// that a dead link is noticed within seconds.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What to run.
+/// What to run: how the client opens its session, and the workload run against it.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    /// The page server.
-    pub server: Endpoint,
+    /// The session: server, connections, backing, recovery (`want_checksums` is also set by
+    /// `verify`).
+    pub client: ClientOptions,
     /// Access pattern.
     pub workload: Workload,
     /// Workload threads.
     pub threads: u64,
     /// Touches, as a fraction of the image's pages.
     pub touch: f64,
-    /// Open the background connection.
-    pub background: bool,
     /// Check every page against the server's checksums at the end.
     pub verify: bool,
     /// Write the final region here.
     pub dump: Option<PathBuf>,
     /// Workload seed.
     pub seed: u64,
-    /// Token for the server (empty: none).
-    pub token: Vec<u8>,
-    /// Trace file (`--trace`).
-    pub trace: Option<PathBuf>,
-    /// How long to keep reconnecting after a connection is lost (zero: fail at once).
-    pub reconnect_timeout: Duration,
-    /// Silence that counts as a lost connection (see [`ClientOptions::stall_timeout`]).
-    pub stall_timeout: Duration,
-    /// How the region is backed.
-    pub backing: Backing,
-    /// How hugetlbfs units are placed.
-    pub hugetlb: HugetlbPlacement,
     /// No progress line (it is shown only when stderr is a terminal anyway).
     pub quiet: bool,
-    /// SIGBUS instead of waiting for pages (see [`ClientOptions::fail_fast`]).
-    pub fail_fast: bool,
-    /// Cap on the background connection's receive window (see
-    /// [`ClientOptions::background_window`]).
-    pub background_window: Option<u32>,
-    /// Real-time priority of the urgent path (see [`ClientOptions::urgent_priority`]).
-    pub urgent_priority: Option<i32>,
 }
 
 impl RunConfig {
-    /// Defaults: random workload, 4 threads, 25% of the pages touched, background on.
+    /// Defaults: [`ClientOptions::new`], random workload, 4 threads, 25% of the pages
+    /// touched.
     pub fn new(server: Endpoint) -> RunConfig {
         RunConfig {
-            server,
+            client: ClientOptions::new(server),
             workload: Workload::Random,
             threads: 4,
             touch: 0.25,
-            background: true,
             verify: false,
             dump: None,
             seed: 1,
-            token: Vec::new(),
-            trace: None,
-            reconnect_timeout: Duration::from_secs(30),
-            stall_timeout: STALL_TIMEOUT,
-            backing: Backing::Anon,
-            hugetlb: HugetlbPlacement::Copy,
             quiet: false,
-            fail_fast: false,
-            background_window: None,
-            urgent_priority: None,
         }
     }
 }
@@ -317,18 +288,8 @@ pub fn run_watched(
 ) -> Result<Report, ClientError> {
     let start = Instant::now();
     let client = Client::open(&ClientOptions {
-        server: config.server.clone(),
-        background: config.background,
-        want_checksums: config.verify,
-        token: config.token.clone(),
-        trace: config.trace.clone(),
-        reconnect_timeout: config.reconnect_timeout,
-        stall_timeout: config.stall_timeout,
-        backing: config.backing,
-        hugetlb: config.hugetlb,
-        fail_fast: config.fail_fast,
-        background_window: config.background_window,
-        urgent_priority: config.urgent_priority,
+        want_checksums: config.client.want_checksums || config.verify,
+        ..config.client.clone()
     })?;
     let pager = Arc::clone(client.pager());
     let image_size = client.image_size();
@@ -397,14 +358,14 @@ pub fn run_watched(
     pager.run.wait_until(all_done)?;
     let (latency, touched, touches_present) =
         watcher.join().map_err(|_| ClientError::WorkloadPanicked)?;
-    if config.background {
+    if config.client.background {
         client.wait_complete()?;
     }
     let elapsed = start.elapsed();
     if let Some(unwatch) = unwatch {
         unwatch();
     }
-    if config.backing == Backing::Thp && pager.complete() {
+    if config.client.backing == Backing::Thp && pager.complete() {
         // Units whose collapse failed while an urgent page was in flight: all present now.
         let _ = pager.memory.collapse_remaining();
     }
@@ -422,7 +383,7 @@ pub fn run_watched(
     // writing its arrival when the main thread sees the last page present.
     if let Some(trace) = &pager.trace {
         trace.finish().map_err(|source| ClientError::Dump {
-            path: config.trace.clone().unwrap_or_default(),
+            path: config.client.trace.clone().unwrap_or_default(),
             source,
         })?;
     }
@@ -480,7 +441,7 @@ fn report(
         threads: config.threads,
         touches,
         touches_present: 0,
-        background: config.background,
+        background: config.client.background,
         backing: pager.memory.backing().to_string(),
         reconnects: c.reconnects.load(Ordering::Relaxed),
         huge_pages_mapped: if pager.memory.unit() > pager.page {

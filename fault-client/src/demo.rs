@@ -179,7 +179,7 @@ pub fn demo(size: &str, threads: u64, touch: f64) -> Result<Report, DemoError> {
     config.workload = Workload::Random;
     config.threads = threads;
     config.touch = touch;
-    config.background = true;
+    config.client.background = true;
     config.verify = true;
     let report = crate::progress::run(&config).map_err(DemoError::Run)?;
     drop(server);

@@ -107,11 +107,11 @@ pub(super) fn remote_config(case: Case, plan: &Plan, server: &ServerChild) -> Ru
     };
     config.threads = 1;
     config.touch = plan.touch;
-    config.background = case.background();
-    config.backing = case.backing().unwrap_or(Backing::Anon);
+    config.client.background = case.background();
+    config.client.backing = case.backing().unwrap_or(Backing::Anon);
     config.quiet = true;
     // A lost connection to our own loopback child is a failure, not something to ride out.
-    config.reconnect_timeout = Duration::ZERO;
+    config.client.reconnect_timeout = Duration::ZERO;
     config
 }
 
