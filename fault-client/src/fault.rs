@@ -141,13 +141,13 @@ fn handle_fault(
                     trace.arrival(&mapped, pager.page, Resolution::Zero, "local");
                 }
             }
-            if progress.stopped == Some(Stop::Retry) {
+            if progress.pages.stopped == Some(Stop::Retry) {
                 return Ok(Handled::Deferred);
             }
             pager
                 .counters
                 .pages_discarded_zeroed
-                .fetch_add(progress.pages_placed, Ordering::Relaxed);
+                .fetch_add(progress.pages.placed, Ordering::Relaxed);
         }
         return Ok(Handled::Done);
     }

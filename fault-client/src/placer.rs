@@ -145,7 +145,7 @@ impl Placer {
                 PageClass::Discarded => self.place_run(pager, o, None, l)?,
                 PageClass::Gone => Progress::default(),
             };
-            let stopped = step.stopped.is_some();
+            let stopped = step.pages.stopped.is_some();
             total.merge(&step);
             if stopped && matches!(self, Placer::Direct(_)) {
                 break;
@@ -184,7 +184,7 @@ impl Placer {
                         pager.page,
                     )?;
                     total.merge(&step);
-                    if step.stopped.is_some() {
+                    if step.pages.stopped.is_some() {
                         break;
                     }
                     at += pager.page;
@@ -220,11 +220,9 @@ impl Placer {
                     pager.recheck.store(true, Ordering::Release);
                 }
                 Ok(Progress {
-                    pages_placed: filled.placed,
-                    pages_present: filled.present,
+                    pages: filled,
                     pages_gathered: 0,
                     units_completed: done,
-                    stopped: filled.stopped,
                     units_not_huge: 0,
                 })
             }
@@ -278,13 +276,13 @@ pub fn place_frame(
     if let Some(trace) = &pager.trace {
         if progress.pages_gathered > 0 {
             trace.gathered(offset, len, how, channel.name());
-        } else if progress.pages_placed == 0 && progress.pages_present > 0 {
+        } else if progress.pages.placed == 0 && progress.pages.present > 0 {
             trace.duplicate(offset, len, channel.name());
         }
     }
     loop {
         account(pager, placer, how, channel, &progress);
-        match progress.stopped {
+        match progress.pages.stopped {
             None => break,
             Some(Stop::Gone) => return Err(PlacerError::OwnerExited),
             // An event is pending (the fault handler reads it) or the address space is
@@ -318,7 +316,7 @@ pub(crate) fn account(
         _ => &pager.counters.pages_zero,
     };
     counter.fetch_add(
-        progress.pages_placed.saturating_sub(padding),
+        progress.pages.placed.saturating_sub(padding),
         Ordering::Relaxed,
     );
     pager
@@ -328,7 +326,7 @@ pub(crate) fn account(
     pager
         .counters
         .pages_duplicate
-        .fetch_add(progress.pages_present, Ordering::Relaxed);
+        .fetch_add(progress.pages.present, Ordering::Relaxed);
     if let Some(trace) = &pager.trace {
         for m in &mapped {
             trace.arrival(m, pager.page, how, channel.name());

@@ -142,7 +142,7 @@ fn complete_ready(pager: &Pager, placer: &mut Placer) -> Result<(), PlacerError>
         .read()
         .unwrap_or_else(|e| e.into_inner());
     let progress = assembler.complete_ready(&pager.page_state.received)?;
-    if progress.stopped.is_some() {
+    if progress.pages.stopped.is_some() {
         pager.recheck.store(true, Ordering::Release); // try again on the next turn
     }
     account(
@@ -152,7 +152,7 @@ fn complete_ready(pager: &Pager, placer: &mut Placer) -> Result<(), PlacerError>
         Channel::Background,
         &progress,
     );
-    if progress.pages_placed > 0 && pager.complete() {
+    if progress.pages.placed > 0 && pager.complete() {
         pager.run.notify();
     }
     Ok(())

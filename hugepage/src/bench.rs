@@ -317,7 +317,7 @@ fn run_with_memory(config: &BenchConfig, raised: Option<&Raised>) -> Result<Benc
         if progress.units_completed > 0 {
             latency.record(took);
         }
-        if let Some(stop) = progress.stopped {
+        if let Some(stop) = progress.pages.stopped {
             return Err(BenchError::Stopped(stop));
         }
         total.merge(&progress);
@@ -363,8 +363,8 @@ fn run_with_memory(config: &BenchConfig, raised: Option<&Raised>) -> Result<Benc
         latency_us: latency.summary(),
         assemble_ms: ms(busy),
         throughput_mib_s: image as f64 / f64::from(1 << 20) / busy.as_secs_f64().max(1e-9),
-        pages_placed: total.pages_placed,
-        pages_present: total.pages_present,
+        pages_placed: total.pages.placed,
+        pages_present: total.pages.present,
         urgent_pages,
         units_not_huge: total.units_not_huge,
         huge_pages_mapped,
@@ -410,7 +410,7 @@ fn preempt(
             let mut demand = memory.assembler(uffd.clone())?;
             let bytes = pattern.bytes(u as u64 * unit, unit);
             let progress = demand.data(u as u64 * unit, &bytes, received)?;
-            Ok(progress.pages_placed)
+            Ok(progress.pages.placed)
         }
         Some(_) => Ok(0),
     }

@@ -23,8 +23,8 @@ fn assemble(backing: Backing, placement: HugetlbPlacement, units: u64, max_pages
     let mut assembler = s.assembler();
     let total = feed(&mut assembler, &deliveries, &pattern, &s.received);
     assert_eq!(assembler.pending(), 0);
-    assert_eq!(total.pages_placed, s.memory.pages() as u64);
-    assert_eq!(total.pages_present, 0);
+    assert_eq!(total.pages.placed, s.memory.pages() as u64);
+    assert_eq!(total.pages.present, 0);
     let units_completed = if backing == Backing::Anon {
         s.memory.pages() as u64
     } else {
@@ -93,8 +93,8 @@ fn two_connections_place_each_unit_once() {
             for (asm, chunks) in [(&mut a, &a_chunks), (&mut b, &b_chunks)] {
                 if let Some(&d) = chunks.get(i) {
                     let p = common::deliver(asm, d, &pattern, &s.received);
-                    placed += p.pages_placed;
-                    present += p.pages_present;
+                    placed += p.pages.placed;
+                    present += p.pages.present;
                 }
             }
         }
@@ -161,12 +161,12 @@ fn anon_places_chunks_directly_and_sets_bits() {
         .data(4 * PAGE, &pattern.bytes(4 * PAGE, 4 * PAGE), received)
         .expect("data");
     assert_eq!(
-        (p.pages_placed, p.pages_present, p.units_completed),
+        (p.pages.placed, p.pages.present, p.units_completed),
         (3, 1, 4)
     );
     assert_eq!(asm.pending(), 0);
     let z = asm.zero(0, 4 * PAGE, received).expect("zero");
-    assert_eq!(z.pages_placed, 4);
+    assert_eq!(z.pages.placed, 4);
     assert_eq!(received.count(), 8);
     // SAFETY: pages 0..4 and 4,6,7 are present; nothing writes the region.
     let bytes = unsafe { memory.as_slice() };

@@ -39,7 +39,7 @@ fn check(
     let mut placed = 0;
     for d in deliveries {
         let p = deliver(&mut assembler, d, &pattern, &s.received);
-        placed += p.pages_placed;
+        placed += p.pages.placed;
         completions[usize_from(d.offset / unit)] += p.units_completed;
         prop_assert_eq!(p.units_not_huge, 0);
     }

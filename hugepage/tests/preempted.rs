@@ -35,8 +35,8 @@ fn thp_with_urgent_pages_first_is_still_collapsed() {
     let chunks = random_chunks(units, Backing::Thp.unit(), 32, &[], 5);
     let total = feed(&mut assembler, &chunks, &pattern, &s.received);
     let n_urgent = urgent_pages.len() as u64;
-    assert_eq!(total.pages_placed, s.memory.pages() as u64 - n_urgent);
-    assert_eq!(total.pages_present, n_urgent);
+    assert_eq!(total.pages.placed, s.memory.pages() as u64 - n_urgent);
+    assert_eq!(total.pages.present, n_urgent);
     assert_eq!((total.units_completed, total.units_not_huge), (units, 0));
     assert_eq!(assembler.pending(), 0);
     verify(&s.memory, &s.received, &pattern, &[]);
@@ -78,8 +78,8 @@ fn thp_urgent_page_arriving_mid_assembly_is_kept() {
         n_urgent += 2;
     }
     total.merge(&feed(&mut assembler, rest, &pattern, &s.received));
-    assert_eq!(total.pages_placed, s.memory.pages() as u64 - n_urgent);
-    assert_eq!(total.pages_present, n_urgent);
+    assert_eq!(total.pages.placed, s.memory.pages() as u64 - n_urgent);
+    assert_eq!(total.pages.present, n_urgent);
     assert_eq!((total.units_completed, total.units_not_huge), (2, 0));
     verify(&s.memory, &s.received, &pattern, &[]);
     assert_all_huge(&s.memory);
@@ -109,7 +109,7 @@ fn hugetlb_unit_placed_by_another_connection_first() {
             &pattern,
             &s.received,
         );
-        assert_eq!((urgent.pages_placed, urgent.units_completed), (512, 1));
+        assert_eq!((urgent.pages.placed, urgent.units_completed), (512, 1));
         total.merge(&feed(
             &mut background,
             &chunks[half..],
@@ -117,11 +117,11 @@ fn hugetlb_unit_placed_by_another_connection_first() {
             &s.received,
         ));
         assert_eq!(
-            total.pages_placed, 512,
+            total.pages.placed, 512,
             "{placement}: only unit 1 is the background's"
         );
         assert_eq!(
-            total.pages_present, 512,
+            total.pages.present, 512,
             "{placement}: unit 0 was found present"
         );
         assert_eq!(background.pending(), 0);

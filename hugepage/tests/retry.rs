@@ -60,7 +60,7 @@ fn a_pending_remove_event_makes_the_unit_wait_for_retry() {
             &received,
         )
         .expect("data");
-    assert_eq!(progress.stopped, Some(Stop::Retry));
+    assert_eq!(progress.pages.stopped, Some(Stop::Retry));
     assert_eq!((progress.units_completed, assembler.pending()), (0, 1));
 
     uffd.read_events(&mut buf, &mut events).expect("read");
@@ -70,8 +70,11 @@ fn a_pending_remove_event_makes_the_unit_wait_for_retry() {
     );
     assert_eq!(advisor.join().expect("advisor"), 0);
     let progress = assembler.retry(&received).expect("retry");
-    assert_eq!((progress.units_completed, progress.stopped), (1, None));
-    assert_eq!(progress.pages_placed, 512);
+    assert_eq!(
+        (progress.units_completed, progress.pages.stopped),
+        (1, None)
+    );
+    assert_eq!(progress.pages.placed, 512);
     assert_eq!(assembler.pending(), 0);
     // Unit 1 arrives normally afterwards.
     let rest = random_chunks(2, unit, 64, &[], 3);

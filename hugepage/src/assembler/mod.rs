@@ -232,7 +232,7 @@ impl Assembler {
             let p0 = usize_from(piece.offset_in_unit / PAGE);
             let np = usize_from(piece.len / PAGE);
             if (p0..p0 + np).all(|i| received.get(first_page + i)) {
-                progress.pages_present += np as u64;
+                progress.pages.present += np as u64;
                 return Ok(());
             }
             let whole_unit = np == self.mem.backing.pages_per_unit();

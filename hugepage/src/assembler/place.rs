@@ -44,7 +44,7 @@ impl Assembler {
         let mut progress = Progress::default();
         progress.absorb(&placed);
         progress.units_completed = placed.pages.placed + placed.pages.present;
-        progress.stopped = placed.pages.stopped;
+        progress.pages.stopped = placed.pages.stopped;
         Ok(progress)
     }
 
@@ -104,11 +104,11 @@ impl Assembler {
             }
             Some(Stop::Retry) => {
                 slot.waiting = true;
-                progress.stopped = progress.stopped.or(Some(Stop::Retry));
+                progress.pages.stopped = progress.pages.stopped.or(Some(Stop::Retry));
             }
             Some(Stop::Gone) => {
                 self.slots.remove(&unit);
-                progress.stopped = Some(Stop::Gone);
+                progress.pages.stopped = Some(Stop::Gone);
             }
         }
         Ok(())
@@ -146,7 +146,7 @@ impl Assembler {
         progress.absorb(&placed);
         match placed.pages.stopped {
             None => progress.units_completed += 1,
-            stop => progress.stopped = progress.stopped.or(stop),
+            stop => progress.pages.stopped = progress.pages.stopped.or(stop),
         }
         Ok(())
     }

@@ -3,29 +3,27 @@
 
 use std::time::Instant;
 
-use uffd_core::place::Stop;
+use uffd_core::place::Filled;
 
 use crate::backing::PAGE;
 use crate::runs::{MappedRun, Placed};
 
-/// What one call did: the sum of its placements (each a [`uffd_core::place::Filled`] in
-/// 4 KiB pages: `pages_placed`, `pages_present`, `stopped`), plus what only an assembler
-/// knows: pages gathered into staging, units finished, units left without a huge mapping.
+/// What one call did: the sum of its placements ([`Filled`], in 4 KiB pages: placed, found
+/// present, the stop), plus what only an assembler knows: pages gathered into staging, units
+/// finished, units left without a huge mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Progress {
-    /// 4 KiB pages newly present in the region (their bits were set by this call).
-    pub pages_placed: u64,
-    /// 4 KiB pages of the data that were found already present (placed by another path).
-    pub pages_present: u64,
+    /// 4 KiB pages newly present in the region (their bits were set by this call), pages of
+    /// the data found already present (placed by another path), and the stop if placing
+    /// stopped early: `Retry` (read the userfaultfd's events, then call
+    /// [`Assembler::retry`](super::Assembler::retry)) or `Gone` (the process owning the
+    /// region exited).
+    pub pages: Filled,
     /// 4 KiB pages written into a staging page by this call, to be placed with their unit.
     pub pages_gathered: u64,
     /// Units this call finished: placed, or found placed by someone else. For anon, a unit is
     /// a 4 KiB page.
     pub units_completed: u64,
-    /// Set when placing stopped early: `Retry` (read the userfaultfd's events, then call
-    /// [`Assembler::retry`](super::Assembler::retry)) or `Gone` (the process owning the
-    /// region exited).
-    pub stopped: Option<Stop>,
     /// THP units placed but left mapped with 4 KiB pages (MADV_COLLAPSE failed).
     pub units_not_huge: u64,
 }
@@ -33,19 +31,17 @@ pub struct Progress {
 impl Progress {
     /// Adds `other` to `self`; the first stop wins.
     pub fn merge(&mut self, other: &Progress) {
-        self.pages_placed += other.pages_placed;
-        self.pages_present += other.pages_present;
+        self.pages.add(&other.pages);
         self.pages_gathered += other.pages_gathered;
         self.units_completed += other.units_completed;
         self.units_not_huge += other.units_not_huge;
-        self.stopped = self.stopped.or(other.stopped);
     }
 
     /// Adds one unit's (or range's) placement, except its stop: callers decide what a stop
     /// means for their slot.
     pub(super) fn absorb(&mut self, placed: &Placed) {
-        self.pages_placed += placed.pages.placed;
-        self.pages_present += placed.pages.present;
+        self.pages.placed += placed.pages.placed;
+        self.pages.present += placed.pages.present;
         if placed.not_huge {
             self.units_not_huge += 1;
         }
@@ -82,25 +78,31 @@ impl Mapped {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uffd_core::place::Stop;
 
     #[test]
     fn progress_merges() {
         let mut a = Progress {
-            pages_placed: 1,
+            pages: Filled {
+                placed: 1,
+                ..Filled::default()
+            },
             ..Progress::default()
         };
         a.merge(&Progress {
-            pages_placed: 2,
-            pages_present: 3,
+            pages: Filled {
+                placed: 2,
+                present: 3,
+                stopped: Some(Stop::Retry),
+            },
             units_completed: 1,
-            stopped: Some(Stop::Retry),
             units_not_huge: 0,
             pages_gathered: 0,
         });
         assert_eq!(
-            (a.pages_placed, a.pages_present, a.units_completed),
+            (a.pages.placed, a.pages.present, a.units_completed),
             (3, 3, 1)
         );
-        assert_eq!(a.stopped, Some(Stop::Retry));
+        assert_eq!(a.pages.stopped, Some(Stop::Retry));
     }
 }

@@ -108,7 +108,7 @@ impl Assembler {
                 // Present already: never write it (through the alias that would change live
                 // memory), and count it once.
                 if !slot.have.has(i) {
-                    progress.pages_present += 1;
+                    progress.pages.present += 1;
                 }
                 continue;
             }

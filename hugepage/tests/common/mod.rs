@@ -137,7 +137,7 @@ pub fn deliver(
         assembler.data(d.offset, &pattern.bytes(d.offset, d.len), received)
     }
     .expect("assemble");
-    assert_eq!(progress.stopped, None, "no events are negotiated");
+    assert_eq!(progress.pages.stopped, None, "no events are negotiated");
     progress
 }
 
