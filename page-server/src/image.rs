@@ -14,6 +14,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use uffd_core::convert::usize_from;
 use uffd_core::synthetic::SyntheticError;
 use uffd_core::{PageBitmap, Synthetic};
 
@@ -211,7 +212,7 @@ impl Image {
     /// Whether page `index` is all zero.
     pub fn is_zero_page(&self, index: u64) -> bool {
         match &self.source {
-            Source::File { zero, .. } => zero.get(page_bit(index)),
+            Source::File { zero, .. } => zero.get(usize_from(index)),
             Source::Synthetic(s) => s.is_zero(index),
         }
     }
@@ -287,18 +288,6 @@ impl Image {
 
 /// Reads `buf.len()` bytes of a file of `len` bytes at `offset` with `pread`; what lies past
 /// `len` reads as zeros. Fewer bytes than `len` promises mean the file shrank.
-// Page indices are u64 on the wire and usize in the page bitmaps. Images go up to
-// `MAX_IMAGE` (2^46 bytes, 2^34 pages of 4 KiB), more than a 32-bit usize holds: the crate is
-// built for 64-bit targets only, which makes `page_bit` lossless.
-const _: () = assert!(usize::BITS == 64, "page indices (u64) must fit a usize");
-
-/// The bit of page `index` in a bitmap of the image's pages ([`PageBitmap`] is indexed by
-/// `usize`).
-#[allow(clippy::cast_possible_truncation)] // Lossless: usize has 64 bits (asserted above).
-pub(crate) fn page_bit(index: u64) -> usize {
-    index as usize
-}
-
 fn read_file(file: &File, path: &Path, len: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
     let want = usize::try_from(len.saturating_sub(offset))
         .unwrap_or(usize::MAX)

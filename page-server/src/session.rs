@@ -13,9 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use uffd_core::convert::usize_from;
 use uffd_core::{Conn, PageBitmap};
 
-use crate::image::{page_bit, Image};
+use crate::image::Image;
 use crate::inject::FaultInjection;
 
 /// How the background stream treats urgent work.
@@ -153,7 +154,7 @@ impl Session {
                     continue;
                 }
             }
-            if self.sent.set(page_bit(page)) {
+            if self.sent.set(usize_from(page)) {
                 push_page(&mut claim, page);
             }
         }
@@ -196,13 +197,13 @@ impl Session {
             // Base pages: batch consecutive unsent pages into one chunk.
             let max = (self.policy.chunk / self.image.page_size()).max(1);
             end = first + 1;
-            while end < pages && end - first < max && !self.sent.get(page_bit(end)) {
+            while end < pages && end - first < max && !self.sent.get(usize_from(end)) {
                 end += 1;
             }
         }
         let mut claim = Claim::new();
         for page in unit_start.max(first)..end {
-            if self.sent.set(page_bit(page)) {
+            if self.sent.set(usize_from(page)) {
                 push_page(&mut claim, page);
             }
         }
