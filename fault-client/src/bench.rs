@@ -50,9 +50,9 @@
 //! - `remote_anon_p50_over_local_p50`: what the network, the server and the real pager add to
 //!   the bare userfaultfd round trip (`remote-anon` p50 / `local-roundtrip-4k` p50). On a VM
 //!   it can be below 1: the local threads are pinned to two CPUs on purpose, and waking a
-//!   thread on a halted vCPU dominates that round trip (about 40 us across CPUs against 9 us on
-//!   one CPU or unpinned, on the 2-vCPU development VM), while the remote path's threads are
-//!   unpinned and the scheduler often wakes them on the faulting CPU.
+//!   thread on a halted vCPU dominates that round trip (many times the same-CPU round trip:
+//!   BENCHMARKS.md §3), while the remote path's threads are unpinned and the scheduler often
+//!   wakes them on the faulting CPU.
 //! - `thp_over_anon_transfer_time`: `transfer-thp` / `transfer-anon` elapsed; below 1 the
 //!   2 MiB units fill the image faster than 4 KiB placements.
 //! - `hugetlb_2m_p50_over_anon_p50`: the cost of one 2 MiB fault against one 4 KiB fault

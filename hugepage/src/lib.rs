@@ -38,8 +38,8 @@
 //!
 //! # Limits worth knowing
 //! - THP: a unit whose range saw a fault or an urgent 4 KiB page cannot be moved in as one THP;
-//!   it is placed around those pages and collapsed (`MADV_COLLAPSE`, ~1 ms warm, ~5 ms when
-//!   the VM's memory is cold) in the background. The registered region is deliberately not
+//!   it is placed around those pages and collapsed (`MADV_COLLAPSE`, a 2 MiB copy; far
+//!   slower where a VM's memory is cold) in the background. The registered region is deliberately not
 //!   `MADV_HUGEPAGE` (see [`thp`]); with THP `always` faults pay the 2 MiB zeroing again.
 //! - hugetlb continue way: chunks are written through the alias mapping. A page whose bit is
 //!   set is never written, but two connections assembling the *same* unit could still write

@@ -27,7 +27,8 @@
 //!
 //! # Why the registered region is not `MADV_HUGEPAGE`
 //! A write fault in an empty THP-eligible registered range allocates and zeroes a 2 MiB folio,
-//! throws it away and only then reports the userfault (79 us instead of 13 us here). Urgent
+//! throws it away and only then reports the userfault (several times slower than a plain
+//! userfault: docs/kernel-notes.md). Urgent
 //! 4 KiB faults are the latency-critical path, so the region is left without `MADV_HUGEPAGE`
 //! (with THP in `madvise` mode it is not eligible); only the staging pages are advised.
 //! `MADV_COLLAPSE` ignores the sysfs mode and still works there. The price is paid in the
@@ -39,11 +40,12 @@
 //! A collapse copies the unit while it holds the mmap lock for writing: every fault of the
 //! process waits for it. So the staging THP (whose pages are all in the region by then) is
 //! freed just before, on the same CPU, and the collapse gets it back from that CPU's free list:
-//! memory touched a moment ago, 0.4–0.5 ms for the copy here, against 5–6 ms for a THP the
-//! guest had not touched for long (this VM reports free memory to its host, and every 4 KiB of
-//! such a THP is a host fault). Populating the next staging THP costs the same few
-//! milliseconds for the same reason; the pager does that between frames, outside its events
-//! lock ([`crate::Assembler::prepare_spare`]), so the fault handler never waits for it.
+//! memory touched a moment ago, against ten times as long for a THP the guest had not touched
+//! for long (a VM that reports free memory to its host takes a host fault per 4 KiB of such a
+//! THP; docs/kernel-notes.md has the figures). Populating the next staging THP can cost the
+//! same for the same reason; the pager does that between frames, outside its events lock
+//! ([`crate::Assembler::prepare_spare`]), so the fault handler never waits for it (the stream
+//! does).
 
 use nix::sys::mman::MmapAdvise;
 use uffd_core::place::{self, Outcome, PlaceError};
@@ -284,10 +286,10 @@ pub(crate) fn place(
             // out again (its per-CPU list of THPs): memory this thread touched a moment ago.
             // Any other THP may be memory nobody touched for a long time, and on a VM whose
             // guest hands free memory back to the host (free page reporting) every 4 KiB of
-            // that is a host fault inside the lock. Measured here: write-lock holds of 0.4-0.5
-            // ms with the freed THP, 5-6 ms with a cold one (also when the thread moved to the
-            // other CPU between the free and the collapse, hence the pinning). The next unit
-            // populates a new staging THP outside the lock.
+            // that is a host fault inside the lock: about ten times as long a write-lock hold
+            // with a cold THP, also when the thread moved to the other CPU between the free
+            // and the collapse, hence the pinning. The next unit populates a new staging THP
+            // outside the lock.
             let _stay = uffd_core::cpu::StayOnCpu::here();
             if stage.ready {
                 stage.discard()?;
