@@ -197,16 +197,24 @@ impl ThpMove {
     }
 }
 
+/// `AnonHugePages` (kB) of the mapping that contains `addr` (0 if smaps cannot say).
+fn anon_huge_kb(addr: u64) -> u64 {
+    hugepage::smaps::read_self()
+        .ok()
+        .and_then(|vmas| vmas.into_iter().find(|v| (v.start..v.end).contains(&addr)))
+        .map_or(0, |v| v.anon_huge_kb)
+}
+
 /// Checks once, outside the timing, that the THP case really moves THPs.
 fn check_thp_move(uffd: &Userfaultfd) {
     const PAGES: usize = 4;
     let fixture = ThpMove::new(uffd, PAGES);
-    let src_kb = local::anon_huge_kb(fixture.src.addr()).unwrap_or(0);
+    let src_kb = anon_huge_kb(fixture.src.addr());
     for i in 0..PAGES {
         fixture.move_one(uffd, i);
         fixture.verify(i);
     }
-    let dst_kb = local::anon_huge_kb(fixture.dst.addr()).unwrap_or(0);
+    let dst_kb = anon_huge_kb(fixture.dst.addr());
     let want = (PAGES * HUGE_2M / 1024) as u64;
     if src_kb == want && dst_kb == want {
         println!("move_thp_2m: source and destination both {want} kB AnonHugePages: THPs moved");

@@ -1,7 +1,7 @@
 //! Huge pages for the measurements: growing the 2 MiB hugetlb pool for as long as a benchmark
-//! needs it, and how much of a mapping transparent huge pages back.
+//! needs it.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 
 const POOL_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
 
@@ -69,31 +69,4 @@ impl Drop for HugepageReservation {
             );
         }
     }
-}
-
-/// `AnonHugePages` (kB) of the mapping that contains `addr`, from `/proc/self/smaps`: how much
-/// of it is backed by transparent huge pages.
-pub fn anon_huge_kb(addr: u64) -> Result<u64> {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").context("reading /proc/self/smaps")?;
-    let mut inside = false;
-    for line in smaps.lines() {
-        let head = line.split_whitespace().next().unwrap_or("");
-        if let Some((start, end)) = head.split_once('-') {
-            if let (Ok(start), Ok(end)) =
-                (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
-            {
-                inside = (start..end).contains(&addr);
-                continue;
-            }
-        }
-        if inside {
-            if let Some(rest) = line.strip_prefix("AnonHugePages:") {
-                let kb = rest.trim().trim_end_matches("kB").trim();
-                return kb
-                    .parse()
-                    .with_context(|| format!("AnonHugePages value {kb:?}"));
-            }
-        }
-    }
-    bail!("no mapping with AnonHugePages contains {addr:#x}")
 }

@@ -28,12 +28,12 @@
 //!   `iter_custom`); [`fault_round_trips`] is its one-shot form for any [`FaultPath`].
 //! - [`first_touch`]: plain kernel faults on unregistered anonymous pages, the baseline.
 //! - [`median`], [`summary`]: percentiles of the returned samples; [`CpuLoad`]: background load.
-//! - [`Fixture`], [`Handler`], [`PinGuard`], [`reserve_hugepages_2m`], [`anon_huge_kb`]: the
+//! - [`Fixture`], [`Handler`], [`PinGuard`], [`reserve_hugepages_2m`]: the
 //!   pieces, for benchmarks that time the placement ioctls alone.
 //!
 //! # Modules
 //! Each a piece of the above, used one way: `pin` (where threads run), `hugepages` (the 2M
-//! pool, THP accounting), `fault_path` (the kinds of fault), `fixture` (a prepared registered
+//! pool), `fault_path` (the kinds of fault), `fixture` (a prepared registered
 //! region), `handler` (the handler thread), `round_trip` (the measurement), `first_touch` (the
 //! baseline), `load` (how busy the machine was), `samples` (percentiles).
 
@@ -51,7 +51,7 @@ pub use fault_path::FaultPath;
 pub use first_touch::first_touch;
 pub use fixture::Fixture;
 pub use handler::Handler;
-pub use hugepages::{anon_huge_kb, reserve_hugepages_2m, HugepageReservation};
+pub use hugepages::{reserve_hugepages_2m, HugepageReservation};
 pub use load::{CpuLoad, LoadShare};
 pub use pin::{allowed_cpus, current_cpu, pin_current_thread, PinGuard, Pinning};
 pub use round_trip::{copy_fault_round_trips, fault_round_trips, RoundTrip};

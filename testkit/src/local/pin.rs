@@ -3,14 +3,7 @@
 
 use anyhow::{bail, Result};
 use uffd_core::cpu::set_affinity;
-pub use uffd_core::cpu::{allowed_cpus, pin_current_thread};
-
-/// The CPU the calling thread runs on now (`sched_getcpu`), if the kernel says.
-pub fn current_cpu() -> Option<usize> {
-    // SAFETY: sched_getcpu takes no arguments and has no memory-safety preconditions.
-    let cpu = unsafe { libc::sched_getcpu() };
-    usize::try_from(cpu).ok()
-}
+pub use uffd_core::cpu::{allowed_cpus, current_cpu, pin_current_thread};
 
 /// Pins the calling thread to one CPU until dropped, then restores its previous mask.
 ///
